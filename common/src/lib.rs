@@ -1,0 +1,9 @@
+//! Types and parsers that both the Sluice MTA and the operator need, kept in
+//! one place so that the operator rejects exactly what the MTA would reject.
+
+pub mod duration;
+pub mod queue_config;
+pub mod throttle;
+
+pub use duration::{DurationError, parse_duration};
+pub use throttle::{ThrottleError, ThrottleSpec};

@@ -1,0 +1,217 @@
+//! Throttle specs (spec §2.2): `["local:"] limit "/" [N] unit [",max_burst=" B]`,
+//! e.g. `10/s`, `1,000/hr`, `1_000/h`, `20/30minute`, `local:5/s,max_burst=2`.
+//! Plural units and whitespace are rejected, as KumoMTA's parser does.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThrottleSpec {
+    /// How many events are allowed per `period`.
+    pub limit: u64,
+    /// The period, in whole seconds.
+    pub period_secs: u64,
+    /// Burst allowance; `None` means "equal to limit".
+    pub max_burst: Option<u64>,
+    /// `local:` prefix: always node-local, even if shared throttles exist.
+    pub force_local: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid throttle {input:?}: {reason}")]
+pub struct ThrottleError {
+    pub input: String,
+    pub reason: String,
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for c in s.chars() {
+        match c {
+            '0'..='9' => {
+                value = value
+                    .checked_mul(10)?
+                    .checked_add(u64::from(c as u8 - b'0'))?;
+            }
+            '_' | ',' => {}
+            _ => return None,
+        }
+    }
+    Some(value)
+}
+
+fn unit_secs(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "s" | "sec" | "second" => 1,
+        "m" | "min" | "minute" => 60,
+        "h" | "hr" | "hour" => 3600,
+        "d" | "day" => 86400,
+        _ => return None,
+    })
+}
+
+impl FromStr for ThrottleSpec {
+    type Err = ThrottleError;
+
+    fn from_str(input: &str) -> Result<Self, ThrottleError> {
+        let err = |reason: &str| ThrottleError {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
+        if input.chars().any(char::is_whitespace) {
+            return Err(err("whitespace is not allowed"));
+        }
+        let (force_local, rest) = match input.strip_prefix("local:") {
+            Some(rest) => (true, rest),
+            None => (false, input),
+        };
+        let (limit, period) = rest
+            .split_once('/')
+            .ok_or_else(|| err("expected LIMIT/PERIOD, e.g. '10/s'"))?;
+        let limit = parse_number(limit).ok_or_else(|| err("the limit must be a number"))?;
+        if limit == 0 {
+            return Err(err("the limit must be greater than zero"));
+        }
+        let (period, max_burst) = match period.split_once(",max_burst=") {
+            Some((period, burst)) => {
+                let burst = parse_number(burst).ok_or_else(|| err("max_burst must be a number"))?;
+                (period, Some(burst))
+            }
+            None => (period, None),
+        };
+        let digits = period.chars().take_while(|c| c.is_ascii_digit()).count();
+        let (multiplier, unit) = period.split_at(digits);
+        let multiplier = if multiplier.is_empty() {
+            1
+        } else {
+            match multiplier.parse::<u64>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(err("the period multiplier must be greater than zero")),
+            }
+        };
+        let unit = unit_secs(unit).ok_or_else(|| {
+            err("unknown period unit; use s, sec, second, m, min, minute, h, hr, hour, d or day")
+        })?;
+        Ok(ThrottleSpec {
+            limit,
+            period_secs: unit * multiplier,
+            max_burst,
+            force_local,
+        })
+    }
+}
+
+impl ThrottleSpec {
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.period_secs)
+    }
+}
+
+impl fmt::Display for ThrottleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.force_local {
+            f.write_str("local:")?;
+        }
+        write!(f, "{}/", self.limit)?;
+        match self.period_secs {
+            86400 => f.write_str("d")?,
+            3600 => f.write_str("h")?,
+            60 => f.write_str("m")?,
+            1 => f.write_str("s")?,
+            n => write!(f, "{n}s")?,
+        }
+        if let Some(b) = self.max_burst {
+            write!(f, ",max_burst={b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for ThrottleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ThrottleSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(limit: u64, period_secs: u64, burst: Option<u64>, local: bool) -> ThrottleSpec {
+        ThrottleSpec {
+            limit,
+            period_secs,
+            max_burst: burst,
+            force_local: local,
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_examples() {
+        let cases = [
+            ("10/s", spec(10, 1, None, false)),
+            ("10/sec", spec(10, 1, None, false)),
+            ("10/second", spec(10, 1, None, false)),
+            ("50/m", spec(50, 60, None, false)),
+            ("50/min", spec(50, 60, None, false)),
+            ("50/minute", spec(50, 60, None, false)),
+            ("1,000/hr", spec(1000, 3600, None, false)),
+            ("1_000/h", spec(1000, 3600, None, false)),
+            ("1000/hour", spec(1000, 3600, None, false)),
+            ("10_000/d", spec(10_000, 86400, None, false)),
+            ("10,000/day", spec(10_000, 86400, None, false)),
+            ("20/30minute", spec(20, 1800, None, false)),
+            ("20/30min", spec(20, 1800, None, false)),
+            ("local:5/s", spec(5, 1, None, true)),
+            ("6/m,max_burst=1", spec(6, 60, Some(1), false)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(input.parse::<ThrottleSpec>(), Ok(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_plurals_whitespace_and_zero() {
+        for input in [
+            "10/seconds",
+            "10/minutes",
+            "10 / s",
+            "10/ s",
+            "0/s",
+            "10",
+            "/s",
+            "ten/s",
+            "10/0s",
+            "10/fortnight",
+            "10/s,max_burst=x",
+        ] {
+            let err = input.parse::<ThrottleSpec>().unwrap_err();
+            assert_eq!(err.input, input);
+            assert!(err.to_string().contains(input), "{err}");
+        }
+    }
+
+    #[test]
+    fn renders_canonically() {
+        for (input, rendered) in [
+            ("1,000/hr", "1000/h"),
+            ("20/30minute", "20/1800s"),
+            ("local:5/sec,max_burst=2", "local:5/s,max_burst=2"),
+            ("10_000/day", "10000/d"),
+        ] {
+            assert_eq!(input.parse::<ThrottleSpec>().unwrap().to_string(), rendered);
+        }
+    }
+}

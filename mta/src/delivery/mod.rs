@@ -1,0 +1,27 @@
+//! Delivery protocols. Each knows how to hand a message to its destination
+//! and reports per-recipient results; none of them knows about queues.
+
+pub mod maildir;
+
+use crate::log::Response;
+
+/// The result of one delivery attempt for a set of recipients.
+#[derive(Debug)]
+pub struct Attempt {
+    pub protocol: &'static str,
+    pub peer: Option<crate::log::PeerAddress>,
+    pub results: Vec<RecipientResult>,
+}
+
+#[derive(Debug)]
+pub struct RecipientResult {
+    pub recipient: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Delivered(Response),
+    Transient(Response),
+    Bounced(Response),
+}

@@ -1,0 +1,28 @@
+//! sluice-mta: a KumoMTA-compatible mail transfer agent.
+
+pub mod daemon;
+pub mod delivery;
+pub mod headers;
+pub mod listener;
+pub mod log;
+pub mod message;
+pub mod policy;
+pub mod queue;
+pub mod smtp;
+pub mod spool;
+
+/// The machine's host name, used in greetings and trace headers.
+pub fn hostname() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return "localhost".into();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    })
+    .clone()
+}

@@ -1,0 +1,210 @@
+//! Buffered SMTP I/O: lines with a hard length limit, replies batched until
+//! the client has no more pipelined input, and STARTTLS upgrade.
+
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+pub enum Line {
+    /// A line without its line ending; `bare_lf` when it ended in LF alone.
+    Ok { bytes: Vec<u8>, bare_lf: bool },
+    /// Longer than the limit; the rest of it was discarded.
+    TooLong,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("client timed out")]
+    Timeout,
+    #[error("client closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+pub struct Conn {
+    pub io: Box<dyn Io>,
+    buf: Vec<u8>,
+    pos: usize,
+    out: Vec<u8>,
+    timeout: Duration,
+}
+
+impl Conn {
+    pub fn new(io: Box<dyn Io>, timeout: Duration) -> Self {
+        Conn {
+            io,
+            buf: Vec::with_capacity(16 * 1024),
+            pos: 0,
+            out: Vec::with_capacity(4096),
+            timeout,
+        }
+    }
+
+    /// Queue a reply; it is sent before the next read that would block.
+    pub fn reply(&mut self, code: u16, text: &str) {
+        let mut lines = text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            self.out
+                .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+        }
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// True when pipelined input is already buffered.
+    pub fn has_buffered_input(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        self.flush().await?;
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + 16 * 1024, 0);
+        let n = match tokio::time::timeout(self.timeout, self.io.read(&mut self.buf[start..])).await
+        {
+            Err(_) => {
+                self.buf.truncate(start);
+                return Err(ReadError::Timeout);
+            }
+            Ok(Err(e)) => {
+                self.buf.truncate(start);
+                return Err(e.into());
+            }
+            Ok(Ok(n)) => n,
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Read one line of at most `limit` bytes (line ending excluded).
+    pub async fn read_line(&mut self, limit: usize) -> Result<Line, ReadError> {
+        let mut too_long = false;
+        loop {
+            let avail = &self.buf[self.pos..];
+            if let Some(i) = memchr::memchr(b'\n', avail) {
+                let mut line = &avail[..i];
+                let bare_lf = !line.ends_with(b"\r");
+                if !bare_lf {
+                    line = &line[..line.len() - 1];
+                }
+                let result = if too_long || line.len() > limit {
+                    Line::TooLong
+                } else {
+                    Line::Ok {
+                        bytes: line.to_vec(),
+                        bare_lf,
+                    }
+                };
+                self.pos += i + 1;
+                return Ok(result);
+            }
+            if avail.len() > limit + 2 {
+                // discard what we have of an over-long line and keep scanning
+                too_long = true;
+                self.pos = self.buf.len();
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Read a DATA body up to the lone `.`; dot-unstuffed, CRLF line endings.
+    pub async fn read_data(
+        &mut self,
+        max_size: usize,
+        line_limit: usize,
+    ) -> Result<DataBody, ReadError> {
+        let mut body = DataBody::default();
+        loop {
+            match self.read_line(line_limit).await? {
+                Line::TooLong => body.line_too_long = true,
+                Line::Ok { bytes, bare_lf } => {
+                    if bytes == b"." {
+                        return Ok(body);
+                    }
+                    body.bare_line_ending |= bare_lf || memchr::memchr(b'\r', &bytes).is_some();
+                    let line = bytes.strip_prefix(b".").unwrap_or(&bytes);
+                    if body.data.len() + line.len() + 2 > max_size {
+                        body.too_big = true;
+                    }
+                    if !body.too_big {
+                        body.data.extend_from_slice(line);
+                        body.data.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand the transport over for a TLS upgrade; refuses when the client
+    /// pipelined data after STARTTLS (that plaintext must not leak into TLS).
+    pub fn take_for_tls(&mut self) -> Option<Box<dyn Io>> {
+        if self.has_buffered_input() {
+            return None;
+        }
+        self.buf.clear();
+        self.pos = 0;
+        let placeholder: Box<dyn Io> = Box::new(empty::EmptyDuplex);
+        Some(std::mem::replace(&mut self.io, placeholder))
+    }
+}
+
+#[derive(Default)]
+pub struct DataBody {
+    pub data: Vec<u8>,
+    pub too_big: bool,
+    pub line_too_long: bool,
+    pub bare_line_ending: bool,
+}
+
+mod empty {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// A closed stream that stands in while the real one is being upgraded.
+    pub struct EmptyDuplex;
+
+    impl AsyncRead for EmptyDuplex {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl AsyncWrite for EmptyDuplex {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+}

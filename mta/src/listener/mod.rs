@@ -1,0 +1,111 @@
+//! The ESMTP server (spec §6): accept loop, connection limit, TLS setup.
+
+pub mod config;
+mod io;
+mod session;
+
+use crate::policy::Policy;
+use crate::queue::QueueManager;
+use config::EsmtpListenerConfig;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+pub struct Listener {
+    config: Arc<EsmtpListenerConfig>,
+    hostname: String,
+    tls: TlsAcceptor,
+    sessions: Arc<Semaphore>,
+}
+
+/// What a session needs from the rest of the daemon.
+pub struct Services {
+    pub policy: Arc<Policy>,
+    pub queues: Arc<QueueManager>,
+}
+
+fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (certs, key) = match (&config.tls_certificate, &config.tls_private_key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("tls_certificate {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("tls_private_key {}: {e}", key.display()))?;
+            (certs, key)
+        }
+        (None, None) => {
+            // STARTTLS is always offered; without configured files, a
+            // self-signed certificate for the host name is made at start.
+            let cert = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
+            let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                .map_err(|e| anyhow::anyhow!("self-signed key: {e}"))?;
+            (vec![cert.cert.der().clone()], key)
+        }
+        _ => anyhow::bail!("tls_certificate and tls_private_key must be set together"),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+impl Listener {
+    pub fn new(config: EsmtpListenerConfig) -> anyhow::Result<Listener> {
+        let hostname = config.hostname();
+        let tls = load_tls(&config, &hostname)?;
+        Ok(Listener {
+            sessions: Arc::new(Semaphore::new(config.max_connections)),
+            config: Arc::new(config),
+            hostname,
+            tls,
+        })
+    }
+
+    pub async fn bind(&self) -> anyhow::Result<TcpListener> {
+        TcpListener::bind(&self.config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.config.listen))
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, services: Arc<Services>) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // e.g. EMFILE: back off instead of spinning
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let services = services.clone();
+            tokio::spawn(async move {
+                let local = stream.local_addr().ok();
+                match me.sessions.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        session::run(stream, peer, local, me.clone(), services).await;
+                        drop(permit);
+                    }
+                    Err(_) => {
+                        use tokio::io::AsyncWriteExt;
+                        let mut stream = stream;
+                        let line = format!(
+                            "421 4.3.2 {} too many concurrent sessions. Try later\r\n",
+                            me.hostname
+                        );
+                        let _ = stream.write_all(line.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    }
+                }
+            });
+        }
+    }
+}

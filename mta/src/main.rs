@@ -1,0 +1,73 @@
+use clap::Parser;
+use sluice_mta::daemon;
+use sluice_mta::policy::{Policy, PolicySource};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Sluice mail transfer agent: runs a KumoMTA-style Lua policy.
+#[derive(Parser)]
+#[command(name = "sluice-mta", version)]
+struct Args {
+    /// The Lua policy file. Without it, an embedded default accepts mail on
+    /// 127.0.0.1:2525 and delivers it into ./sluice-data/maildir.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+
+    /// Load and check the policy, then exit: non-zero with the file, line
+    /// and key of the first problem.
+    #[arg(long)]
+    validate: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let source = match &args.policy {
+        Some(path) => match PolicySource::from_file(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => PolicySource::embedded("<embedded default policy>", daemon::DEFAULT_POLICY),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        if args.validate {
+            let policy = Policy::load(source).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let init = policy
+                .validate()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for l in &init.listeners {
+                sluice_mta::listener::Listener::new(l.clone())?;
+            }
+            println!(
+                "{}: OK ({} listener(s), {} spool(s), {} log config(s))",
+                policy.name(),
+                init.listeners.len(),
+                init.spools.len(),
+                init.logs.len()
+            );
+            Ok(())
+        } else {
+            daemon::run(source).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

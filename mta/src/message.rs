@@ -1,0 +1,228 @@
+//! The message as the queue engine and policy see it (spec §1.1): envelope,
+//! meta, attempt count and due time. The body is held in memory only while a
+//! delivery needs it; the spool has the durable copy.
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+/// A UUID v1, rendered as 32 lowercase hex digits; its timestamp is the
+/// message's creation time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    pub fn new() -> Self {
+        static NODE: OnceLock<[u8; 6]> = OnceLock::new();
+        let node = NODE.get_or_init(|| {
+            let mut n: [u8; 6] = rand::random();
+            n[0] |= 0x01; // multicast bit: a random node id, not a MAC (RFC 4122 §4.5)
+            n
+        });
+        MessageId(*uuid::Uuid::now_v1(node).as_bytes())
+    }
+
+    pub fn created(&self) -> DateTime<Utc> {
+        let uuid = uuid::Uuid::from_bytes(self.0);
+        match uuid.get_timestamp() {
+            Some(ts) => {
+                let (secs, nanos) = ts.to_unix();
+                DateTime::from_timestamp(secs as i64, nanos).unwrap_or_default()
+            }
+            None => DateTime::default(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::try_parse(s)
+            .ok()
+            .map(|u| MessageId(*u.as_bytes()))
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", uuid::Uuid::from_bytes(self.0).simple())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What the spool keeps as the message's metadata record (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpooledMeta {
+    pub sender: String,
+    pub recipient: Vec<String>,
+    #[serde(default)]
+    pub meta: Map<String, Value>,
+    /// Unlike KumoMTA, the attempt count and next due time are persisted so
+    /// that a restart does not retry the whole spool at once.
+    #[serde(default)]
+    pub num_attempts: u16,
+    /// Next due time, unix milliseconds; absent = due now.
+    #[serde(default)]
+    pub due: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct MessageState {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub meta: Map<String, Value>,
+    pub num_attempts: u16,
+    pub due: Option<i64>,
+    pub data: Option<Arc<Vec<u8>>>,
+    pub data_len: usize,
+}
+
+#[derive(Debug)]
+pub struct Message {
+    pub id: MessageId,
+    state: Mutex<MessageState>,
+}
+
+pub type MessageRef = Arc<Message>;
+
+impl Message {
+    pub fn new(
+        id: MessageId,
+        sender: String,
+        recipients: Vec<String>,
+        meta: Map<String, Value>,
+        data: Vec<u8>,
+    ) -> MessageRef {
+        let data_len = data.len();
+        Arc::new(Message {
+            id,
+            state: Mutex::new(MessageState {
+                sender,
+                recipients,
+                meta,
+                num_attempts: 0,
+                due: None,
+                data: Some(Arc::new(data)),
+                data_len,
+            }),
+        })
+    }
+
+    /// A message recovered from the spool; its body stays on disk until needed.
+    pub fn recovered(id: MessageId, m: SpooledMeta, data_len: usize) -> MessageRef {
+        Arc::new(Message {
+            id,
+            state: Mutex::new(MessageState {
+                sender: m.sender,
+                recipients: m.recipient,
+                meta: m.meta,
+                num_attempts: m.num_attempts,
+                due: m.due,
+                data: None,
+                data_len,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> parking_lot::MutexGuard<'_, MessageState> {
+        self.state.lock()
+    }
+
+    pub fn spooled_meta(&self) -> SpooledMeta {
+        let s = self.state.lock();
+        SpooledMeta {
+            sender: s.sender.clone(),
+            recipient: s.recipients.clone(),
+            meta: s.meta.clone(),
+            num_attempts: s.num_attempts,
+            due: s.due,
+        }
+    }
+
+    pub fn meta_string(&self, key: &str) -> Option<String> {
+        match self.state.lock().meta.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn set_meta(&self, key: &str, value: Value) {
+        let mut s = self.state.lock();
+        if value.is_null() {
+            s.meta.remove(key);
+        } else {
+            s.meta.insert(key.to_string(), value);
+        }
+    }
+
+    pub fn sender(&self) -> String {
+        self.state.lock().sender.clone()
+    }
+
+    pub fn recipients(&self) -> Vec<String> {
+        self.state.lock().recipients.clone()
+    }
+
+    pub fn num_attempts(&self) -> u16 {
+        self.state.lock().num_attempts
+    }
+
+    pub fn data(&self) -> Option<Arc<Vec<u8>>> {
+        self.state.lock().data.clone()
+    }
+
+    pub fn set_data(&self, data: Vec<u8>) {
+        let mut s = self.state.lock();
+        s.data_len = data.len();
+        s.data = Some(Arc::new(data));
+    }
+
+    /// Release the in-memory body (the spool keeps it) while the message waits.
+    pub fn shrink(&self) {
+        self.state.lock().data = None;
+    }
+
+    pub fn size(&self) -> usize {
+        self.state.lock().data_len
+    }
+}
+
+/// Split an address into local part and domain (at the last `@`).
+pub fn split_address(addr: &str) -> (&str, &str) {
+    match addr.rfind('@') {
+        Some(i) => (&addr[..i], &addr[i + 1..]),
+        None => (addr, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_32_hex_and_carry_their_creation_time() {
+        let id = MessageId::new();
+        let s = id.to_string();
+        assert_eq!(s.len(), 32);
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        let age = Utc::now() - id.created();
+        assert!(age.num_seconds().abs() < 5, "{age}");
+        assert_eq!(MessageId::parse(&s), Some(id));
+        assert_ne!(MessageId::new(), id);
+    }
+}

@@ -1,0 +1,230 @@
+//! The `kumo` module: the KumoMTA policy API that Sluice implements.
+
+use super::{
+    EVENT_SITES_KEY, EVENTS_KEY, MULTI_HANDLER_EVENTS, Phase, Rejection, SpoolDefinition,
+    caller_location, located_error,
+};
+use crate::listener::config::EsmtpListenerConfig;
+use crate::log::LocalLogConfig;
+use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
+use serde::de::DeserializeOwned;
+use sluice_common::queue_config::QueueConfig;
+
+/// A validated queue config, as returned by `kumo.make_queue_config`.
+#[derive(Clone)]
+pub struct QueueConfigUd(pub QueueConfig);
+impl UserData for QueueConfigUd {}
+
+/// Convert a policy table into a typed config, naming the offending key.
+pub fn from_table<T: DeserializeOwned>(lua: &Lua, what: &str, value: Value) -> mlua::Result<T> {
+    let de = mlua::serde::Deserializer::new(value);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            located_error(lua, format!("{what}: {inner}"))
+        } else {
+            located_error(lua, format!("{what}: key '{path}': {inner}"))
+        }
+    })
+}
+
+/// What a `get_queue_config` handler returned, as a `QueueConfig`.
+pub fn queue_config_from_value(lua: &Lua, value: Value) -> mlua::Result<QueueConfig> {
+    match value {
+        Value::UserData(ud) => Ok(ud.borrow::<QueueConfigUd>()?.0.clone()),
+        Value::Table(_) => from_table(lua, "make_queue_config", value),
+        other => Err(mlua::Error::RuntimeError(format!(
+            "a queue config (kumo.make_queue_config), not a {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn json_of(lua: &Lua, value: Value) -> mlua::Result<serde_json::Value> {
+    lua.from_value(value)
+}
+
+fn lua_of(lua: &Lua, value: &serde_json::Value) -> mlua::Result<Value> {
+    lua.to_value_with(
+        value,
+        mlua::SerializeOptions::new()
+            .serialize_none_to_null(false)
+            .serialize_unit_to_null(false),
+    )
+}
+
+/// Record a value produced by `init`, or explain why it cannot be called now.
+fn with_init<R>(
+    lua: &Lua,
+    function: &str,
+    f: impl FnOnce(&mut super::InitConfig) -> R,
+) -> mlua::Result<R> {
+    let mut phase = lua
+        .app_data_mut::<Phase>()
+        .ok_or_else(|| located_error(lua, "policy state is not initialised"))?;
+    match phase.init.as_mut() {
+        Some(init) => Ok(f(init)),
+        None => Err(located_error(
+            lua,
+            format!("kumo.{function} can only be called from the 'init' event"),
+        )),
+    }
+}
+
+pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
+    let kumo = lua.create_table()?;
+
+    kumo.set(
+        "on",
+        lua.create_function(|lua, (event, handler): (String, Function)| {
+            let loading = lua.app_data_ref::<Phase>().is_some_and(|p| p.loading);
+            if !loading {
+                return Err(located_error(
+                    lua,
+                    format!("kumo.on('{event}', ...) can only be called while the policy loads, not from an event handler"),
+                ));
+            }
+            let events: Table = lua.named_registry_value(EVENTS_KEY)?;
+            let sites: Table = lua.named_registry_value(EVENT_SITES_KEY)?;
+            let list: Table = match events.get::<Option<Table>>(event.as_str())? {
+                Some(list) => list,
+                None => {
+                    let list = lua.create_table()?;
+                    events.set(event.as_str(), list.clone())?;
+                    list
+                }
+            };
+            if list.raw_len() > 0 && !MULTI_HANDLER_EVENTS.contains(&event.as_str()) {
+                let site: String = sites.get(event.as_str())?;
+                return Err(located_error(
+                    lua,
+                    format!("{event} event already has a handler defined at {site}"),
+                ));
+            }
+            list.raw_push(handler)?;
+            sites.set(event.as_str(), caller_location(lua))?;
+            Ok(())
+        })?,
+    )?;
+
+    kumo.set(
+        "start_esmtp_listener",
+        lua.create_function(|lua, params: Value| {
+            let config: EsmtpListenerConfig = from_table(lua, "start_esmtp_listener", params)?;
+            if let Err(e) = config.listen.parse::<std::net::SocketAddr>() {
+                return Err(located_error(
+                    lua,
+                    format!("start_esmtp_listener: key 'listen': {:?} is not ip:port: {e}", config.listen),
+                ));
+            }
+            for (key, on) in [("deferred_queue", config.deferred_queue), ("deferred_spool", config.deferred_spool)] {
+                if on {
+                    return Err(located_error(
+                        lua,
+                        format!("start_esmtp_listener: key '{key}': not supported by this version of sluice-mta"),
+                    ));
+                }
+            }
+            with_init(lua, "start_esmtp_listener", |init| init.listeners.push(config))
+        })?,
+    )?;
+
+    kumo.set(
+        "define_spool",
+        lua.create_function(|lua, params: Value| {
+            let spool: SpoolDefinition = from_table(lua, "define_spool", params)?;
+            with_init(lua, "define_spool", |init| init.spools.push(spool))
+        })?,
+    )?;
+
+    kumo.set(
+        "configure_local_logs",
+        lua.create_function(|lua, params: Value| {
+            let logs: LocalLogConfig = from_table(lua, "configure_local_logs", params)?;
+            with_init(lua, "configure_local_logs", |init| init.logs.push(logs))
+        })?,
+    )?;
+
+    kumo.set(
+        "make_queue_config",
+        lua.create_function(|lua, params: Value| {
+            let config: QueueConfig = from_table(lua, "make_queue_config", params)?;
+            Ok(QueueConfigUd(config))
+        })?,
+    )?;
+
+    kumo.set(
+        "reject",
+        lua.create_function(
+            |_, (code, text): (u16, Option<String>)| -> mlua::Result<()> {
+                Err(mlua::Error::external(Rejection {
+                    code,
+                    text: text.unwrap_or_default(),
+                }))
+            },
+        )?,
+    )?;
+
+    let json_encode = lua.create_function(|lua, value: Value| {
+        serde_json::to_string(&json_of(lua, value)?).map_err(mlua::Error::external)
+    })?;
+    let json_encode_pretty = lua.create_function(|lua, value: Value| {
+        serde_json::to_string_pretty(&json_of(lua, value)?).map_err(mlua::Error::external)
+    })?;
+    let json_parse = lua.create_function(|lua, text: mlua::String| {
+        let v: serde_json::Value = serde_json::from_slice(&text.as_bytes())
+            .map_err(|e| located_error(lua, format!("json_parse: {e}")))?;
+        lua_of(lua, &v)
+    })?;
+    kumo.set("json_encode", json_encode.clone())?;
+    kumo.set("json_encode_pretty", json_encode_pretty.clone())?;
+    kumo.set("json_parse", json_parse.clone())?;
+    // `json_decode` is not in KumoMTA; kept as an alias because policies reach for it.
+    kumo.set("json_decode", json_parse.clone())?;
+    let serde = lua.create_table()?;
+    serde.set("json_encode", json_encode)?;
+    serde.set("json_encode_pretty", json_encode_pretty)?;
+    serde.set("json_parse", json_parse)?;
+    kumo.set("serde", serde)?;
+
+    kumo.set(
+        "available_parallelism",
+        lua.create_function(|_, ()| {
+            Ok(std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1))
+        })?,
+    )?;
+
+    for level in ["error", "warn", "info", "debug"] {
+        kumo.set(
+            format!("log_{level}"),
+            lua.create_function(move |lua, args: mlua::Variadic<Value>| {
+                let text = args
+                    .iter()
+                    .map(|v| v.to_string().unwrap_or_else(|_| format!("{v:?}")))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let site = caller_location(lua);
+                match level {
+                    "error" => tracing::error!(policy = %site, "{text}"),
+                    "warn" => tracing::warn!(policy = %site, "{text}"),
+                    "info" => tracing::info!(policy = %site, "{text}"),
+                    _ => tracing::debug!(policy = %site, "{text}"),
+                }
+                Ok(())
+            })?,
+        )?;
+    }
+
+    kumo.set(
+        "sleep",
+        lua.create_async_function(|_, secs: f64| async move {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(secs.max(0.0))).await;
+            Ok(())
+        })?,
+    )?;
+
+    Ok(kumo)
+}

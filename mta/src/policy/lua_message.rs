@@ -1,0 +1,158 @@
+//! The message and connection-meta objects handed to Lua handlers (§9.2–9.3).
+
+use super::located_error;
+use crate::headers;
+use crate::message::MessageRef;
+use mlua::{Lua, LuaSerdeExt, UserData, UserDataMethods, Value};
+use parking_lot::Mutex;
+use serde_json::Map;
+use std::sync::Arc;
+
+/// Connection meta shared between a session and the policy.
+#[derive(Clone, Default, Debug)]
+pub struct ConnMeta(pub Arc<Mutex<Map<String, serde_json::Value>>>);
+
+impl ConnMeta {
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        self.0
+            .lock()
+            .get(key)
+            .and_then(|v| v.as_str().map(str::to_string))
+    }
+
+    pub fn set(&self, key: &str, value: serde_json::Value) {
+        self.0.lock().insert(key.to_string(), value);
+    }
+
+    pub fn snapshot(&self) -> Map<String, serde_json::Value> {
+        self.0.lock().clone()
+    }
+}
+
+fn to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<Value> {
+    lua.to_value_with(
+        v,
+        mlua::SerializeOptions::new()
+            .serialize_none_to_null(false)
+            .serialize_unit_to_null(false),
+    )
+}
+
+pub struct LuaConnMeta(pub ConnMeta);
+
+impl UserData for LuaConnMeta {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get_meta", |lua, this, key: String| {
+            match this.0.0.lock().get(&key) {
+                Some(v) => to_lua(lua, v),
+                None => Ok(Value::Nil),
+            }
+        });
+        methods.add_method("set_meta", |lua, this, (key, value): (String, Value)| {
+            let v: serde_json::Value = lua.from_value(value)?;
+            this.0.0.lock().insert(key, v);
+            Ok(())
+        });
+    }
+}
+
+pub struct LuaMessage(pub MessageRef);
+
+impl LuaMessage {
+    fn data(&self, lua: &Lua) -> mlua::Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.0.data() {
+            return Ok(data);
+        }
+        let spool = lua
+            .app_data_ref::<Arc<crate::spool::Spool>>()
+            .map(|s| s.clone())
+            .ok_or_else(|| located_error(lua, "message body is not loaded"))?;
+        let data = spool
+            .read_data(self.0.id)
+            .map_err(|e| located_error(lua, format!("reading message body: {e}")))?;
+        self.0.set_data(data);
+        Ok(self.0.data().expect("just set"))
+    }
+
+    fn edit_data(&self, lua: &Lua, f: impl FnOnce(&[u8]) -> Vec<u8>) -> mlua::Result<()> {
+        let data = self.data(lua)?;
+        self.0.set_data(f(&data));
+        Ok(())
+    }
+}
+
+impl UserData for LuaMessage {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("id", |_, this, ()| Ok(this.0.id.to_string()));
+        methods.add_method("sender", |_, this, ()| Ok(this.0.sender()));
+        methods.add_method("set_sender", |_, this, sender: String| {
+            this.0.state().sender = sender;
+            Ok(())
+        });
+        methods.add_method("recipient", |lua, this, ()| {
+            let rcpts = this.0.recipients();
+            match rcpts.as_slice() {
+                [one] => Ok(Value::String(lua.create_string(one)?)),
+                many => Ok(Value::Table(
+                    lua.create_sequence_from(many.iter().cloned())?,
+                )),
+            }
+        });
+        methods.add_method("recipient_list", |lua, this, ()| {
+            lua.create_sequence_from(this.0.recipients())
+        });
+        methods.add_method("get_meta", |lua, this, key: String| {
+            match this.0.state().meta.get(&key) {
+                Some(v) => to_lua(lua, v),
+                None => Ok(Value::Nil),
+            }
+        });
+        methods.add_method("set_meta", |lua, this, (key, value): (String, Value)| {
+            let v: serde_json::Value = lua.from_value(value)?;
+            this.0.set_meta(&key, v);
+            Ok(())
+        });
+        methods.add_method("num_attempts", |_, this, ()| Ok(this.0.num_attempts()));
+        methods.add_method("queue_name", |lua, this, ()| {
+            crate::queue::name::queue_name(&this.0).map_err(|e| located_error(lua, e))
+        });
+        // The seed page for requeue_message calls it `get_queue_name`.
+        methods.add_method("get_queue_name", |lua, this, ()| {
+            crate::queue::name::queue_name(&this.0).map_err(|e| located_error(lua, e))
+        });
+        methods.add_method("get_data", |lua, this, ()| {
+            lua.create_string(this.data(lua)?.as_slice())
+        });
+        methods.add_method("set_data", |_, this, data: mlua::String| {
+            this.0.set_data(data.as_bytes().to_vec());
+            Ok(())
+        });
+        methods.add_method("get_first_named_header_value", |lua, this, name: String| {
+            Ok(headers::first_named_header_value(&this.data(lua)?, &name))
+        });
+        methods.add_method("get_all_headers", |lua, this, ()| {
+            let data = this.data(lua)?;
+            let block = headers::header_block(&data);
+            let list = lua.create_table()?;
+            for (name, value) in headers::iter_headers(&block) {
+                list.raw_push(lua.create_sequence_from([name.to_string(), value])?)?;
+            }
+            Ok(list)
+        });
+        methods.add_method(
+            "prepend_header",
+            |lua, this, (name, value): (String, String)| {
+                this.edit_data(lua, |d| headers::prepend_header(d, &name, &value))
+            },
+        );
+        methods.add_method(
+            "append_header",
+            |lua, this, (name, value): (String, String)| {
+                this.edit_data(lua, |d| headers::append_header(d, &name, &value))
+            },
+        );
+        methods.add_method("remove_all_named_headers", |lua, this, name: String| {
+            this.edit_data(lua, |d| headers::remove_all_named_headers(d, &name))
+        });
+    }
+}

@@ -1,0 +1,435 @@
+//! The Lua policy engine: a pool of Lua states that each ran the policy, the
+//! `kumo` module, events (`kumo.on`) and typed config constructors. This is
+//! the only module that touches Lua.
+
+mod kumo;
+mod lua_message;
+
+pub use lua_message::{ConnMeta, LuaConnMeta, LuaMessage};
+
+use crate::listener::config::EsmtpListenerConfig;
+use crate::log::LocalLogConfig;
+use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use sluice_common::queue_config::QueueConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Events that may have several handlers, run in registration order (§9.1).
+const MULTI_HANDLER_EVENTS: &[&str] = &[
+    "get_queue_config",
+    "requeue_message",
+    "throttle_insert_ready_queue",
+    "should_enqueue_log_record",
+    "get_acl_definition",
+    "pre_init",
+    "validate_config",
+];
+
+const EVENTS_KEY: &str = "sluice.events";
+const EVENT_SITES_KEY: &str = "sluice.event_sites";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{event}: {message}")]
+    Event { event: String, message: String },
+}
+
+/// What a handler's failure means to the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventError {
+    /// `kumo.reject(code, text)`.
+    Rejected { code: u16, text: String },
+    /// Any other error, with the message (file:line where Lua gave one).
+    Failed(String),
+}
+
+impl std::fmt::Display for EventError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            EventError::Rejected { code, text } => write!(f, "rejected with {code} {text}"),
+            EventError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The error `kumo.reject` raises; found again by downcasting.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("kumo.reject({code}, {text:?})")]
+pub struct Rejection {
+    pub code: u16,
+    pub text: String,
+}
+
+/// The innermost, most useful message of a Lua error.
+pub fn describe(err: &mlua::Error) -> String {
+    match err {
+        mlua::Error::CallbackError { cause, .. } => describe(cause),
+        mlua::Error::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
+        mlua::Error::ExternalError(e) => e.to_string(),
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn event_error(err: mlua::Error) -> EventError {
+    match err.downcast_ref::<Rejection>() {
+        Some(r) => EventError::Rejected {
+            code: r.code,
+            text: r.text.clone(),
+        },
+        None => EventError::Failed(describe(&err)),
+    }
+}
+
+/// `kumo.define_spool{...}` (spec §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolDefinition {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub kind: Option<SpoolKind>,
+    /// Accepted for compatibility: Sluice always syncs before replying 250.
+    #[serde(default)]
+    pub flush: Option<bool>,
+    #[serde(default)]
+    pub rocks_params: Option<serde_json::Value>,
+    #[serde(default)]
+    pub min_free_space: Option<serde_json::Value>,
+    #[serde(default)]
+    pub min_free_inodes: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub enum SpoolKind {
+    LocalDisk,
+    RocksDB,
+}
+
+/// What the `init` event configured.
+#[derive(Debug, Default, Clone)]
+pub struct InitConfig {
+    pub listeners: Vec<EsmtpListenerConfig>,
+    pub spools: Vec<SpoolDefinition>,
+    pub logs: Vec<LocalLogConfig>,
+}
+
+/// Per-state flags that decide which `kumo` functions may be called now.
+#[derive(Default)]
+struct Phase {
+    loading: bool,
+    init: Option<InitConfig>,
+}
+
+#[derive(Clone)]
+pub struct PolicySource {
+    /// File name shown in errors and used for the chunk name.
+    pub name: String,
+    pub code: String,
+    pub dir: Option<PathBuf>,
+}
+
+impl PolicySource {
+    pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
+        let code = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::Load(format!("{}: {e}", path.display())))?;
+        Ok(PolicySource {
+            name: path.display().to_string(),
+            code,
+            dir: path.parent().map(Path::to_path_buf),
+        })
+    }
+
+    pub fn embedded(name: &str, code: &str) -> Self {
+        PolicySource {
+            name: name.into(),
+            code: code.into(),
+            dir: None,
+        }
+    }
+}
+
+pub struct Policy {
+    source: PolicySource,
+    pool: Mutex<Vec<Lua>>,
+    spool: Mutex<Option<Arc<crate::spool::Spool>>>,
+}
+
+/// A Lua state borrowed from the pool; it goes back when dropped.
+struct Pooled<'a> {
+    lua: Option<Lua>,
+    policy: &'a Policy,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Lua;
+    fn deref(&self) -> &Lua {
+        self.lua.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(lua) = self.lua.take() {
+            let mut pool = self.policy.pool.lock();
+            if pool.len() < 256 {
+                pool.push(lua);
+            }
+        }
+    }
+}
+
+impl Policy {
+    /// Load the policy once (which validates that it runs) and keep that state.
+    pub fn load(source: PolicySource) -> Result<Arc<Policy>, PolicyError> {
+        let lua = new_state(&source)?;
+        Ok(Arc::new(Policy {
+            source,
+            pool: Mutex::new(vec![lua]),
+            spool: Mutex::new(None),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.source.name
+    }
+
+    /// Give message objects access to spooled bodies (for `msg:get_data()`).
+    pub fn attach_spool(&self, spool: Arc<crate::spool::Spool>) {
+        *self.spool.lock() = Some(spool.clone());
+        for lua in self.pool.lock().iter() {
+            lua.set_app_data(spool.clone());
+        }
+    }
+
+    fn checkout(&self) -> Result<Pooled<'_>, EventError> {
+        let lua = self.pool.lock().pop();
+        let lua = match lua {
+            Some(lua) => lua,
+            None => {
+                let lua = new_state(&self.source).map_err(|e| EventError::Failed(e.to_string()))?;
+                if let Some(spool) = self.spool.lock().clone() {
+                    lua.set_app_data(spool);
+                }
+                lua
+            }
+        };
+        Ok(Pooled {
+            lua: Some(lua),
+            policy: self,
+        })
+    }
+
+    /// Run the `init` event and return what it configured.
+    pub async fn run_init(&self) -> Result<InitConfig, PolicyError> {
+        let lua = self
+            .checkout()
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        lua.set_app_data(Phase {
+            loading: false,
+            init: Some(InitConfig::default()),
+        });
+        let result = self
+            .call_handlers(&lua, "init", |_| Ok(MultiValue::new()))
+            .await;
+        let init = lua
+            .app_data_mut::<Phase>()
+            .and_then(|mut p| p.init.take())
+            .unwrap_or_default();
+        result.map_err(|e| PolicyError::Event {
+            event: "init".into(),
+            message: e.to_string(),
+        })?;
+        Ok(init)
+    }
+
+    pub fn has_handler(&self, event: &str) -> bool {
+        match self.checkout() {
+            Ok(lua) => !handlers(&lua, event).unwrap_or_default().is_empty(),
+            Err(_) => false,
+        }
+    }
+
+    /// Call every handler of `event` in order until one returns a value
+    /// (§9.1: zero return values pass on; any value, even `nil`, stops).
+    async fn call_handlers(
+        &self,
+        lua: &Lua,
+        event: &str,
+        args: impl Fn(&Lua) -> mlua::Result<MultiValue>,
+    ) -> Result<Option<MultiValue>, EventError> {
+        for f in handlers(lua, event).map_err(event_error)? {
+            let result: MultiValue = f
+                .call_async(args(lua).map_err(event_error)?)
+                .await
+                .map_err(event_error)?;
+            if !result.is_empty() {
+                return Ok(Some(result));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `get_queue_config(domain, tenant, campaign, routing_domain)`; the
+    /// defaults when no handler returns a value.
+    pub async fn get_queue_config(
+        &self,
+        domain: &str,
+        tenant: Option<&str>,
+        campaign: Option<&str>,
+        routing_domain: Option<&str>,
+    ) -> Result<QueueConfig, EventError> {
+        let lua = self.checkout()?;
+        let result = self
+            .call_handlers(&lua, "get_queue_config", |lua| {
+                (domain, tenant, campaign, routing_domain).into_lua_multi(lua)
+            })
+            .await?;
+        match result {
+            None => Ok(QueueConfig::default()),
+            Some(values) => {
+                let value = values.into_iter().next().unwrap_or(Value::Nil);
+                kumo::queue_config_from_value(&lua, value).map_err(|e| {
+                    EventError::Failed(format!("get_queue_config returned {}", describe(&e)))
+                })
+            }
+        }
+    }
+
+    /// Fire an `smtp_server_*` style event with a message and/or connection meta.
+    pub async fn message_event(
+        &self,
+        event: &str,
+        msg: Option<&crate::message::MessageRef>,
+        conn: Option<&ConnMeta>,
+    ) -> Result<(), EventError> {
+        let lua = self.checkout()?;
+        self.call_handlers(&lua, event, |lua| {
+            let mut args = MultiValue::new();
+            if let Some(m) = msg {
+                args.push_back(Value::UserData(lua.create_userdata(LuaMessage(m.clone()))?));
+            }
+            if let Some(c) = conn {
+                args.push_back(Value::UserData(
+                    lua.create_userdata(LuaConnMeta(c.clone()))?,
+                ));
+            }
+            Ok(args)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `smtp_server_ehlo(domain, conn_meta)`; rejections come back as errors.
+    pub async fn ehlo_event(&self, domain: &str, conn: &ConnMeta) -> Result<(), EventError> {
+        let lua = self.checkout()?;
+        self.call_handlers(&lua, "smtp_server_ehlo", |lua| {
+            (domain, lua.create_userdata(LuaConnMeta(conn.clone()))?).into_lua_multi(lua)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `smtp_server_mail_from(sender, conn_meta)` / `smtp_server_rcpt_to(rcpt, conn_meta)`.
+    pub async fn address_event(
+        &self,
+        event: &str,
+        address: &str,
+        conn: &ConnMeta,
+    ) -> Result<(), EventError> {
+        let lua = self.checkout()?;
+        self.call_handlers(&lua, event, |lua| {
+            (address, lua.create_userdata(LuaConnMeta(conn.clone()))?).into_lua_multi(lua)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Exercise what `--validate` can reach without traffic: `init` (every
+    /// listener, spool and log table is parsed), `get_queue_config` for a
+    /// sample of names, and any `validate_config` handlers.
+    pub async fn validate(&self) -> Result<InitConfig, PolicyError> {
+        let init = self.run_init().await?;
+        let samples: [(&str, Option<&str>, Option<&str>, Option<&str>); 3] = [
+            ("example.com", None, None, None),
+            ("example.com", Some("tenant"), Some("campaign"), None),
+            ("example.com", None, None, Some("routing.example.com")),
+        ];
+        for (domain, tenant, campaign, routing) in samples {
+            self.get_queue_config(domain, tenant, campaign, routing)
+                .await
+                .map_err(|e| PolicyError::Event {
+                    event: "get_queue_config".into(),
+                    message: e.to_string(),
+                })?;
+        }
+        let lua = self
+            .checkout()
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        self.call_handlers(&lua, "validate_config", |_| Ok(MultiValue::new()))
+            .await
+            .map_err(|e| PolicyError::Event {
+                event: "validate_config".into(),
+                message: e.to_string(),
+            })?;
+        Ok(init)
+    }
+}
+
+fn handlers(lua: &Lua, event: &str) -> mlua::Result<Vec<Function>> {
+    let events: Table = lua.named_registry_value(EVENTS_KEY)?;
+    match events.get::<Option<Table>>(event)? {
+        Some(list) => list.sequence_values::<Function>().collect(),
+        None => Ok(vec![]),
+    }
+}
+
+/// Build a Lua state: std libs, the `kumo` module, then run the policy.
+fn new_state(source: &PolicySource) -> Result<Lua, PolicyError> {
+    let lua = Lua::new();
+    let setup = || -> mlua::Result<()> {
+        lua.set_named_registry_value(EVENTS_KEY, lua.create_table()?)?;
+        lua.set_named_registry_value(EVENT_SITES_KEY, lua.create_table()?)?;
+        let kumo = kumo::build_module(&lua)?;
+        lua.globals().set("kumo", kumo.clone())?;
+        let package: Table = lua.globals().get("package")?;
+        let loaded: Table = package.get("loaded")?;
+        loaded.set("kumo", kumo)?;
+        if let Some(dir) = &source.dir {
+            let path: String = package.get("path")?;
+            let dir = dir.display();
+            package.set("path", format!("{dir}/?.lua;{dir}/?/init.lua;{path}"))?;
+        }
+        Ok(())
+    };
+    setup().map_err(|e| PolicyError::Load(describe(&e)))?;
+    lua.set_app_data(Phase {
+        loading: true,
+        init: None,
+    });
+    lua.load(&source.code)
+        .set_name(format!("@{}", source.name))
+        .exec()
+        .map_err(|e| PolicyError::Load(describe(&e)))?;
+    lua.set_app_data(Phase::default());
+    Ok(lua)
+}
+
+/// `file:line` of the Lua code calling into Rust right now.
+fn caller_location(lua: &Lua) -> String {
+    lua.inspect_stack(1, |d| {
+        let src = d.source();
+        let file = src.short_src.as_deref().unwrap_or("?").to_string();
+        format!("{file}:{}", d.current_line().unwrap_or(0))
+    })
+    .unwrap_or_else(|| "?".into())
+}
+
+/// An error that names where in the policy it happened.
+fn located_error(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::RuntimeError(format!("{}: {message}", caller_location(lua)))
+}

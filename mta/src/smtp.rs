@@ -1,0 +1,211 @@
+//! RFC 5321 command parsing, shared by the server (and later the client).
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Ehlo(String),
+    Helo(String),
+    MailFrom {
+        address: String,
+        params: Vec<(String, Option<String>)>,
+    },
+    RcptTo {
+        address: String,
+        params: Vec<(String, Option<String>)>,
+    },
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    StartTls,
+    Vrfy,
+    Expn,
+    Help,
+    Auth,
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntaxError {
+    pub code: u16,
+    pub text: &'static str,
+}
+
+const BAD_ADDRESS: SyntaxError = SyntaxError {
+    code: 501,
+    text: "5.1.7 Invalid address",
+};
+const BAD_SYNTAX: SyntaxError = SyntaxError {
+    code: 501,
+    text: "5.5.4 Syntax error in parameters or arguments",
+};
+
+fn strip_verb<'a>(line: &'a str, verb: &str) -> Option<&'a str> {
+    let head = line.get(..verb.len())?;
+    if head.eq_ignore_ascii_case(verb) {
+        Some(&line[verb.len()..])
+    } else {
+        None
+    }
+}
+
+/// Parse `<addr> PARAM=value ...` after `MAIL FROM:` / `RCPT TO:`.
+fn parse_path(
+    rest: &str,
+    allow_null: bool,
+) -> Result<(String, Vec<(String, Option<String>)>), SyntaxError> {
+    let rest = rest.trim_start();
+    let (address, params) = if let Some(inner) = rest.strip_prefix('<') {
+        let end = inner.find('>').ok_or(BAD_ADDRESS)?;
+        (&inner[..end], &inner[end + 1..])
+    } else {
+        // be lenient with clients that omit the angle brackets
+        match rest.split_once(' ') {
+            Some((a, p)) => (a, p),
+            None => (rest, ""),
+        }
+    };
+    // drop a source route (`@a,@b:user@host`), which RFC 5321 says to ignore
+    let address = match address.starts_with('@') {
+        true => address.split_once(':').map(|(_, a)| a).ok_or(BAD_ADDRESS)?,
+        false => address,
+    };
+    if address.is_empty() {
+        if !allow_null {
+            return Err(BAD_ADDRESS);
+        }
+    } else if !valid_address(address) {
+        return Err(BAD_ADDRESS);
+    }
+    let mut out = vec![];
+    for p in params.split_ascii_whitespace() {
+        match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.push((k.to_ascii_uppercase(), Some(v.to_string())))
+            }
+            Some(_) => return Err(BAD_SYNTAX),
+            None => out.push((p.to_ascii_uppercase(), None)),
+        }
+    }
+    Ok((address.to_string(), out))
+}
+
+fn valid_address(addr: &str) -> bool {
+    if addr.eq_ignore_ascii_case("postmaster") {
+        return true;
+    }
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && !addr
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+}
+
+pub fn parse_command(line: &str) -> Result<Command, SyntaxError> {
+    let verb_end = line.find(' ').unwrap_or(line.len());
+    let verb = line[..verb_end].to_ascii_uppercase();
+    let arg = line[verb_end..].trim();
+    Ok(match verb.as_str() {
+        "EHLO" | "HELO" => {
+            if arg.is_empty() || arg.contains(' ') {
+                return Err(BAD_SYNTAX);
+            }
+            if verb == "EHLO" {
+                Command::Ehlo(arg.to_string())
+            } else {
+                Command::Helo(arg.to_string())
+            }
+        }
+        "MAIL" => {
+            let rest = strip_verb(line, "MAIL FROM:").ok_or(BAD_SYNTAX)?;
+            let (address, params) = parse_path(rest, true)?;
+            Command::MailFrom { address, params }
+        }
+        "RCPT" => {
+            let rest = strip_verb(line, "RCPT TO:").ok_or(BAD_SYNTAX)?;
+            let (address, params) = parse_path(rest, false)?;
+            Command::RcptTo { address, params }
+        }
+        "DATA" if arg.is_empty() => Command::Data,
+        "RSET" if arg.is_empty() => Command::Rset,
+        "NOOP" => Command::Noop,
+        "QUIT" if arg.is_empty() => Command::Quit,
+        "STARTTLS" if arg.is_empty() => Command::StartTls,
+        "DATA" | "RSET" | "QUIT" | "STARTTLS" => return Err(BAD_SYNTAX),
+        "VRFY" => Command::Vrfy,
+        "EXPN" => Command::Expn,
+        "HELP" => Command::Help,
+        "AUTH" => Command::Auth,
+        _ => Command::Unknown(verb),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse_command("EHLO client.example").unwrap(),
+            Command::Ehlo("client.example".into())
+        );
+        assert_eq!(parse_command("helo x").unwrap(), Command::Helo("x".into()));
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.c> SIZE=100 BODY=8BITMIME").unwrap(),
+            Command::MailFrom {
+                address: "a@b.c".into(),
+                params: vec![
+                    ("SIZE".into(), Some("100".into())),
+                    ("BODY".into(), Some("8BITMIME".into()))
+                ]
+            }
+        );
+        assert_eq!(
+            parse_command("mail from: <>").unwrap(),
+            Command::MailFrom {
+                address: "".into(),
+                params: vec![]
+            }
+        );
+        assert_eq!(
+            parse_command("RCPT TO:<u@d>").unwrap(),
+            Command::RcptTo {
+                address: "u@d".into(),
+                params: vec![]
+            }
+        );
+        assert_eq!(
+            parse_command("RCPT TO:<@relay.example:u@d>").unwrap(),
+            Command::RcptTo {
+                address: "u@d".into(),
+                params: vec![]
+            }
+        );
+        assert_eq!(parse_command("DATA").unwrap(), Command::Data);
+        assert_eq!(parse_command("noop whatever").unwrap(), Command::Noop);
+        assert_eq!(
+            parse_command("XYZZY").unwrap(),
+            Command::Unknown("XYZZY".into())
+        );
+    }
+
+    #[test]
+    fn rejects_bad_syntax_with_the_right_code() {
+        assert_eq!(parse_command("RCPT TO:<>").unwrap_err().code, 501);
+        assert_eq!(parse_command("RCPT TO:<nobody>").unwrap_err(), BAD_ADDRESS);
+        assert_eq!(parse_command("MAIL FROM:<a@b").unwrap_err(), BAD_ADDRESS);
+        assert_eq!(parse_command("MAIL TO:<a@b>").unwrap_err(), BAD_SYNTAX);
+        assert_eq!(parse_command("EHLO").unwrap_err(), BAD_SYNTAX);
+        assert_eq!(parse_command("DATA now").unwrap_err(), BAD_SYNTAX);
+        assert_eq!(
+            parse_command("RCPT TO:<postmaster>").unwrap(),
+            Command::RcptTo {
+                address: "postmaster".into(),
+                params: vec![]
+            }
+        );
+    }
+}

@@ -1,1 +1,339 @@
+//! Harness for end-to-end tests: start the real `sluice-mta` binary on a
+//! free port in a temporary directory, drive it with real clients (swaks,
+//! Python's smtplib, openssl), and read what a user would see: SMTP replies,
+//! log records and maildir files.
 
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (for examples/ and tests/clients/).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Path of a built binary of this workspace (built by the test command
+/// before the tests run; `SLUICE_BIN_DIR` overrides the directory).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("SLUICE_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent().unwrap().parent().unwrap().to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `sluice-mta` with its own data directory.
+pub struct Mta {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub policy_path: PathBuf,
+}
+
+/// The init block most tests share; `{DIR}` and `{PORT}` are substituted.
+pub const INIT: &str = r#"
+local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = '{DIR}/spool' }
+  kumo.define_spool { name = 'meta', path = '{DIR}/spool' }
+  kumo.configure_local_logs { log_dir = '{DIR}/logs' }
+  kumo.start_esmtp_listener { listen = '127.0.0.1:{PORT}' {LISTENER} }
+end)
+"#;
+
+/// A policy: the shared init block (with extra listener keys) plus `rest`.
+pub fn policy(listener_extra: &str, rest: &str) -> String {
+    let extra = if listener_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {listener_extra}")
+    };
+    format!("{}\n{rest}", INIT.replace("{LISTENER}", &extra))
+}
+
+/// A policy that delivers everything into `{DIR}/maildir` with the given queue keys.
+pub fn maildir_policy(listener_extra: &str, queue_extra: &str) -> String {
+    policy(
+        listener_extra,
+        &format!(
+            "kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)\n  \
+             return kumo.make_queue_config {{ protocol = {{ maildir_path = '{{DIR}}/maildir' }}, {queue_extra} }}\nend)\n"
+        ),
+    )
+}
+
+impl Mta {
+    pub fn start(policy: &str) -> Mta {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let policy_path = dir.path().join("policy.lua");
+        let text = policy
+            .replace("{DIR}", &dir.path().display().to_string())
+            .replace("{PORT}", &port.to_string())
+            .replace("{ROOT}", &workspace_root().display().to_string());
+        std::fs::write(&policy_path, text).unwrap();
+        let mut mta = Mta {
+            child: None,
+            dir,
+            port,
+            policy_path,
+        };
+        mta.spawn();
+        mta
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("mta.log"))
+            .unwrap();
+        let child = Command::new(binary("sluice-mta"))
+            .arg("--policy")
+            .arg(&self.policy_path)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sluice-mta exited with {status}: {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice-mta did not listen: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("mta.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Every log record written so far, in file order.
+    pub fn records(&self) -> Vec<Value> {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(self.path("logs")) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => return vec![],
+        };
+        files.sort();
+        let mut out = vec![];
+        for f in files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for line in text.lines() {
+                // a line being written right now may be incomplete
+                if let Ok(v) = serde_json::from_str(line) {
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn records_of(&self, kind: &str) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["type"] == kind)
+            .collect()
+    }
+
+    /// Poll the log until `cond` holds, or panic after `timeout`.
+    pub fn wait_for_records(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.records();
+            if cond(&recs) {
+                return recs;
+            }
+            if Instant::now() > deadline {
+                let kinds: Vec<String> = recs.iter().map(|r| r["type"].to_string()).collect();
+                panic!(
+                    "timed out waiting for {what}; records: {kinds:?}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Files delivered into the maildir at `rel` (its `new/` directory).
+    pub fn maildir_files(&self, rel: &str) -> Vec<PathBuf> {
+        maildir_files(&self.path(rel))
+    }
+}
+
+pub fn maildir_files(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir.join("new")) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+impl Drop for Mta {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn count(records: &[Value], kind: &str) -> usize {
+    records.iter().filter(|r| r["type"] == kind).count()
+}
+
+/// Run swaks against the MTA.
+pub fn swaks(port: u16, args: &[&str]) -> Output {
+    Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "30"])
+        .args(args)
+        .output()
+        .expect("swaks is installed (apt-get install swaks)")
+}
+
+/// Run one of the Python clients in tests/clients with arguments.
+pub fn python_client(script: &str, args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(workspace_root().join("tests/clients").join(script))
+        .args(args)
+        .output()
+        .expect("python3 runs")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A raw SMTP conversation over a plain socket, for malformed input.
+pub struct RawSmtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RawSmtp {
+    pub fn connect(port: u16) -> RawSmtp {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        RawSmtp {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Read one (possibly multi-line) reply: `(code, full text)`.
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "connection closed; got so far: {all:?}");
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line[..3].parse().unwrap();
+                return (code, all);
+            }
+        }
+    }
+
+    pub fn command(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True when the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// Make a self-signed certificate for `localhost` with openssl; returns (cert, key).
+pub fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(o.status.success(), "{}", text(&o));
+    (cert, key)
+}

@@ -582,7 +582,23 @@ impl Session {
                 queues.insert(msg);
             }
         }
-        self.ok(250, &format!("OK ids={}", ids.join(" ")));
+        self.ok(250, &ids_reply(&ids));
         Ok(Flow::Continue)
     }
+}
+
+/// `OK ids=...`, kept under RFC 5321's 512-octet reply limit: a transaction
+/// with many recipients lists the first ids and how many more there are.
+fn ids_reply(ids: &[String]) -> String {
+    let mut out = String::from("OK ids=");
+    for (i, id) in ids.iter().enumerate() {
+        if out.len() + id.len() + 20 > 500 {
+            out.push_str(&format!("(+{} more)", ids.len() - i));
+            break;
+        }
+        out.push_str(id);
+        out.push(' ');
+    }
+    out.truncate(out.trim_end().len());
+    out
 }

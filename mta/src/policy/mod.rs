@@ -75,8 +75,18 @@ pub fn describe(err: &mlua::Error) -> String {
     }
 }
 
+fn find_rejection(err: &mlua::Error) -> Option<&Rejection> {
+    match err {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            find_rejection(cause)
+        }
+        mlua::Error::ExternalError(e) => e.downcast_ref::<Rejection>(),
+        _ => None,
+    }
+}
+
 fn event_error(err: mlua::Error) -> EventError {
-    match err.downcast_ref::<Rejection>() {
+    match find_rejection(&err) {
         Some(r) => EventError::Rejected {
             code: r.code,
             text: r.text.clone(),

@@ -1,0 +1,239 @@
+//! Retry, expiry and crash safety: what a 250 promises.
+
+use rand::Rng;
+use serde_json::Value;
+use sluice_tests::*;
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn event_secs(r: &Value) -> f64 {
+    chrono_like_parse(r["event_time"].as_str().unwrap())
+}
+
+/// Seconds since the epoch from an RFC 3339 UTC timestamp with microseconds.
+fn chrono_like_parse(t: &str) -> f64 {
+    // 2026-11-22T00:01:14.952234Z
+    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let h: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    // days from civil (Howard Hinnant's algorithm)
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + h[0] * 3600 + h[1] * 60 + h[2];
+    secs as f64 + format!("0.{frac}").parse::<f64>().unwrap()
+}
+
+fn unwritable_maildir_policy(queue_extra: &str) -> String {
+    // {DIR}/blocked is a regular file, so the maildir under it cannot be made
+    policy(
+        "",
+        &format!(
+            "kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)\n  \
+             return kumo.make_queue_config {{ protocol = {{ maildir_path = '{{DIR}}/blocked/maildir' }}, {queue_extra} }}\nend)\n"
+        ),
+    )
+}
+
+/// retry_interval = 2 s, max_age = 20 s, a maildir that cannot be written:
+/// TransientFailures at 0, 2, 6 and 14 s (delays 2, 4, 8; jitter is 0 for
+/// intervals this short), then Expiration at the 4th failure because the
+/// next delay (16 s) would end past max_age.
+#[test]
+fn retries_back_off_exponentially_then_expire_at_max_age() {
+    let mta = Mta::start(&unwritable_maildir_policy(
+        "retry_interval = '2 seconds', max_age = '20 seconds'",
+    ));
+    std::fs::write(mta.path("blocked"), b"not a directory").unwrap();
+    let o = swaks(mta.port, &["--to", "u@example.com"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recs = mta.wait_for_records(Duration::from_secs(40), "Expiration", |r| {
+        count(r, "Expiration") == 1
+    });
+    let failures: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "TransientFailure")
+        .collect();
+    assert_eq!(failures.len(), 4, "{failures:?}");
+    let attempts: Vec<u64> = failures
+        .iter()
+        .map(|r| r["num_attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, vec![0, 1, 2, 3]);
+    for f in &failures {
+        assert_eq!(f["response"]["code"], 400);
+        assert!(
+            f["response"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("failed to write to maildir")
+        );
+    }
+    let times: Vec<f64> = failures.iter().map(|r| event_secs(r)).collect();
+    let reception = event_secs(recs.iter().find(|r| r["type"] == "Reception").unwrap());
+    assert!(times[0] - reception < 1.0, "first attempt is immediate");
+    for (i, expected) in [2.0, 4.0, 8.0].iter().enumerate() {
+        let gap = times[i + 1] - times[i];
+        assert!(
+            gap >= expected - 0.05 && gap <= expected + 1.5,
+            "gap {i} = {gap}, expected {expected}"
+        );
+    }
+    let exp = recs.iter().find(|r| r["type"] == "Expiration").unwrap();
+    assert_eq!(exp["response"]["code"], 551);
+    let content = exp["response"]["content"].as_str().unwrap();
+    assert!(content.contains("exceeds max_age=20s"), "{content}");
+    assert_eq!(exp["response"]["enhanced_code"]["subject"], 4);
+    assert!(
+        (event_secs(exp) - times[3]).abs() < 1.0,
+        "expires at the 4th failure"
+    );
+    // nothing further happens
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&mta.records(), "TransientFailure"), 4);
+}
+
+/// The attempt count and next due time are in the spool: a restart neither
+/// resets the count nor retries at once.
+#[test]
+fn restart_keeps_attempt_count_and_due_time() {
+    let mut mta = Mta::start(&unwritable_maildir_policy("retry_interval = '5 seconds'"));
+    std::fs::write(mta.path("blocked"), b"x").unwrap();
+    let o = swaks(mta.port, &["--to", "u@example.com"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recs = mta.wait_for_records(Duration::from_secs(10), "first failure", |r| {
+        count(r, "TransientFailure") == 1
+    });
+    let first = event_secs(&recs[recs.len() - 1]);
+    mta.kill9();
+    mta.spawn();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count(&mta.records(), "TransientFailure"),
+        1,
+        "not retried at restart"
+    );
+    let recs = mta.wait_for_records(Duration::from_secs(10), "second failure", |r| {
+        count(r, "TransientFailure") == 2
+    });
+    let second = recs
+        .iter()
+        .filter(|r| r["type"] == "TransientFailure")
+        .nth(1)
+        .unwrap();
+    assert_eq!(second["num_attempts"], 1);
+    let gap = event_secs(second) - first;
+    assert!(
+        (4.9..=6.5).contains(&gap),
+        "retried {gap}s after the first failure"
+    );
+    assert_eq!(
+        count(&recs, "Reception"),
+        1,
+        "recovery logs no new Reception"
+    );
+}
+
+fn seq_of(file: &std::path::Path) -> Option<u64> {
+    let body = std::fs::read_to_string(file).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("X-Test-Seq: "))
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// 2,000 messages from 20 concurrent clients, `kill -9` at a random moment,
+/// restart: every message that got a 250 is delivered, and nothing is
+/// delivered twice that did not get a 250.
+#[test]
+fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
+    let mut mta = Mta::start(&maildir_policy("", ""));
+    let total = 2000;
+    let client = Command::new("python3")
+        .arg(workspace_root().join("tests/clients/smtp_send.py"))
+        .args([
+            "--port",
+            &mta.port.to_string(),
+            "--count",
+            &total.to_string(),
+            "--concurrency",
+            "20",
+        ])
+        .args(["--per-connection", "20", "--size", "2000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let delay = rand::rng().random_range(300..2500);
+    std::thread::sleep(Duration::from_millis(delay));
+    mta.kill9();
+    let out = client.wait_with_output().unwrap();
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), total, "every message has an outcome");
+    let acked: std::collections::HashSet<u64> = results
+        .iter()
+        .filter(|r| r["code"] == 250)
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    mta.spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut delivered: HashMap<u64, usize>;
+    loop {
+        delivered = HashMap::new();
+        for f in mta.maildir_files("maildir") {
+            if let Some(seq) = seq_of(&f) {
+                *delivered.entry(seq).or_default() += 1;
+            }
+        }
+        if acked.iter().all(|s| delivered.contains_key(s)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages delivered",
+            acked.iter().filter(|s| delivered.contains_key(s)).count(),
+            acked.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // let anything still in flight settle, then count again
+    std::thread::sleep(Duration::from_secs(2));
+    delivered.clear();
+    for f in mta.maildir_files("maildir") {
+        if let Some(seq) = seq_of(&f) {
+            *delivered.entry(seq).or_default() += 1;
+        }
+    }
+    let duplicated_acked = acked.iter().filter(|s| delivered[s] > 1).count();
+    let unacked_twice: Vec<u64> = delivered
+        .iter()
+        .filter(|(s, n)| !acked.contains(s) && **n > 1)
+        .map(|(s, _)| *s)
+        .collect();
+    let unacked_delivered = delivered.keys().filter(|s| !acked.contains(s)).count();
+    println!(
+        "crash after {delay} ms: {} acknowledged, all delivered; {duplicated_acked} delivered twice; \
+         {unacked_delivered} unacknowledged (in flight at the crash) delivered once",
+        acked.len()
+    );
+    assert!(
+        !acked.is_empty(),
+        "the crash came before any 250; nothing was tested"
+    );
+    assert!(
+        unacked_twice.is_empty(),
+        "unacknowledged messages delivered twice: {unacked_twice:?}"
+    );
+    // at-least-once: duplicates are allowed but must be rare (crash window only)
+    assert!(duplicated_acked <= 40, "{duplicated_acked} duplicates");
+}

@@ -411,7 +411,7 @@ mod tests {
         assert!((0..100).all(|i| c.jitter_secs(i as f64 / 100.0) == 0));
         // default: J = 60 => jitter within [-29, 29]
         let c = QueueConfig::default();
-        assert_eq!(c.jitter_secs(0.0), -30 + 0);
+        assert_eq!(c.jitter_secs(0.0), -30);
         assert_eq!(c.jitter_secs(0.999_999), 29);
         assert!(c.delay_for_attempt(200) >= Duration::from_secs(u64::MAX / 2));
     }

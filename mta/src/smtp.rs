@@ -1,16 +1,19 @@
 //! RFC 5321 command parsing, shared by the server (and later the client).
 
+/// ESMTP parameters such as `SIZE=100` or `SMTPUTF8`, keys uppercased.
+pub type Params = Vec<(String, Option<String>)>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Ehlo(String),
     Helo(String),
     MailFrom {
         address: String,
-        params: Vec<(String, Option<String>)>,
+        params: Params,
     },
     RcptTo {
         address: String,
-        params: Vec<(String, Option<String>)>,
+        params: Params,
     },
     Data,
     Rset,
@@ -52,7 +55,7 @@ fn strip_verb<'a>(line: &'a str, verb: &str) -> Option<&'a str> {
 fn parse_path(
     rest: &str,
     allow_null: bool,
-) -> Result<(String, Vec<(String, Option<String>)>), SyntaxError> {
+) -> Result<(String, Params), SyntaxError> {
     let rest = rest.trim_start();
     let (address, params) = if let Some(inner) = rest.strip_prefix('<') {
         let end = inner.find('>').ok_or(BAD_ADDRESS)?;

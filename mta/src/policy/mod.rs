@@ -364,13 +364,14 @@ impl Policy {
     /// sample of names, and any `validate_config` handlers.
     pub async fn validate(&self) -> Result<InitConfig, PolicyError> {
         let init = self.run_init().await?;
-        let samples: [(&str, Option<&str>, Option<&str>, Option<&str>); 3] = [
-            ("example.com", None, None, None),
-            ("example.com", Some("tenant"), Some("campaign"), None),
-            ("example.com", None, None, Some("routing.example.com")),
+        // (tenant, campaign, routing_domain) for the sample domain
+        let samples = [
+            (None, None, None),
+            (Some("tenant"), Some("campaign"), None),
+            (None, None, Some("routing.example.com")),
         ];
-        for (domain, tenant, campaign, routing) in samples {
-            self.get_queue_config(domain, tenant, campaign, routing)
+        for (tenant, campaign, routing) in samples {
+            self.get_queue_config("example.com", tenant, campaign, routing)
                 .await
                 .map_err(|e| PolicyError::Event {
                     event: "get_queue_config".into(),

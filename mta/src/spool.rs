@@ -6,7 +6,11 @@
 //! (plus a directory fsync); with a log, every message that arrived while the
 //! previous sync was in flight is written with one `write` and made durable
 //! with one `fdatasync`, so 50 concurrent sessions share a sync instead of
-//! queueing behind 50. See `mta/benches/spool.rs` for the measurement.
+//! queueing behind 50. Measured by `cargo bench -p sluice-mta --bench spool`
+//! (20,000 x 2 KB, 50 writers, 2-core VM): the log stored 103k-119k msg/s,
+//! file-per-message with fsync 3.5k-9.1k msg/s, 11-34x less. An embedded
+//! store would add a second log (its WAL) plus compaction of bodies that are
+//! written once and deleted soon, which a queue does not need.
 //!
 //! Records: PUT (meta + body), META (new meta), DEL. A segment is deleted once
 //! it is the oldest and holds no live message; a sparse oldest segment is

@@ -7,14 +7,8 @@ pub type Params = Vec<(String, Option<String>)>;
 pub enum Command {
     Ehlo(String),
     Helo(String),
-    MailFrom {
-        address: String,
-        params: Params,
-    },
-    RcptTo {
-        address: String,
-        params: Params,
-    },
+    MailFrom { address: String, params: Params },
+    RcptTo { address: String, params: Params },
     Data,
     Rset,
     Noop,
@@ -52,10 +46,7 @@ fn strip_verb<'a>(line: &'a str, verb: &str) -> Option<&'a str> {
 }
 
 /// Parse `<addr> PARAM=value ...` after `MAIL FROM:` / `RCPT TO:`.
-fn parse_path(
-    rest: &str,
-    allow_null: bool,
-) -> Result<(String, Params), SyntaxError> {
+fn parse_path(rest: &str, allow_null: bool) -> Result<(String, Params), SyntaxError> {
     let rest = rest.trim_start();
     let (address, params) = if let Some(inner) = rest.strip_prefix('<') {
         let end = inner.find('>').ok_or(BAD_ADDRESS)?;

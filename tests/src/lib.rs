@@ -128,7 +128,12 @@ impl Mta {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Ok(probe) = TcpStream::connect(("127.0.0.1", self.port)) {
+                // a full exchange, so the probe's session is over when we return
+                let mut c = RawSmtp::from_stream(probe);
+                c.reply();
+                c.command("QUIT");
+                assert!(c.is_closed());
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -272,7 +277,10 @@ pub struct RawSmtp {
 
 impl RawSmtp {
     pub fn connect(port: u16) -> RawSmtp {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Self::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap())
+    }
+
+    pub fn from_stream(s: TcpStream) -> RawSmtp {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         RawSmtp {
             reader: BufReader::new(s.try_clone().unwrap()),

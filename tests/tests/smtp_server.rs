@@ -383,10 +383,13 @@ fn connections_over_max_connections_get_421() {
     let (code, text) = c.reply();
     assert_eq!(code, 421, "{text}");
     assert!(text.contains("too many concurrent sessions"), "{text}");
-    drop(a);
-    std::thread::sleep(Duration::from_millis(200));
+    drop(c);
+    assert_eq!(a.command("QUIT").0, 221);
+    assert!(a.is_closed());
+    // the slot a held is free once its session has closed
     let mut d = RawSmtp::connect(mta.port);
     assert_eq!(d.reply().0, 220);
+    assert_eq!(b.command("NOOP").0, 250);
 }
 
 #[test]

@@ -91,8 +91,7 @@ impl Listener {
                 let local = stream.local_addr().ok();
                 match me.sessions.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        session::run(stream, peer, local, me.clone(), services).await;
-                        drop(permit);
+                        session::run(stream, peer, local, me.clone(), services, permit).await;
                     }
                     Err(_) => {
                         use tokio::io::AsyncWriteExt;

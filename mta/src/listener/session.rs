@@ -49,6 +49,7 @@ pub async fn run(
     local: Option<SocketAddr>,
     listener: Arc<Listener>,
     services: Arc<Services>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let meta = ConnMeta::default();
     for (k, v) in &listener.config.meta {
@@ -75,6 +76,10 @@ pub async fn run(
     if let Err(e) = s.serve().await {
         tracing::debug!(peer = %s.peer, "session ended: {e}");
     }
+    // free the slot before the socket closes, so a client that saw the
+    // close can always connect again
+    drop(slot);
+    drop(s);
 }
 
 impl Session {

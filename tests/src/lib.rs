@@ -312,6 +312,15 @@ impl RawSmtp {
         self.reply()
     }
 
+    /// MAIL, RCPT and DATA (each must be accepted), then `body` and the final
+    /// dot; returns the reply to the dot.
+    pub fn transaction(&mut self, from: &str, to: &str, body: &str) -> (u16, String) {
+        assert_eq!(self.command(&format!("MAIL FROM:<{from}>")).0, 250);
+        assert_eq!(self.command(&format!("RCPT TO:<{to}>")).0, 250);
+        assert_eq!(self.command("DATA").0, 354);
+        self.command(&format!("{body}\r\n."))
+    }
+
     /// True when the server has closed the connection.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];

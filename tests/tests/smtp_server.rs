@@ -215,10 +215,8 @@ fn message_over_the_size_limit_gets_552_and_the_session_goes_on() {
     let (code, text) = c.command(".");
     assert_eq!(code, 552, "{text}");
     assert!(text.contains("5.3.4 message too big"));
-    assert_eq!(c.command("MAIL FROM:<a@example.org>").0, 250);
-    assert_eq!(c.command("RCPT TO:<b@example.com>").0, 250);
-    assert_eq!(c.command("DATA").0, 354);
-    assert_eq!(c.command("Subject: small\r\n\r\nok\r\n.").0, 250);
+    let (code, _) = c.transaction("a@example.org", "b@example.com", "Subject: small\r\n\r\nok");
+    assert_eq!(code, 250);
     mta.wait_for_records(Duration::from_secs(10), "one delivery", |r| {
         count(r, "Delivery") == 1
     });
@@ -320,21 +318,19 @@ fn garbage_and_malformed_commands_get_the_right_replies_and_the_session_goes_on(
     assert_eq!(code, 500, "{text}");
     assert!(text.contains("5.2.3"));
     // bare LF in the body is refused by default (invalid_line_endings = Deny)
-    c.command("MAIL FROM:<a@example.org>");
-    c.command("RCPT TO:<b@example.com>");
-    c.command("DATA");
-    c.send(b"Subject: x\nbare\r\n");
-    let (code, text) = c.command(".");
+    let (code, text) = c.transaction("a@example.org", "b@example.com", "Subject: x\nbare");
     assert_eq!(code, 552, "{text}");
     assert!(text.contains("5.6.0"));
     assert_eq!(c.command("RSET").0, 250);
     assert_eq!(c.command("NOOP").0, 250);
     // the other session was not disturbed
     assert_eq!(other.command("EHLO other.test").0, 250);
-    assert_eq!(other.command("MAIL FROM:<o@example.org>").0, 250);
-    assert_eq!(other.command("RCPT TO:<p@example.com>").0, 250);
-    assert_eq!(other.command("DATA").0, 354);
-    assert_eq!(other.command("Subject: fine\r\n\r\nfine\r\n.").0, 250);
+    let (code, _) = other.transaction(
+        "o@example.org",
+        "p@example.com",
+        "Subject: fine\r\n\r\nfine",
+    );
+    assert_eq!(code, 250);
     assert_eq!(c.command("QUIT").0, 221);
     mta.wait_for_records(Duration::from_secs(10), "delivery", |r| {
         count(r, "Delivery") == 1

@@ -110,6 +110,46 @@ impl ThrottleSpec {
     pub fn period(&self) -> Duration {
         Duration::from_secs(self.period_secs)
     }
+
+    /// Emission interval `T = period / limit`, in nanoseconds.
+    fn emission_ns(&self) -> u128 {
+        u128::from(self.period_secs) * 1_000_000_000 / u128::from(self.limit)
+    }
+
+    /// Tolerance `tau = T * (b + 1)` with `b = min(max_burst or limit, limit - 1)`.
+    fn tolerance_ns(&self) -> u128 {
+        let b = self.max_burst.unwrap_or(self.limit).min(self.limit - 1);
+        self.emission_ns() * u128::from(b + 1)
+    }
+
+    /// The key KumoMTA stores this throttle's state under.
+    pub fn key(&self, name: &str) -> String {
+        format!(
+            "{name}:{}:{}:{}",
+            self.limit,
+            self.max_burst.unwrap_or(self.limit),
+            self.period_secs
+        )
+    }
+
+    /// One GCRA check (spec §2.3) at `now_ns` against the stored theoretical
+    /// arrival time `tat`. Allowed: `tat` advances and `None` is returned.
+    /// Throttled: `tat` is kept and the wait, rounded up to whole seconds, is
+    /// returned.
+    pub fn check(&self, tat: &mut Option<u128>, now_ns: u128) -> Option<Duration> {
+        let t = self.emission_ns();
+        let tau = self.tolerance_ns();
+        let new_tat = tat.unwrap_or(now_ns).max(now_ns) + t;
+        let allow_at = new_tat.saturating_sub(tau);
+        if now_ns < allow_at {
+            let wait_ns = allow_at - now_ns;
+            let secs = wait_ns.div_ceil(1_000_000_000);
+            Some(Duration::from_secs(secs as u64))
+        } else {
+            *tat = Some(new_tat);
+            None
+        }
+    }
 }
 
 impl fmt::Display for ThrottleSpec {
@@ -200,6 +240,47 @@ mod tests {
             let err = input.parse::<ThrottleSpec>().unwrap_err();
             assert_eq!(err.input, input);
             assert!(err.to_string().contains(input), "{err}");
+        }
+    }
+
+    /// GCRA as data (spec §2.3): (spec, arrival times in ms, expected result
+    /// per arrival: 0 = allowed, n = throttled with retry_after n seconds).
+    #[test]
+    fn gcra_table() {
+        let cases: &[(&str, &[u64], &[u64])] = &[
+            // no max_burst: `limit` at once, the next waits (0.1 s rounds up to 1 s)
+            ("10/s", &[0; 11], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            // a throttled attempt does not consume: after 1 s ten more pass
+            (
+                "10/s",
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1000],
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            ),
+            // steady one per T passes forever
+            ("2/s", &[0, 500, 1000, 1500, 2000, 2500], &[0; 6]),
+            // max_burst=1 at 6/m: 2 at once, then one per 10 s
+            (
+                "6/m,max_burst=1",
+                &[0, 0, 0, 9_000, 10_000, 10_000],
+                &[0, 0, 10, 1, 0, 10],
+            ),
+            // 1000/h: T = 3.6 s; with the bucket full the wait is 3.6 s -> 4 s
+            ("1000/h,max_burst=1", &[0, 0, 0], &[0, 0, 4]),
+            ("1/d", &[0, 1000], &[0, 86399]),
+            ("20/30minute,max_burst=1", &[0, 0, 0], &[0, 0, 90]),
+        ];
+        for (spec, arrivals, expected) in cases {
+            let spec: ThrottleSpec = spec.parse().unwrap();
+            let mut tat = None;
+            let got: Vec<u64> = arrivals
+                .iter()
+                .map(|ms| {
+                    spec.check(&mut tat, u128::from(*ms) * 1_000_000)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                })
+                .collect();
+            assert_eq!(&got, expected, "{spec}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! meta, attempt count and due time. The body is held in memory only while a
 //! delivery needs it; the spool has the durable copy.
 
+use crate::queue::schedule::Scheduling;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,9 @@ pub struct SpooledMeta {
     /// Next due time, unix milliseconds; absent = due now.
     #[serde(default)]
     pub due: Option<i64>,
+    /// Constraints from `msg:set_scheduling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Scheduling>,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,7 @@ pub struct MessageState {
     pub meta: Map<String, Value>,
     pub num_attempts: u16,
     pub due: Option<i64>,
+    pub schedule: Option<Scheduling>,
     pub data: Option<Arc<Vec<u8>>>,
     pub data_len: usize,
 }
@@ -114,6 +119,7 @@ impl Message {
                 meta,
                 num_attempts: 0,
                 due: None,
+                schedule: None,
                 data: Some(Arc::new(data)),
                 data_len,
             }),
@@ -130,6 +136,7 @@ impl Message {
                 meta: m.meta,
                 num_attempts: m.num_attempts,
                 due: m.due,
+                schedule: m.schedule,
                 data: None,
                 data_len,
             }),
@@ -148,6 +155,7 @@ impl Message {
             meta: s.meta.clone(),
             num_attempts: s.num_attempts,
             due: s.due,
+            schedule: s.schedule.clone(),
         }
     }
 

@@ -8,29 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn event_secs(r: &Value) -> f64 {
-    chrono_like_parse(r["event_time"].as_str().unwrap())
-}
-
-/// Seconds since the epoch from an RFC 3339 UTC timestamp with microseconds.
-fn chrono_like_parse(t: &str) -> f64 {
-    // 2026-11-22T00:01:14.952234Z
-    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let h: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
-    // days from civil (Howard Hinnant's algorithm)
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + h[0] * 3600 + h[1] * 60 + h[2];
-    secs as f64 + format!("0.{frac}").parse::<f64>().unwrap()
+    rfc3339_secs(r["event_time"].as_str().unwrap())
 }
 
 fn unwritable_maildir_policy(queue_extra: &str) -> String {

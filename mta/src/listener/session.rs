@@ -584,7 +584,7 @@ impl Session {
             }
             queues.log(rec);
             if queue != "null" {
-                queues.insert(msg);
+                queues.insert(msg, &queue);
             }
         }
         self.ok(250, &ids_reply(&ids));

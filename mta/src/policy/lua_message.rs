@@ -151,6 +151,20 @@ impl UserData for LuaMessage {
                 this.edit_data(lua, |d| headers::append_header(d, &name, &value))
             },
         );
+
+        methods.add_method("set_scheduling", |lua, this, params: Value| {
+            use crate::queue::schedule::{Scheduling, SchedulingInput};
+            if params.is_nil() {
+                this.0.state().schedule = None;
+                return Ok(Value::Nil);
+            }
+            let input: SchedulingInput = super::kumo::from_table(lua, "set_scheduling", params)?;
+            let sched = Scheduling::try_from(input)
+                .map_err(|e| located_error(lua, format!("set_scheduling: {e}")))?;
+            let normalised = serde_json::to_value(&sched).map_err(mlua::Error::external)?;
+            this.0.state().schedule = Some(sched);
+            to_lua(lua, &normalised)
+        });
         methods.add_method("remove_all_named_headers", |lua, this, name: String| {
             this.edit_data(lua, |d| headers::remove_all_named_headers(d, &name))
         });

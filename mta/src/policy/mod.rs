@@ -2,7 +2,7 @@
 //! `kumo` module, events (`kumo.on`) and typed config constructors. This is
 //! the only module that touches Lua.
 
-mod kumo;
+pub(crate) mod kumo;
 mod lua_message;
 
 pub use lua_message::{ConnMeta, LuaConnMeta, LuaMessage};
@@ -167,6 +167,8 @@ pub struct Policy {
     source: PolicySource,
     pool: Mutex<Vec<Lua>>,
     spool: Mutex<Option<Arc<crate::spool::Spool>>>,
+    /// Events with at least one handler, so callers can skip the rest cheaply.
+    events: std::collections::HashSet<String>,
 }
 
 /// A Lua state borrowed from the pool; it goes back when dropped.
@@ -197,10 +199,12 @@ impl Policy {
     /// Load the policy once (which validates that it runs) and keep that state.
     pub fn load(source: PolicySource) -> Result<Arc<Policy>, PolicyError> {
         let lua = new_state(&source)?;
+        let events = registered_events(&lua).map_err(|e| PolicyError::Load(describe(&e)))?;
         Ok(Arc::new(Policy {
             source,
             pool: Mutex::new(vec![lua]),
             spool: Mutex::new(None),
+            events,
         }))
     }
 
@@ -258,10 +262,36 @@ impl Policy {
     }
 
     pub fn has_handler(&self, event: &str) -> bool {
-        match self.checkout() {
-            Ok(lua) => !handlers(&lua, event).unwrap_or_default().is_empty(),
-            Err(_) => false,
+        self.events.contains(event)
+    }
+
+    /// `requeue_message(msg, smtp_response, insert_context, increment_attempts, delay)`
+    /// (spec §3.4); `delay` is in seconds. Handlers run in order until one
+    /// returns a value.
+    pub async fn requeue_message(
+        &self,
+        msg: &crate::message::MessageRef,
+        response: &str,
+        context: &[&str],
+        increment_attempts: bool,
+        delay: Option<std::time::Duration>,
+    ) -> Result<(), EventError> {
+        if !self.has_handler("requeue_message") {
+            return Ok(());
         }
+        let lua = self.checkout()?;
+        self.call_handlers(&lua, "requeue_message", |lua| {
+            (
+                lua.create_userdata(LuaMessage(msg.clone()))?,
+                response,
+                lua.create_sequence_from(context.iter().copied())?,
+                increment_attempts,
+                delay.map(|d| d.as_secs_f64()),
+            )
+                .into_lua_multi(lua)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Call every handler of `event` in order until one returns a value
@@ -389,6 +419,14 @@ impl Policy {
             })?;
         Ok(init)
     }
+}
+
+fn registered_events(lua: &Lua) -> mlua::Result<std::collections::HashSet<String>> {
+    let events: Table = lua.named_registry_value(EVENTS_KEY)?;
+    events
+        .pairs::<String, Table>()
+        .map(|kv| kv.map(|(k, _)| k))
+        .collect()
 }
 
 fn handlers(lua: &Lua, event: &str) -> mlua::Result<Vec<Function>> {

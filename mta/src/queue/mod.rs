@@ -1,22 +1,27 @@
 //! Scheduled queues: resolve each queue's config from the policy, hold
-//! messages until they are due, hand due messages to their protocol, and
-//! apply the outcome (delivery, retry with backoff, bounce, expiry).
+//! messages until they are due, promote due messages through the queue's
+//! rate throttle to their protocol, and apply the outcome (delivery, retry
+//! with backoff, bounce, expiry), running `requeue_message` on the way.
 
 pub mod name;
+pub mod schedule;
+mod throttle;
 mod timer;
 
 use crate::delivery::{self, Attempt, Outcome};
 use crate::log::{LogRecord, Logger, RecordType, Response};
 use crate::message::{Message, MessageId, MessageRef, SpooledMeta};
-use crate::policy::Policy;
+use crate::policy::{EventError, Policy};
 use crate::spool::Spool;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use name::QueueName;
 use parking_lot::Mutex;
+use sluice_common::duration::format_duration;
 use sluice_common::queue_config::{Protocol, QueueConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use throttle::Throttles;
 use timer::Timer;
 use tokio::sync::Semaphore;
 
@@ -35,18 +40,31 @@ impl ScheduledQueue {
     }
 }
 
+/// What `requeue_message` decided.
+enum Requeue {
+    /// The message stays in its queue; carry on as usual.
+    Stay,
+    /// Bounced or moved to another queue: already handled.
+    Done,
+}
+
 pub struct QueueManager {
     policy: Arc<Policy>,
     spool: Arc<Spool>,
     logger: Arc<Logger>,
     queues: Mutex<HashMap<String, Arc<ScheduledQueue>>>,
     timer: Timer,
+    throttles: Throttles,
     deliveries: Arc<Semaphore>,
     nodeid: String,
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn human(d: chrono::TimeDelta) -> String {
+    format_duration(Duration::from_secs(d.num_seconds().max(0) as u64))
 }
 
 impl QueueManager {
@@ -62,6 +80,7 @@ impl QueueManager {
             logger,
             queues: Mutex::new(HashMap::new()),
             timer: Timer::new(),
+            throttles: Throttles::default(),
             deliveries: Arc::new(Semaphore::new(DELIVERY_CONCURRENCY)),
             nodeid,
         });
@@ -90,6 +109,10 @@ impl QueueManager {
     /// How many messages wait in the timer for a later attempt.
     pub fn delayed_count(&self) -> usize {
         self.timer.len()
+    }
+
+    pub fn message_ids_in_timer(&self) -> Vec<MessageId> {
+        self.timer.ids()
     }
 
     /// Find or create the scheduled queue `name`, asking the policy for its
@@ -142,19 +165,61 @@ impl QueueManager {
             .clone())
     }
 
-    /// Queue a freshly received (already spooled) message.
-    pub fn insert(self: &Arc<Self>, msg: MessageRef) {
-        let due = msg.state().due;
-        match due {
-            Some(due) if due > now_ms() => {
-                msg.shrink();
-                self.timer.insert(due, msg);
-            }
-            _ => self.dispatch(msg),
+    /// Queue a freshly received (already spooled) message. A message whose
+    /// scheduling holds it for later logs `Delayed` and waits.
+    pub fn insert(self: &Arc<Self>, msg: MessageRef, queue: &str) {
+        let now = Utc::now();
+        let due = self.constrained(&msg, now);
+        if due > now {
+            let text = format!(
+                "Context: Received, ScheduledForLater. Next due in {} at {}",
+                human(due - now),
+                due.to_rfc3339()
+            );
+            self.logger.log(self.record(
+                RecordType::Delayed,
+                &msg,
+                queue,
+                Response::new(400, &text),
+            ));
+            self.wait_until(&msg, due);
+        } else {
+            self.dispatch(msg);
         }
     }
 
-    /// Re-queue every message recovered from the spool at start-up.
+    /// `due` moved by the message's scheduling constraints, if any.
+    fn constrained(&self, msg: &Message, due: DateTime<Utc>) -> DateTime<Utc> {
+        match &msg.state().schedule {
+            Some(s) => s.adjust(due),
+            None => due,
+        }
+    }
+
+    /// Persist the message's new state and park it in the timer until `due`.
+    fn wait_until(self: &Arc<Self>, msg: &MessageRef, due: DateTime<Utc>) {
+        let due_ms = due.timestamp_millis();
+        msg.state().due = Some(due_ms);
+        self.save_meta(msg);
+        if due <= Utc::now() {
+            self.dispatch(msg.clone());
+            return;
+        }
+        msg.shrink();
+        self.timer.insert(due_ms, msg.clone());
+    }
+
+    fn save_meta(&self, msg: &Message) {
+        match serde_json::to_vec(&msg.spooled_meta()) {
+            Ok(meta) => {
+                let _ = self.spool.update_meta(msg.id, meta);
+            }
+            Err(e) => tracing::error!(id = %msg.id, "cannot serialise meta: {e}"),
+        }
+    }
+
+    /// Re-queue every message recovered from the spool at start-up, at its
+    /// persisted due time.
     pub async fn recover(self: &Arc<Self>, recovered: Vec<crate::spool::Recovered>) -> usize {
         let mut n = 0;
         for r in recovered {
@@ -170,13 +235,8 @@ impl QueueManager {
             let queue = match name::queue_name(&msg) {
                 Ok(q) => q,
                 Err(e) => {
-                    self.finish(
-                        &msg,
-                        "",
-                        RecordType::Expiration,
-                        Response::new(551, &format!("5.1.3 invalid queue name: {e}")),
-                        None,
-                    );
+                    let resp = Response::new(551, &format!("5.1.3 invalid queue name: {e}"));
+                    self.finish(&msg, "", RecordType::Expiration, resp, None);
                     continue;
                 }
             };
@@ -187,11 +247,10 @@ impl QueueManager {
                     continue;
                 }
             };
-            let age = Utc::now() - msg.id.created();
-            if age.to_std().unwrap_or_default() >= q.config().max_age {
+            if self.too_old(&msg, &q.config(), Utc::now()) {
                 let text = format!(
                     "5.4.7 message is older than max_age={}",
-                    sluice_common::duration::format_duration(q.config().max_age)
+                    format_duration(q.config().max_age)
                 );
                 self.finish(
                     &msg,
@@ -202,13 +261,25 @@ impl QueueManager {
                 );
                 continue;
             }
-            self.insert(msg);
+            let due = msg.state().due.map(ms_to_time).unwrap_or_else(Utc::now);
+            let due = self.constrained(&msg, due.max(Utc::now()));
+            msg.state().due = Some(due.timestamp_millis());
+            if due > Utc::now() {
+                msg.shrink();
+                self.timer.insert(due.timestamp_millis(), msg);
+            } else {
+                self.dispatch(msg);
+            }
             n += 1;
         }
         n
     }
 
-    /// Start a delivery attempt for a due message.
+    fn too_old(&self, msg: &Message, config: &QueueConfig, at: DateTime<Utc>) -> bool {
+        (at - msg.id.created()).to_std().unwrap_or_default() >= config.max_age
+    }
+
+    /// Start promoting a due message.
     fn dispatch(self: &Arc<Self>, msg: MessageRef) {
         let qm = self.clone();
         tokio::spawn(async move {
@@ -223,95 +294,49 @@ impl QueueManager {
         let queue_name = match name::queue_name(&msg) {
             Ok(q) => q,
             Err(e) => {
-                self.finish(
-                    &msg,
-                    "",
-                    RecordType::Bounce,
-                    Response::new(551, &format!("5.1.3 invalid queue name: {e}")),
-                    None,
-                );
+                let resp = Response::new(551, &format!("5.1.3 invalid queue name: {e}"));
+                self.finish(&msg, "", RecordType::Bounce, resp, None);
                 return;
             }
         };
+        if queue_name == "null" {
+            // rebound to the null queue: silently removed (spec §1.5)
+            let _ = self.spool.remove(msg.id);
+            return;
+        }
         let queue = match self.resolve(&queue_name).await {
             Ok(q) => q,
             Err(e) => {
                 let config = Arc::new(QueueConfig::default());
-                self.transient(
-                    &msg,
-                    &queue_name,
-                    &config,
-                    Response::new(451, &format!("4.4.4 KumoMTA internal: {e}")),
-                    None,
-                )
-                .await;
+                let resp = Response::new(451, &format!("4.4.4 KumoMTA internal: {e}"));
+                self.transient(&msg, &queue_name, &config, resp, None).await;
                 return;
             }
         };
         let config = queue.config();
+        if let Some(rate) = &config.max_message_rate {
+            let key = format!("schedq-{queue_name}-message-rate");
+            if let Some(wait) = self.throttles.check(&key, rate) {
+                self.throttled(&msg, &queue_name, &config, wait).await;
+                return;
+            }
+        }
         if msg.data().is_none() {
             match self.spool.read_data(msg.id) {
                 Ok(data) => msg.set_data(data),
                 Err(e) => {
                     tracing::error!(id = %msg.id, "cannot read message body: {e}");
-                    self.transient(
-                        &msg,
-                        &queue_name,
-                        &config,
-                        Response::new(
-                            400,
-                            &format!("KumoMTA internal: cannot read spooled body: {e}"),
-                        ),
-                        None,
-                    )
-                    .await;
+                    let resp = Response::new(
+                        400,
+                        &format!("KumoMTA internal: cannot read spooled body: {e}"),
+                    );
+                    self.transient(&msg, &queue_name, &config, resp, None).await;
                     return;
                 }
             }
         }
         let attempt = match &config.protocol {
-            Protocol::Maildir(proto) => {
-                let proto = proto.clone();
-                let msg2 = msg.clone();
-                let queue2 = queue.clone();
-                tokio::task::spawn_blocking(move || {
-                    let (meta, sender, rcpts, data) = {
-                        let s = msg2.state();
-                        (
-                            s.meta.clone(),
-                            s.sender.clone(),
-                            s.recipients.clone(),
-                            s.data.clone().unwrap_or_default(),
-                        )
-                    };
-                    let vars = delivery::maildir::TemplateVars {
-                        meta: &meta,
-                        queue: &queue2.name,
-                        campaign: queue2.parts.campaign.as_deref(),
-                        tenant: queue2.parts.tenant.as_deref(),
-                        domain: &queue2.parts.domain,
-                        routing_domain: queue2.parts.routing_domain.as_deref(),
-                        sender: &sender,
-                    };
-                    delivery::maildir::deliver(&proto, &vars, &msg2.id.to_string(), &rcpts, &data)
-                })
-                .await
-                .unwrap_or_else(|e| Attempt {
-                    protocol: "Maildir",
-                    peer: None,
-                    results: msg
-                        .recipients()
-                        .into_iter()
-                        .map(|r| delivery::RecipientResult {
-                            recipient: r,
-                            outcome: Outcome::Transient(Response::new(
-                                400,
-                                &format!("KumoMTA internal: maildir task failed: {e}"),
-                            )),
-                        })
-                        .collect(),
-                })
-            }
+            Protocol::Maildir(proto) => self.deliver_maildir(&msg, &queue, proto.clone()).await,
             Protocol::Smtp(_) | Protocol::CustomLua(_) => {
                 let text =
                     "KumoMTA internal: this protocol is not available in this build of sluice-mta";
@@ -323,10 +348,56 @@ impl QueueManager {
         self.apply(&msg, &queue_name, &config, attempt).await;
     }
 
+    async fn deliver_maildir(
+        &self,
+        msg: &MessageRef,
+        queue: &Arc<ScheduledQueue>,
+        proto: sluice_common::queue_config::MaildirProtocol,
+    ) -> Attempt {
+        let (msg2, queue2) = (msg.clone(), queue.clone());
+        tokio::task::spawn_blocking(move || {
+            let (meta, sender, rcpts, data) = {
+                let s = msg2.state();
+                (
+                    s.meta.clone(),
+                    s.sender.clone(),
+                    s.recipients.clone(),
+                    s.data.clone().unwrap_or_default(),
+                )
+            };
+            let vars = delivery::maildir::TemplateVars {
+                meta: &meta,
+                queue: &queue2.name,
+                campaign: queue2.parts.campaign.as_deref(),
+                tenant: queue2.parts.tenant.as_deref(),
+                domain: &queue2.parts.domain,
+                routing_domain: queue2.parts.routing_domain.as_deref(),
+                sender: &sender,
+            };
+            delivery::maildir::deliver(&proto, &vars, &msg2.id.to_string(), &rcpts, &data)
+        })
+        .await
+        .unwrap_or_else(|e| Attempt {
+            protocol: "Maildir",
+            peer: None,
+            results: msg
+                .recipients()
+                .into_iter()
+                .map(|r| delivery::RecipientResult {
+                    recipient: r,
+                    outcome: Outcome::Transient(Response::new(
+                        400,
+                        &format!("KumoMTA internal: maildir task failed: {e}"),
+                    )),
+                })
+                .collect(),
+        })
+    }
+
     /// Apply per-recipient results: log and drop the delivered and bounced
     /// recipients; retry the rest once, as one TransientFailure.
     async fn apply(
-        &self,
+        self: &Arc<Self>,
         msg: &MessageRef,
         queue: &str,
         config: &Arc<QueueConfig>,
@@ -378,36 +449,43 @@ impl QueueManager {
             .await;
     }
 
-    /// Log a TransientFailure and schedule the next attempt with backoff, or
-    /// expire the message when the next attempt would pass `max_age`.
-    async fn transient(
-        &self,
+    /// The queue's `max_message_rate` said wait: back into the same queue
+    /// after exactly `wait`, attempts unchanged, a `Delayed` record (spec §2.3).
+    async fn throttled(
+        self: &Arc<Self>,
         msg: &MessageRef,
         queue: &str,
         config: &Arc<QueueConfig>,
-        resp: Response,
-        delivery_protocol: Option<String>,
+        wait: Duration,
     ) {
-        let mut rec = self.record(RecordType::TransientFailure, msg, queue, resp);
-        rec.delivery_protocol = delivery_protocol;
-        self.logger.log(rec);
-
-        let attempts = msg.num_attempts();
-        let delay = config.delay_for_attempt(attempts);
-        let jitter = config.jitter_secs(rand::random::<f64>());
-        let delay_ms = (delay.as_millis() as i64)
-            .saturating_add(jitter * 1000)
-            .max(0);
-        let now = now_ms();
-        let created_ms = msg.id.created().timestamp_millis();
-        let age_ms = now - created_ms;
-        if age_ms.saturating_add(delay_ms) > config.max_age.as_millis() as i64 {
+        let now = Utc::now();
+        let due = now + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+        let text = format!(
+            "Context: MessageRateThrottle. Next due in {} at {}",
+            format_duration(wait),
+            due.to_rfc3339()
+        );
+        let resp = Response::new(400, &text);
+        self.logger
+            .log(self.record(RecordType::Delayed, msg, queue, resp.clone()));
+        if let Requeue::Done = self
+            .requeue_event(
+                msg,
+                queue,
+                &resp.to_smtp_line(),
+                &["MessageRateThrottle"],
+                false,
+                Some(wait),
+            )
+            .await
+        {
+            return;
+        }
+        let due = self.constrained(msg, due);
+        if self.too_old(msg, config, due) {
             let text = format!(
-                "5.4.7 Next delivery time would be {} after creation, which exceeds max_age={}",
-                sluice_common::duration::format_duration(Duration::from_secs(
-                    ((age_ms + delay_ms) / 1000).max(0) as u64
-                )),
-                sluice_common::duration::format_duration(config.max_age),
+                "5.4.7 Next delivery time would exceed max_age={}",
+                format_duration(config.max_age)
             );
             self.finish(
                 msg,
@@ -418,26 +496,154 @@ impl QueueManager {
             );
             return;
         }
-        let due = now.saturating_add(delay_ms);
+        self.wait_until(msg, due);
+    }
+
+    /// Log a TransientFailure, run `requeue_message`, then schedule the next
+    /// attempt with backoff, or expire the message when that attempt would
+    /// come after `max_age` (or its `expires` time).
+    async fn transient(
+        self: &Arc<Self>,
+        msg: &MessageRef,
+        queue: &str,
+        config: &Arc<QueueConfig>,
+        resp: Response,
+        delivery_protocol: Option<String>,
+    ) {
+        let mut rec = self.record(RecordType::TransientFailure, msg, queue, resp.clone());
+        rec.delivery_protocol = delivery_protocol;
+        self.logger.log(rec);
+        if let Requeue::Done = self
+            .requeue_event(
+                msg,
+                queue,
+                &resp.to_smtp_line(),
+                &["LoggedTransientFailure"],
+                true,
+                None,
+            )
+            .await
+        {
+            return;
+        }
+
+        let attempts = msg.num_attempts();
+        let delay = config.delay_for_attempt(attempts);
+        let jitter = config.jitter_secs(rand::random::<f64>());
+        let delay_ms = (delay.as_millis() as i64)
+            .saturating_add(jitter * 1000)
+            .max(0);
+        let now = Utc::now();
+        let due = self.constrained(msg, now + chrono::TimeDelta::milliseconds(delay_ms));
+        let age = due - msg.id.created();
+        let expires = msg.state().schedule.as_ref().and_then(|s| s.expires);
+        let expired = match expires {
+            // an explicit expiry replaces max_age
+            Some(e) if due >= e => Some(format!(
+                "5.4.7 Next delivery time {} is at or after the expiry {} configured via set_scheduling",
+                due.to_rfc3339(),
+                e.to_rfc3339()
+            )),
+            Some(_) => None,
+            None if age.to_std().unwrap_or_default() > config.max_age => Some(format!(
+                "5.4.7 Next delivery time would be {} after creation, which exceeds max_age={}",
+                human(age),
+                format_duration(config.max_age),
+            )),
+            None => None,
+        };
+        if let Some(text) = expired {
+            self.finish(
+                msg,
+                queue,
+                RecordType::Expiration,
+                Response::new(551, &text),
+                None,
+            );
+            return;
+        }
+        msg.state().num_attempts = attempts.saturating_add(1);
+        self.wait_until(msg, due);
+    }
+
+    /// Run `requeue_message` (spec §3.4) and act on what it did: a
+    /// `kumo.reject` bounces the message; a changed queue name rebinds it to
+    /// the new queue, due now (scheduling constraints still apply), with one
+    /// more attempt counted.
+    async fn requeue_event(
+        self: &Arc<Self>,
+        msg: &MessageRef,
+        queue: &str,
+        response: &str,
+        context: &[&str],
+        increment_attempts: bool,
+        delay: Option<Duration>,
+    ) -> Requeue {
+        match self
+            .policy
+            .requeue_message(msg, response, context, increment_attempts, delay)
+            .await
+        {
+            Ok(()) => {}
+            Err(EventError::Rejected { code, text }) => {
+                self.finish(
+                    msg,
+                    queue,
+                    RecordType::Bounce,
+                    Response::new(code, &text),
+                    None,
+                );
+                return Requeue::Done;
+            }
+            Err(EventError::Failed(e)) => {
+                tracing::error!(id = %msg.id, queue, "requeue_message failed: {e}");
+                return Requeue::Stay;
+            }
+        }
+        let new_queue = match name::queue_name(msg) {
+            Ok(q) if q != queue => q,
+            Ok(_) => return Requeue::Stay,
+            Err(e) => {
+                tracing::error!(id = %msg.id, "requeue_message left an invalid queue name: {e}");
+                return Requeue::Stay;
+            }
+        };
         {
             let mut s = msg.state();
-            s.num_attempts = attempts.saturating_add(1);
-            s.due = Some(due);
+            s.num_attempts = s.num_attempts.saturating_add(1);
+            s.due = None;
         }
-        match serde_json::to_vec(&msg.spooled_meta()) {
-            Ok(meta) => {
-                let _ = self.spool.update_meta(msg.id, meta);
+        let now = Utc::now();
+        let due = self.constrained(msg, now);
+        if new_queue != "null" {
+            match self.resolve(&new_queue).await {
+                Ok(q) if self.too_old(msg, &q.config(), due) => {
+                    let text = format!(
+                        "5.4.7 message is older than max_age={} of {new_queue}",
+                        format_duration(q.config().max_age)
+                    );
+                    self.finish(
+                        msg,
+                        &new_queue,
+                        RecordType::Expiration,
+                        Response::new(551, &text),
+                        None,
+                    );
+                    return Requeue::Done;
+                }
+                Ok(_) => {}
+                // delivery will retry resolving it and log why
+                Err(e) => tracing::error!(id = %msg.id, queue = new_queue, "{e}"),
             }
-            Err(e) => tracing::error!(id = %msg.id, "cannot serialise meta: {e}"),
         }
-        msg.shrink();
-        self.timer.insert(due, msg.clone());
+        self.wait_until(msg, due);
+        Requeue::Done
     }
 
     /// Log a final disposition and remove the message from the spool.
     fn finish(
         &self,
-        msg: &MessageRef,
+        msg: &Message,
         queue: &str,
         kind: RecordType,
         resp: Response,
@@ -482,9 +688,5 @@ impl QueueManager {
 
     pub fn log(&self, rec: LogRecord) {
         self.logger.log(rec);
-    }
-
-    pub fn message_ids_in_timer(&self) -> Vec<MessageId> {
-        self.timer.ids()
     }
 }

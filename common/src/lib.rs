@@ -2,6 +2,7 @@
 //! one place so that the operator rejects exactly what the MTA would reject.
 
 pub mod duration;
+pub mod egress;
 pub mod queue_config;
 pub mod throttle;
 

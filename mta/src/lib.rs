@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod delivery;
+pub mod egress;
 pub mod headers;
 pub mod listener;
 pub mod log;

@@ -376,3 +376,124 @@ pub fn rfc3339_secs(t: &str) -> f64 {
     let secs = days * 86400 + h[0] * 3600 + h[1] * 60 + h[2];
     secs as f64 + format!("0.{frac}").parse::<f64>().unwrap()
 }
+
+/// Postfix's smtp-sink on a free port: a real SMTP server that accepts (or,
+/// with options, rejects) everything and dumps each message to a file.
+pub struct Sink {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    /// Sessions made by the readiness probe, not by the code under test.
+    baseline: usize,
+}
+
+impl Sink {
+    /// `extra` are smtp-sink options such as `["-r", "RCPT"]` (soft-reject RCPT).
+    pub fn start(extra: &[&str]) -> Sink {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("mail");
+        std::fs::create_dir(&dump).unwrap();
+        // smtp-sink drops to `nobody` before writing
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = free_port();
+        let out = std::fs::File::create(dir.path().join("counters")).unwrap();
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args(["-c", "-u", "nobody", "-d"])
+            .arg(format!("{}/%s.", dump.display()))
+            .args(extra)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink is installed (apt-get install postfix)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "smtp-sink did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut sink = Sink {
+            child,
+            port,
+            dir,
+            baseline: 0,
+        };
+        // wait for the probe's session to be counted, then leave it out
+        while sink.sessions() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not count the probe session"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sink.baseline = sink.sessions();
+        sink
+    }
+
+    /// Messages received so far, as text.
+    pub fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("mail"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .collect()
+    }
+
+    /// Sessions that have ended, from smtp-sink's own counters.
+    pub fn sessions(&self) -> usize {
+        let text = std::fs::read_to_string(self.dir.path().join("counters")).unwrap_or_default();
+        let total: usize = text
+            .rsplit("sess=")
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        total - self.baseline.min(total)
+    }
+
+    /// Established connections to the sink right now, counted by the kernel.
+    pub fn open_connections(&self) -> usize {
+        let o = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( sport = :{} )", self.port),
+            ])
+            .output()
+            .expect("ss is installed (iproute2)");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A policy that relays everything to `127.0.0.1:{sink}` via mx_list, with
+/// extra egress path keys (`prohibited_hosts` is emptied, as KumoMTA's own
+/// tests do, so that a loopback sink may be used).
+pub fn relay_policy(sink_port: u16, queue_extra: &str, path_extra: &str) -> String {
+    policy(
+        "",
+        &format!(
+            r#"
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{sink_port}' }} }} }},
+    {queue_extra}
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, {path_extra} }}
+end)
+"#
+        ),
+    )
+}

@@ -2,6 +2,7 @@
 //! and reports per-recipient results; none of them knows about queues.
 
 pub mod maildir;
+pub mod smtp;
 
 use crate::log::Response;
 

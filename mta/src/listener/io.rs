@@ -175,7 +175,7 @@ pub struct DataBody {
     pub bare_line_ending: bool,
 }
 
-mod empty {
+pub mod empty {
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

@@ -8,12 +8,57 @@ use crate::listener::config::EsmtpListenerConfig;
 use crate::log::LocalLogConfig;
 use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
 use serde::de::DeserializeOwned;
+use sluice_common::egress::{EgressPathConfig, EgressPool, EgressSource};
 use sluice_common::queue_config::QueueConfig;
 
 /// A validated queue config, as returned by `kumo.make_queue_config`.
 #[derive(Clone)]
 pub struct QueueConfigUd(pub QueueConfig);
 impl UserData for QueueConfigUd {}
+
+/// Validated egress objects, as returned by `kumo.make_egress_*`.
+#[derive(Clone)]
+pub struct EgressSourceUd(pub EgressSource);
+impl UserData for EgressSourceUd {}
+#[derive(Clone)]
+pub struct EgressPoolUd(pub EgressPool);
+impl UserData for EgressPoolUd {}
+#[derive(Clone)]
+pub struct EgressPathUd(pub EgressPathConfig);
+impl UserData for EgressPathUd {}
+
+/// A config object returned by a handler: the constructor's userdata, or a
+/// plain table that is validated the same way.
+pub fn config_from_value<T, U>(lua: &Lua, what: &str, value: Value) -> mlua::Result<T>
+where
+    T: DeserializeOwned + Clone,
+    U: UserData + 'static + AsRef<T>,
+{
+    match value {
+        Value::UserData(ud) => Ok(ud.borrow::<U>()?.as_ref().clone()),
+        Value::Table(_) => from_table(lua, what, value),
+        other => Err(mlua::Error::RuntimeError(format!(
+            "expected the result of kumo.{what}, not a {}",
+            other.type_name()
+        ))),
+    }
+}
+
+impl AsRef<EgressSource> for EgressSourceUd {
+    fn as_ref(&self) -> &EgressSource {
+        &self.0
+    }
+}
+impl AsRef<EgressPool> for EgressPoolUd {
+    fn as_ref(&self) -> &EgressPool {
+        &self.0
+    }
+}
+impl AsRef<EgressPathConfig> for EgressPathUd {
+    fn as_ref(&self) -> &EgressPathConfig {
+        &self.0
+    }
+}
 
 /// Convert a policy table into a typed config, naming the offending key.
 pub fn from_table<T: DeserializeOwned>(lua: &Lua, what: &str, value: Value) -> mlua::Result<T> {
@@ -151,6 +196,30 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|lua, params: Value| {
             let config: QueueConfig = from_table(lua, "make_queue_config", params)?;
             Ok(QueueConfigUd(config))
+        })?,
+    )?;
+
+    kumo.set(
+        "make_egress_source",
+        lua.create_function(|lua, params: Value| {
+            Ok(EgressSourceUd(from_table(
+                lua,
+                "make_egress_source",
+                params,
+            )?))
+        })?,
+    )?;
+    kumo.set(
+        "make_egress_pool",
+        lua.create_function(|lua, params: Value| {
+            let pool: EgressPool = from_table(lua, "make_egress_pool", params)?;
+            Ok(EgressPoolUd(pool))
+        })?,
+    )?;
+    kumo.set(
+        "make_egress_path",
+        lua.create_function(|lua, params: Value| {
+            Ok(EgressPathUd(from_table(lua, "make_egress_path", params)?))
         })?,
     )?;
 

@@ -12,6 +12,7 @@ use crate::log::LocalLogConfig;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 use parking_lot::Mutex;
 use serde::Deserialize;
+use sluice_common::egress::{EgressPathConfig, EgressPool, EgressSource};
 use sluice_common::queue_config::QueueConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -338,6 +339,89 @@ impl Policy {
                 })
             }
         }
+    }
+
+    /// Call a single-handler event that must return a config object; `None`
+    /// when no handler is registered.
+    async fn config_event<T, U>(
+        &self,
+        event: &str,
+        what: &str,
+        args: impl Fn(&Lua) -> mlua::Result<MultiValue>,
+    ) -> Result<Option<T>, EventError>
+    where
+        T: serde::de::DeserializeOwned + Clone,
+        U: mlua::UserData + 'static + AsRef<T>,
+    {
+        if !self.has_handler(event) {
+            return Ok(None);
+        }
+        let lua = self.checkout()?;
+        let values = self.call_handlers(&lua, event, args).await?;
+        let value = values
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or(Value::Nil);
+        if value.is_nil() {
+            return Err(EventError::Failed(format!(
+                "{event} returned no value; it must return kumo.{what}{{...}}"
+            )));
+        }
+        kumo::config_from_value::<T, U>(&lua, what, value)
+            .map(Some)
+            .map_err(|e| EventError::Failed(format!("{event} returned {}", describe(&e))))
+    }
+
+    /// `get_egress_pool(name)`; the built-in `unspecified` pool is never asked for.
+    pub async fn get_egress_pool(&self, name: &str) -> Result<EgressPool, EventError> {
+        if name == "unspecified" {
+            return Ok(EgressPool::unspecified());
+        }
+        self.config_event::<EgressPool, kumo::EgressPoolUd>(
+            "get_egress_pool",
+            "make_egress_pool",
+            |lua| name.into_lua_multi(lua),
+        )
+        .await?
+        .ok_or_else(|| {
+            EventError::Failed(format!(
+                "egress pool {name:?} is not defined: no get_egress_pool handler"
+            ))
+        })
+    }
+
+    /// `get_egress_source(name)`; the built-in `unspecified` source is never asked for.
+    pub async fn get_egress_source(&self, name: &str) -> Result<EgressSource, EventError> {
+        if name == "unspecified" {
+            return Ok(EgressSource::unspecified());
+        }
+        self.config_event::<EgressSource, kumo::EgressSourceUd>(
+            "get_egress_source",
+            "make_egress_source",
+            |lua| name.into_lua_multi(lua),
+        )
+        .await?
+        .ok_or_else(|| {
+            EventError::Failed(format!(
+                "egress source {name:?} is not defined: no get_egress_source handler"
+            ))
+        })
+    }
+
+    /// `get_egress_path_config(routing_domain, egress_source, site_name)`; defaults without a handler.
+    pub async fn get_egress_path_config(
+        &self,
+        routing_domain: &str,
+        source: &str,
+        site: &str,
+    ) -> Result<EgressPathConfig, EventError> {
+        Ok(self
+            .config_event::<EgressPathConfig, kumo::EgressPathUd>(
+                "get_egress_path_config",
+                "make_egress_path",
+                |lua| (routing_domain, source, site).into_lua_multi(lua),
+            )
+            .await?
+            .unwrap_or_default())
     }
 
     /// Fire an `smtp_server_*` style event with a message and/or connection meta.

@@ -9,6 +9,7 @@ mod throttle;
 mod timer;
 
 use crate::delivery::{self, Attempt, Outcome};
+use crate::egress::{Egress, Placement, Ready, ReadyQueue};
 use crate::log::{LogRecord, Logger, RecordType, Response};
 use crate::message::{Message, MessageId, MessageRef, SpooledMeta};
 use crate::policy::{EventError, Policy};
@@ -32,6 +33,8 @@ pub struct ScheduledQueue {
     pub name: String,
     pub parts: QueueName,
     config: Mutex<(Arc<QueueConfig>, Instant)>,
+    /// Source selection state over the queue's egress pool.
+    wrr: Mutex<crate::egress::Wrr>,
 }
 
 impl ScheduledQueue {
@@ -56,6 +59,7 @@ pub struct QueueManager {
     timer: Timer,
     throttles: Throttles,
     deliveries: Arc<Semaphore>,
+    egress: Egress,
     nodeid: String,
 }
 
@@ -75,13 +79,14 @@ impl QueueManager {
         nodeid: String,
     ) -> Arc<QueueManager> {
         let qm = Arc::new(QueueManager {
-            policy,
+            policy: policy.clone(),
             spool,
             logger,
             queues: Mutex::new(HashMap::new()),
             timer: Timer::new(),
             throttles: Throttles::default(),
             deliveries: Arc::new(Semaphore::new(DELIVERY_CONCURRENCY)),
+            egress: Egress::new(policy.clone()),
             nodeid,
         });
         let weak = Arc::downgrade(&qm);
@@ -156,6 +161,7 @@ impl QueueManager {
             name: name.to_string(),
             parts,
             config: Mutex::new((config, Instant::now())),
+            wrr: Mutex::new(crate::egress::Wrr::default()),
         });
         Ok(self
             .queues
@@ -337,15 +343,155 @@ impl QueueManager {
         }
         let attempt = match &config.protocol {
             Protocol::Maildir(proto) => self.deliver_maildir(&msg, &queue, proto.clone()).await,
-            Protocol::Smtp(_) | Protocol::CustomLua(_) => {
+            Protocol::Smtp(proto) => {
+                self.to_ready_queue(msg, &queue, &config, proto).await;
+                return;
+            }
+            Protocol::CustomLua(_) => {
                 let text =
-                    "KumoMTA internal: this protocol is not available in this build of sluice-mta";
+                    "KumoMTA internal: custom_lua is not available in this build of sluice-mta";
                 self.transient(&msg, &queue_name, &config, Response::new(400, text), None)
                     .await;
                 return;
             }
         };
-        self.apply(&msg, &queue_name, &config, attempt).await;
+        self.apply(&msg, &queue_name, &config, attempt, None).await;
+    }
+
+    /// SMTP: pick an egress source from the queue's pool, find the site,
+    /// and hand the message to that path's ready queue.
+    async fn to_ready_queue(
+        self: &Arc<Self>,
+        msg: MessageRef,
+        queue: &Arc<ScheduledQueue>,
+        config: &Arc<QueueConfig>,
+        proto: &sluice_common::queue_config::SmtpProtocol,
+    ) {
+        let fail = |text: String| Response::new(451, &text);
+        let site = if !proto.mx_list.is_empty() {
+            crate::egress::site::mx_list_site(&proto.mx_list)
+                .map_err(|e| fail(format!("4.4.4 KumoMTA internal: invalid mx_list: {e}")))
+        } else {
+            crate::egress::site::literal_site(&queue.parts.domain).ok_or_else(|| {
+                fail("4.4.4 KumoMTA internal: MX resolution is not available in this build; use mx_list".into())
+            })
+        };
+        let site = match site {
+            Ok(s) => s,
+            Err(resp) => return self.transient(&msg, &queue.name, config, resp, None).await,
+        };
+        let pool_name = config.egress_pool.as_deref().unwrap_or("unspecified");
+        let source = match self.egress.pool(pool_name).await {
+            Err(e) => Err(format!("4.4.4 KumoMTA internal: {e}")),
+            Ok(pool) => {
+                let weights: Vec<u32> = pool.entries.iter().map(|e| e.weight).collect();
+                let pick = queue.wrr.lock().next(&weights);
+                match pick {
+                    Some(i) => self
+                        .egress
+                        .source(&pool.entries[i].name)
+                        .await
+                        .map_err(|e| format!("4.4.4 KumoMTA internal: {e}")),
+                    None => Err(format!(
+                        "4.4.4 KumoMTA internal: no sources for {} pool=`{pool_name}` are eligible for selection at this time",
+                        queue.name
+                    )),
+                }
+            }
+        };
+        let source = match source {
+            Ok(s) => s,
+            Err(text) => {
+                return self
+                    .transient(&msg, &queue.name, config, fail(text), None)
+                    .await;
+            }
+        };
+        let rq = match self
+            .egress
+            .ready_queue(source, site, queue.parts.routing_domain(), "smtp_client")
+            .await
+        {
+            Ok(rq) => rq,
+            Err(e) => {
+                let resp = fail(format!("4.4.4 KumoMTA internal: {e}"));
+                return self.transient(&msg, &queue.name, config, resp, None).await;
+            }
+        };
+        let item = Ready {
+            msg: msg.clone(),
+            queue: queue.name.clone(),
+            config: config.clone(),
+        };
+        if let Placement::Full = crate::egress::enqueue(self, &rq, item) {
+            // back to the scheduled queue for a random 0-60 s, no event (spec §3.2)
+            let wait = Duration::from_millis(rand::random_range(0..60_000));
+            let due = Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+            let text = format!(
+                "Context: ReadyQueueWasFull. Next due in {} at {}",
+                format_duration(wait),
+                due.to_rfc3339()
+            );
+            self.logger.log(self.record(
+                RecordType::Delayed,
+                &msg,
+                &queue.name,
+                Response::new(400, &text),
+            ));
+            let due = self.constrained(&msg, due);
+            self.wait_until(&msg, due);
+        }
+    }
+
+    /// A ready queue's outcome for one message.
+    pub async fn complete(self: &Arc<Self>, item: &Ready, ready_queue: &str, attempt: Attempt) {
+        self.apply(
+            &item.msg,
+            &item.queue,
+            &item.config,
+            attempt,
+            Some(ready_queue),
+        )
+        .await;
+    }
+
+    pub fn throttle_check(
+        &self,
+        key: &str,
+        spec: &sluice_common::ThrottleSpec,
+    ) -> Option<Duration> {
+        self.throttles.check(key, spec)
+    }
+
+    pub fn load_body(&self, msg: &Message) -> Result<(), crate::spool::SpoolError> {
+        if msg.data().is_none() {
+            msg.set_data(self.spool.read_data(msg.id)?);
+        }
+        Ok(())
+    }
+
+    /// A path throttle asks for a wait longer than a connection may idle:
+    /// this message and everything else ready go back to their scheduled
+    /// queues for `wait`, attempts unchanged (spec §2.3).
+    pub fn ready_throttled(self: &Arc<Self>, rq: &ReadyQueue, first: Ready, wait: Duration) {
+        let due = Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+        for item in std::iter::once(first).chain(rq.drain()) {
+            let text = format!(
+                "4.4.1 KumoMTA internal: ready queue throttled. Next due in {} at {}",
+                format_duration(wait),
+                due.to_rfc3339()
+            );
+            let mut rec = self.record(
+                RecordType::Delayed,
+                &item.msg,
+                &item.queue,
+                Response::new(451, &text),
+            );
+            rec.site = rq.name.clone();
+            self.logger.log(rec);
+            let due = self.constrained(&item.msg, due);
+            self.wait_until(&item.msg, due);
+        }
     }
 
     async fn deliver_maildir(
@@ -402,6 +548,7 @@ impl QueueManager {
         queue: &str,
         config: &Arc<QueueConfig>,
         attempt: Attempt,
+        ready_queue: Option<&str>,
     ) {
         let mut delivered = vec![];
         let mut bounced = vec![];
@@ -431,6 +578,7 @@ impl QueueManager {
                 rec.set_recipients(&rcpts);
                 rec.delivery_protocol = delivery_protocol.clone();
                 rec.peer_address = attempt.peer.clone();
+                self.set_egress_fields(&mut rec, config, ready_queue);
                 self.logger.log(rec);
             }
         }
@@ -445,8 +593,26 @@ impl QueueManager {
             .next()
             .map(|(_, r)| r)
             .expect("non-empty");
-        self.transient(msg, queue, config, resp, delivery_protocol)
+        self.transient_via(msg, queue, config, resp, delivery_protocol, ready_queue)
             .await;
+    }
+
+    fn set_egress_fields(
+        &self,
+        rec: &mut LogRecord,
+        config: &QueueConfig,
+        ready_queue: Option<&str>,
+    ) {
+        if let Some(rq) = ready_queue {
+            rec.site = rq.to_string();
+            rec.egress_pool = Some(
+                config
+                    .egress_pool
+                    .clone()
+                    .unwrap_or_else(|| "unspecified".into()),
+            );
+            rec.egress_source = rq.split_once("->").map(|(s, _)| s.to_string());
+        }
     }
 
     /// The queue's `max_message_rate` said wait: back into the same queue
@@ -510,8 +676,22 @@ impl QueueManager {
         resp: Response,
         delivery_protocol: Option<String>,
     ) {
+        self.transient_via(msg, queue, config, resp, delivery_protocol, None)
+            .await
+    }
+
+    async fn transient_via(
+        self: &Arc<Self>,
+        msg: &MessageRef,
+        queue: &str,
+        config: &Arc<QueueConfig>,
+        resp: Response,
+        delivery_protocol: Option<String>,
+        ready_queue: Option<&str>,
+    ) {
         let mut rec = self.record(RecordType::TransientFailure, msg, queue, resp.clone());
         rec.delivery_protocol = delivery_protocol;
+        self.set_egress_fields(&mut rec, config, ready_queue);
         self.logger.log(rec);
         if let Requeue::Done = self
             .requeue_event(

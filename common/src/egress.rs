@@ -1,0 +1,391 @@
+//! Egress sources, pools and paths (spec §4): `kumo.make_egress_source`,
+//! `kumo.make_egress_pool`, `kumo.make_egress_path`, with KumoMTA's defaults.
+//! Unknown keys are errors.
+
+use crate::throttle::ThrottleSpec;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// `"10.0.0.0/8"` or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid CIDR or IP address {s:?}"))
+}
+
+pub fn deserialize_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter()
+        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn serialize_cidrs<S: serde::Serializer>(v: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.to_string()))
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSource {
+    pub name: String,
+    /// Local address to bind outgoing connections to; kernel's choice when unset.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    #[serde(default)]
+    pub ehlo_domain: Option<String>,
+    /// Destination port that beats every other port setting.
+    #[serde(default)]
+    pub remote_port: Option<u16>,
+    #[serde(default = "default_ttl", with = "duration_field")]
+    pub ttl: Duration,
+}
+
+fn default_ttl() -> Duration {
+    secs(60)
+}
+
+impl EgressSource {
+    pub fn unspecified() -> Self {
+        EgressSource {
+            name: "unspecified".into(),
+            source_address: None,
+            ehlo_domain: None,
+            remote_port: None,
+            ttl: default_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPoolEntry {
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPool {
+    pub name: String,
+    #[serde(default)]
+    pub entries: Vec<EgressPoolEntry>,
+    #[serde(default = "default_ttl", with = "duration_field")]
+    pub ttl: Duration,
+}
+
+impl EgressPool {
+    pub fn unspecified() -> Self {
+        EgressPool {
+            name: "unspecified".into(),
+            entries: vec![EgressPoolEntry {
+                name: "unspecified".into(),
+                weight: 1,
+            }],
+            ttl: default_ttl(),
+        }
+    }
+}
+
+/// A connection limit: an integer, or a string such as `"1_000"` or `"local:20"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConnectionLimit {
+    pub limit: usize,
+    pub force_local: bool,
+}
+
+impl<'de> Deserialize<'de> for ConnectionLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        let (limit, force_local, input) = match Raw::deserialize(d)? {
+            Raw::N(n) => (Some(n), false, n.to_string()),
+            Raw::S(s) => {
+                let (local, rest) = match s.strip_prefix("local:") {
+                    Some(r) => (true, r),
+                    None => (false, s.as_str()),
+                };
+                let digits: String = rest.chars().filter(|c| *c != '_' && *c != ',').collect();
+                (digits.parse::<u64>().ok(), local, s.clone())
+            }
+        };
+        match limit {
+            Some(n) if n >= 1 => Ok(ConnectionLimit {
+                limit: n as usize,
+                force_local,
+            }),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid connection limit {input:?}: must be a whole number >= 1"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Tls {
+    #[default]
+    Opportunistic,
+    OpportunisticInsecure,
+    Required,
+    RequiredInsecure,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum IpLookupStrategy {
+    #[default]
+    Ipv4AndIpv6,
+    Ipv4Only,
+    Ipv6Only,
+    Ipv4thenIpv6,
+    Ipv6thenIpv4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum ReconnectStrategy {
+    #[default]
+    ConnectNextHost,
+    ReconnectSameHost,
+    TerminateSession,
+}
+
+mod duration_field {
+    pub use crate::duration::deserialize;
+    pub use crate::duration::serialize;
+}
+
+fn default_prohibited() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"]
+        .iter()
+        .map(|s| s.parse().expect("valid"))
+        .collect()
+}
+
+macro_rules! duration_defaults {
+    ($($name:ident = $secs:expr;)*) => {
+        $(fn $name() -> Duration { secs($secs) })*
+    };
+}
+
+duration_defaults! {
+    d_refresh = 60; d_connect = 60; d_banner = 60; d_ehlo = 300; d_mail_from = 300;
+    d_rcpt_to = 300; d_data = 300; d_data_dot = 300; d_rset = 5; d_starttls = 5;
+    d_idle = 5; d_auth = 60;
+}
+
+fn d_connection_limit() -> ConnectionLimit {
+    ConnectionLimit {
+        limit: 32,
+        force_local: false,
+    }
+}
+fn d_1024() -> usize {
+    1024
+}
+fn d_100() -> usize {
+    100
+}
+fn d_25() -> u16 {
+    25
+}
+fn yes() -> bool {
+    true
+}
+
+/// `kumo.make_egress_path{...}` (spec §4.4): shaping for one ready queue.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPathConfig {
+    #[serde(default = "d_connection_limit")]
+    pub connection_limit: ConnectionLimit,
+    #[serde(default)]
+    pub additional_connection_limits: BTreeMap<String, ConnectionLimit>,
+    #[serde(default)]
+    pub max_connection_rate: Option<ThrottleSpec>,
+    #[serde(default)]
+    pub max_message_rate: Option<ThrottleSpec>,
+    #[serde(default)]
+    pub additional_message_rate_throttles: BTreeMap<String, ThrottleSpec>,
+    #[serde(default = "d_1024")]
+    pub max_deliveries_per_connection: usize,
+    #[serde(default = "d_100")]
+    pub max_recipients_per_batch: usize,
+    #[serde(default = "d_1024")]
+    pub max_ready: usize,
+    #[serde(default = "d_100")]
+    pub consecutive_connection_failures_before_delay: usize,
+    #[serde(default)]
+    pub enable_tls: Tls,
+    #[serde(default = "yes")]
+    pub enable_pipelining: bool,
+    #[serde(default = "yes")]
+    pub enable_rset: bool,
+    #[serde(default = "d_25")]
+    pub smtp_port: u16,
+    #[serde(default)]
+    pub ehlo_domain: Option<String>,
+    #[serde(
+        default = "default_prohibited",
+        deserialize_with = "deserialize_cidrs",
+        serialize_with = "serialize_cidrs"
+    )]
+    pub prohibited_hosts: Vec<IpNet>,
+    #[serde(
+        default,
+        deserialize_with = "deserialize_cidrs",
+        serialize_with = "serialize_cidrs"
+    )]
+    pub skip_hosts: Vec<IpNet>,
+    #[serde(default)]
+    pub ip_lookup_strategy: IpLookupStrategy,
+    #[serde(default)]
+    pub reconnect_strategy: ReconnectStrategy,
+    #[serde(default = "d_refresh", with = "duration_field")]
+    pub refresh_interval: Duration,
+    #[serde(default)]
+    pub refresh_strategy: crate::queue_config::RefreshStrategy,
+    #[serde(default)]
+    pub provider_name: Option<String>,
+    #[serde(default = "d_connect", with = "duration_field")]
+    pub connect_timeout: Duration,
+    #[serde(default = "d_banner", with = "duration_field")]
+    pub banner_timeout: Duration,
+    #[serde(default = "d_ehlo", with = "duration_field")]
+    pub ehlo_timeout: Duration,
+    #[serde(default = "d_mail_from", with = "duration_field")]
+    pub mail_from_timeout: Duration,
+    #[serde(default = "d_rcpt_to", with = "duration_field")]
+    pub rcpt_to_timeout: Duration,
+    #[serde(default = "d_data", with = "duration_field")]
+    pub data_timeout: Duration,
+    #[serde(default = "d_data_dot", with = "duration_field")]
+    pub data_dot_timeout: Duration,
+    #[serde(default = "d_rset", with = "duration_field")]
+    pub rset_timeout: Duration,
+    #[serde(default = "d_starttls", with = "duration_field")]
+    pub starttls_timeout: Duration,
+    #[serde(default = "d_auth", with = "duration_field")]
+    pub auth_timeout: Duration,
+    /// How long an idle connection waits for more messages before closing.
+    #[serde(default = "d_idle", with = "duration_field")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for EgressPathConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialise")
+    }
+}
+
+impl EgressPathConfig {
+    /// Message-rate throttles of this path, smallest rate first.
+    pub fn message_rate_throttles(&self) -> Vec<(String, ThrottleSpec)> {
+        let mut all: Vec<(String, ThrottleSpec)> = self
+            .max_message_rate
+            .iter()
+            .map(|t| ("max_message_rate".to_string(), *t))
+            .chain(
+                self.additional_message_rate_throttles
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v)),
+            )
+            .collect();
+        all.sort_by(|a, b| {
+            let ra = a.1.limit as f64 / a.1.period_secs as f64;
+            let rb = b.1.limit as f64 / b.1.period_secs as f64;
+            ra.total_cmp(&rb)
+        });
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_defaults_follow_the_source() {
+        let p = EgressPathConfig::default();
+        assert_eq!(p.connection_limit.limit, 32);
+        assert_eq!(p.max_deliveries_per_connection, 1024);
+        assert_eq!(p.max_ready, 1024);
+        assert_eq!(p.idle_timeout, secs(5));
+        assert_eq!(p.smtp_port, 25);
+        assert_eq!(p.enable_tls, Tls::Opportunistic);
+        assert!(
+            p.prohibited_hosts
+                .iter()
+                .any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()))
+        );
+    }
+
+    #[test]
+    fn connection_limits_take_numbers_and_strings() {
+        let p: EgressPathConfig =
+            serde_json::from_str(r#"{"connection_limit": "local:20"}"#).unwrap();
+        assert_eq!(
+            p.connection_limit,
+            ConnectionLimit {
+                limit: 20,
+                force_local: true
+            }
+        );
+        let p: EgressPathConfig = serde_json::from_str(r#"{"connection_limit": "1_000"}"#).unwrap();
+        assert_eq!(p.connection_limit.limit, 1000);
+        for bad in [r#"0"#, r#""none""#, r#""local:0""#] {
+            let e = serde_json::from_str::<EgressPathConfig>(&format!(
+                r#"{{"connection_limit": {bad}}}"#
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("connection limit"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = serde_json::from_str::<EgressPathConfig>(r#"{"conection_limit": 2}"#).unwrap_err();
+        assert!(e.to_string().contains("conection_limit"), "{e}");
+        let e =
+            serde_json::from_str::<EgressPathConfig>(r#"{"enable_tls": "Sometimes"}"#).unwrap_err();
+        assert!(e.to_string().contains("Sometimes"), "{e}");
+        let e = serde_json::from_str::<EgressPathConfig>(r#"{"prohibited_hosts": ["not-an-ip"]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("not-an-ip"), "{e}");
+        let e =
+            serde_json::from_str::<EgressSource>(r#"{"name": "a", "socks5_proxy_server": "x"}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("socks5_proxy_server"), "{e}");
+    }
+
+    #[test]
+    fn message_rates_are_ordered_smallest_first() {
+        let p: EgressPathConfig = serde_json::from_str(
+            r#"{"max_message_rate": "100/s", "additional_message_rate_throttles": {"hourly": "1000/h", "minutely": "600/m"}}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = p
+            .message_rate_throttles()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, vec!["hourly", "minutely", "max_message_rate"]);
+    }
+}

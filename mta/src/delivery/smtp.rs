@@ -1,0 +1,436 @@
+//! SMTP client (spec §5.1): connect, banner, EHLO, STARTTLS per the path's
+//! `enable_tls`, then transactions with per-recipient results, pipelined
+//! when the server offers PIPELINING. One `SmtpClient` is one connection and
+//! may carry many transactions.
+
+use crate::listener::io::Io;
+use sluice_common::egress::{EgressPathConfig, Tls};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+
+/// A reply from the server; `text` holds every line's text joined by `\n`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Reply {
+    /// One line for logs: code, then the text with line breaks folded.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.code, self.text.replace('\n', " "))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("Timed Out waiting {0:?} for response to {1}")]
+    Timeout(Duration, &'static str),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed reply: {0:?}")]
+    Malformed(String),
+    #[error("{phase}: {reply}", reply = .reply.line())]
+    Rejected { phase: &'static str, reply: Reply },
+    #[error("STARTTLS is required but {0}")]
+    TlsRequired(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+}
+
+/// The result of one transaction for each recipient.
+pub struct Transaction {
+    pub results: Vec<(String, Reply)>,
+}
+
+pub struct SmtpClient {
+    io: BufReader<Box<dyn Io>>,
+    pub peer: SocketAddr,
+    pub name: String,
+    extensions: HashSet<String>,
+    pub tls: Option<String>,
+    transactions: usize,
+    settings: Arc<EgressPathConfig>,
+}
+
+async fn with_timeout<T>(
+    d: Duration,
+    phase: &'static str,
+    f: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or(Err(ClientError::Timeout(d, phase)))
+}
+
+fn tls_config(insecure: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions");
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(insecure::AcceptAnyCert))
+            .with_no_client_auth()
+    } else {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Arc::new(config)
+}
+
+impl SmtpClient {
+    /// Connect to `addr` (called `name` in logs and TLS) and get as far as a
+    /// session ready for MAIL FROM.
+    pub async fn connect(
+        name: &str,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        ehlo_domain: &str,
+        settings: Arc<EgressPathConfig>,
+    ) -> Result<SmtpClient, ClientError> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = source {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = with_timeout(settings.connect_timeout, "connect", async {
+            Ok(socket.connect(addr).await?)
+        })
+        .await?;
+        let _ = stream.set_nodelay(true);
+        let mut client = SmtpClient {
+            io: BufReader::new(Box::new(stream)),
+            peer: addr,
+            name: name.to_string(),
+            extensions: HashSet::new(),
+            tls: None,
+            transactions: 0,
+            settings: settings.clone(),
+        };
+        let banner = client.read_reply(settings.banner_timeout, "banner").await?;
+        if banner.code != 220 {
+            return Err(ClientError::Rejected {
+                phase: "banner",
+                reply: banner,
+            });
+        }
+        client.ehlo(ehlo_domain).await?;
+        let wants_tls = settings.enable_tls != Tls::Disabled;
+        let required = matches!(settings.enable_tls, Tls::Required | Tls::RequiredInsecure);
+        if wants_tls && client.extensions.contains("STARTTLS") {
+            client.starttls(ehlo_domain).await?;
+        } else if required {
+            return Err(ClientError::TlsRequired(format!(
+                "{name} does not offer STARTTLS"
+            )));
+        }
+        Ok(client)
+    }
+
+    async fn ehlo(&mut self, domain: &str) -> Result<(), ClientError> {
+        let timeout = self.settings.ehlo_timeout;
+        let reply = self
+            .command(&format!("EHLO {domain}"), timeout, "EHLO")
+            .await?;
+        if reply.code == 250 {
+            self.extensions = reply
+                .text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().next())
+                .map(|k| k.to_ascii_uppercase())
+                .collect();
+            return Ok(());
+        }
+        let reply = self
+            .command(&format!("HELO {domain}"), timeout, "HELO")
+            .await?;
+        if reply.code != 250 {
+            return Err(ClientError::Rejected {
+                phase: "HELO",
+                reply,
+            });
+        }
+        self.extensions.clear();
+        Ok(())
+    }
+
+    async fn starttls(&mut self, ehlo_domain: &str) -> Result<(), ClientError> {
+        let timeout = self.settings.starttls_timeout;
+        let reply = self.command("STARTTLS", timeout, "STARTTLS").await?;
+        let required = matches!(
+            self.settings.enable_tls,
+            Tls::Required | Tls::RequiredInsecure
+        );
+        if reply.code != 220 {
+            if required {
+                return Err(ClientError::TlsRequired(format!(
+                    "STARTTLS was refused: {}",
+                    reply.line()
+                )));
+            }
+            return Ok(());
+        }
+        let insecure = matches!(
+            self.settings.enable_tls,
+            Tls::OpportunisticInsecure | Tls::RequiredInsecure
+        );
+        let connector = tokio_rustls::TlsConnector::from(tls_config(insecure));
+        let server_name = rustls::pki_types::ServerName::try_from(self.name.clone())
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.peer.ip().into()));
+        let plain = std::mem::replace(
+            &mut self.io,
+            BufReader::new(Box::new(crate::listener::io::empty::EmptyDuplex)),
+        );
+        let stream = plain.into_inner();
+        let tls = tokio::time::timeout(timeout, connector.connect(server_name, stream))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout, "STARTTLS handshake"))?
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let (_, conn) = tls.get_ref();
+        self.tls = Some(format!(
+            "{:?}:{:?}",
+            conn.protocol_version()
+                .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+            conn.negotiated_cipher_suite().map(|c| c.suite())
+        ));
+        self.io = BufReader::new(Box::new(tls));
+        self.ehlo(ehlo_domain).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let io = self.io.get_mut();
+        io.write_all(bytes).await?;
+        io.flush().await?;
+        Ok(())
+    }
+
+    async fn read_reply(
+        &mut self,
+        timeout: Duration,
+        phase: &'static str,
+    ) -> Result<Reply, ClientError> {
+        with_timeout(timeout, phase, async {
+            let mut text = String::new();
+            loop {
+                let mut line = String::new();
+                if self.io.read_line(&mut line).await? == 0 {
+                    return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                let line = line.trim_end_matches(['\r', '\n']);
+                let code: u16 = line
+                    .get(..3)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| ClientError::Malformed(line.to_string()))?;
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(line.get(4..).unwrap_or(""));
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(Reply { code, text });
+                }
+            }
+        })
+        .await
+    }
+
+    async fn command(
+        &mut self,
+        line: &str,
+        timeout: Duration,
+        phase: &'static str,
+    ) -> Result<Reply, ClientError> {
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply(timeout, phase).await
+    }
+
+    /// One transaction: MAIL, RCPT for each recipient, DATA. Returns each
+    /// recipient's final reply. `Err` means the connection is unusable.
+    pub async fn send(
+        &mut self,
+        sender: &str,
+        recipients: &[String],
+        data: &[u8],
+    ) -> Result<Transaction, ClientError> {
+        let s = self.settings.clone();
+        if self.transactions > 0 && s.enable_rset {
+            let reply = self.command("RSET", s.rset_timeout, "RSET").await?;
+            if reply.code != 250 {
+                return Err(ClientError::Rejected {
+                    phase: "RSET",
+                    reply,
+                });
+            }
+        }
+        self.transactions += 1;
+        let mail = format!("MAIL FROM:<{sender}>\r\n");
+        let pipelining = s.enable_pipelining && self.extensions.contains("PIPELINING");
+        let mail_reply;
+        let mut rcpt_replies = Vec::with_capacity(recipients.len());
+        let data_reply;
+        if pipelining {
+            let mut batch = mail.into_bytes();
+            for r in recipients {
+                batch.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.write(&batch).await?;
+            mail_reply = self.read_reply(s.mail_from_timeout, "MAIL FROM").await?;
+            for _ in recipients {
+                rcpt_replies.push(self.read_reply(s.rcpt_to_timeout, "RCPT TO").await?);
+            }
+            data_reply = self.read_reply(s.data_timeout, "DATA").await?;
+        } else {
+            self.write(mail.as_bytes()).await?;
+            mail_reply = self.read_reply(s.mail_from_timeout, "MAIL FROM").await?;
+            if mail_reply.code != 250 {
+                return Ok(all(recipients, &mail_reply));
+            }
+            for r in recipients {
+                let reply = self
+                    .command(&format!("RCPT TO:<{r}>"), s.rcpt_to_timeout, "RCPT TO")
+                    .await?;
+                rcpt_replies.push(reply);
+            }
+            if !rcpt_replies.iter().any(|r| r.code / 100 == 2) {
+                return Ok(Transaction {
+                    results: recipients.iter().cloned().zip(rcpt_replies).collect(),
+                });
+            }
+            data_reply = self.command("DATA", s.data_timeout, "DATA").await?;
+        }
+        if mail_reply.code != 250 {
+            // a pipelined DATA after a failed MAIL is meaningless; make sure
+            // the server is not waiting for a body
+            if data_reply.code == 354 {
+                self.write(b".\r\n").await?;
+                self.read_reply(s.data_dot_timeout, "data dot").await?;
+            }
+            return Ok(all(recipients, &mail_reply));
+        }
+        let accepted: Vec<usize> = (0..recipients.len())
+            .filter(|i| rcpt_replies[*i].code / 100 == 2)
+            .collect();
+        if data_reply.code != 354 {
+            let mut results: Vec<(String, Reply)> =
+                recipients.iter().cloned().zip(rcpt_replies).collect();
+            for i in &accepted {
+                results[*i].1 = data_reply.clone();
+            }
+            return Ok(Transaction { results });
+        }
+        if accepted.is_empty() {
+            // every RCPT failed but DATA was accepted (pipelined): send an
+            // empty body so the session stays in sync
+            self.write(b".\r\n").await?;
+            self.read_reply(s.data_dot_timeout, "data dot").await?;
+            return Ok(Transaction {
+                results: recipients.iter().cloned().zip(rcpt_replies).collect(),
+            });
+        }
+        self.write(&dot_stuff(data)).await?;
+        let final_reply = self.read_reply(s.data_dot_timeout, "data dot").await?;
+        let mut results: Vec<(String, Reply)> =
+            recipients.iter().cloned().zip(rcpt_replies).collect();
+        for i in accepted {
+            results[i].1 = final_reply.clone();
+        }
+        Ok(Transaction { results })
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.command("QUIT", Duration::from_secs(5), "QUIT").await;
+    }
+}
+
+fn all(recipients: &[String], reply: &Reply) -> Transaction {
+    Transaction {
+        results: recipients
+            .iter()
+            .map(|r| (r.clone(), reply.clone()))
+            .collect(),
+    }
+}
+
+/// The body with leading dots doubled, CRLF line ends, and the final dot.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+mod insecure {
+    use rustls::DigitallySignedStruct;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    /// For `*Insecure` TLS modes: encrypt, but accept any certificate.
+    #[derive(Debug)]
+    pub struct AcceptAnyCert;
+
+    impl ServerCertVerifier for AcceptAnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+}

@@ -1,0 +1,166 @@
+//! SMTP delivery through egress paths to Postfix's smtp-sink.
+
+use serde_json::Value;
+use sluice_tests::*;
+use std::time::{Duration, Instant};
+
+fn send(mta: &Mta, count: usize) {
+    let o = python_client(
+        "smtp_send.py",
+        &[
+            "--port",
+            &mta.port.to_string(),
+            "--count",
+            &count.to_string(),
+            "--concurrency",
+            "4",
+        ],
+    );
+    let n = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("\"code\": 250"))
+        .count();
+    assert_eq!(n, count, "{}", text(&o));
+}
+
+#[test]
+fn messages_are_relayed_to_the_mx_list_host() {
+    let sink = Sink::start(&[]);
+    let mta = Mta::start(&relay_policy(sink.port, "", ""));
+    send(&mta, 5);
+    let recs = mta.wait_for_records(Duration::from_secs(20), "5 deliveries", |r| {
+        count(r, "Delivery") == 5
+    });
+    let site = format!("unspecified->mx_list:[127.0.0.1]:{}@smtp_client", sink.port);
+    for d in recs.iter().filter(|r| r["type"] == "Delivery") {
+        assert_eq!(d["site"], site.as_str());
+        assert_eq!(d["delivery_protocol"], "ESMTP");
+        assert_eq!(d["egress_pool"], "unspecified");
+        assert_eq!(d["egress_source"], "unspecified");
+        assert_eq!(d["peer_address"]["addr"], "127.0.0.1");
+        assert_eq!(d["response"]["code"], 250);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sink.messages().len() < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 5);
+    assert!(
+        msgs.iter()
+            .all(|m| m.contains("(Sluice) with ESMTP id") && m.contains("X-Test-Seq: "))
+    );
+}
+
+#[test]
+fn rcpt_4xx_is_a_transient_failure_and_5xx_a_bounce() {
+    let soft = Sink::start(&["-r", "RCPT"]);
+    let mta = Mta::start(&relay_policy(soft.port, "retry_interval = '1 hour'", ""));
+    send(&mta, 1);
+    let recs = mta.wait_for_records(Duration::from_secs(20), "transient failure", |r| {
+        count(r, "TransientFailure") == 1
+    });
+    let tf = recs
+        .iter()
+        .find(|r| r["type"] == "TransientFailure")
+        .unwrap();
+    assert_eq!(tf["response"]["code"].as_u64().unwrap() / 100, 4, "{tf}");
+    assert_eq!(count(&recs, "Bounce"), 0);
+
+    let hard = Sink::start(&["-f", "RCPT"]);
+    let mta = Mta::start(&relay_policy(hard.port, "", ""));
+    send(&mta, 1);
+    let recs = mta.wait_for_records(Duration::from_secs(20), "bounce", |r| {
+        count(r, "Bounce") == 1
+    });
+    let b = recs.iter().find(|r| r["type"] == "Bounce").unwrap();
+    assert_eq!(b["response"]["code"].as_u64().unwrap() / 100, 5, "{b}");
+    assert_eq!(count(&recs, "TransientFailure"), 0);
+}
+
+/// connection_limit = 2: the sink never sees more than 2 open connections,
+/// counted by the kernel on the sink's port. 200 messages make the ready
+/// queue long enough that the ramp (spec §4.4) asks for both.
+#[test]
+fn connection_limit_caps_open_connections_at_the_sink() {
+    let sink = Sink::start(&[]);
+    let mta = Mta::start(&relay_policy(
+        sink.port,
+        "",
+        "connection_limit = 2, idle_timeout = '3s'",
+    ));
+    let port = mta.port.to_string();
+    let client = std::thread::spawn(move || {
+        python_client(
+            "smtp_send.py",
+            &["--port", &port, "--count", "200", "--concurrency", "10"],
+        )
+    });
+    let mut max_seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mta.records(), "Delivery") < 200 {
+        max_seen = max_seen.max(sink.open_connections());
+        assert!(Instant::now() < deadline, "not all delivered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.join().unwrap();
+    // idle connections stay open for idle_timeout: count them once more
+    max_seen = max_seen.max(sink.open_connections());
+    assert!(max_seen <= 2, "saw {max_seen} connections");
+    assert_eq!(max_seen, 2, "both allowed connections are used");
+}
+
+/// max_deliveries_per_connection = 5: 20 messages over one connection at a
+/// time means 4 sessions at the sink.
+#[test]
+fn max_deliveries_per_connection_opens_a_new_connection_every_5_messages() {
+    let sink = Sink::start(&[]);
+    let mta = Mta::start(&relay_policy(
+        sink.port,
+        "",
+        "connection_limit = 1, max_deliveries_per_connection = 5",
+    ));
+    send(&mta, 20);
+    mta.wait_for_records(Duration::from_secs(30), "20 deliveries", |r| {
+        count(r, "Delivery") == 20
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.sessions() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // connections end after 5 messages, or after idle_timeout (5 s) with less
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.sessions(), 4, "sessions at the sink");
+}
+
+#[test]
+fn required_tls_against_a_sink_without_tls_is_transient_and_opportunistic_delivers() {
+    let sink = Sink::start(&[]);
+    let mta = Mta::start(&relay_policy(
+        sink.port,
+        "retry_interval = '1 hour'",
+        "enable_tls = 'Required'",
+    ));
+    send(&mta, 1);
+    let recs = mta.wait_for_records(Duration::from_secs(20), "transient failure", |r| {
+        count(r, "TransientFailure") == 1
+    });
+    let tf: &Value = recs
+        .iter()
+        .find(|r| r["type"] == "TransientFailure")
+        .unwrap();
+    assert!(
+        tf["response"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("STARTTLS"),
+        "{tf}"
+    );
+    assert_eq!(count(&recs, "Delivery"), 0);
+
+    let mta = Mta::start(&relay_policy(sink.port, "", "enable_tls = 'Opportunistic'"));
+    send(&mta, 1);
+    mta.wait_for_records(Duration::from_secs(20), "delivery", |r| {
+        count(r, "Delivery") == 1
+    });
+}

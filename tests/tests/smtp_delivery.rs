@@ -164,3 +164,135 @@ fn required_tls_against_a_sink_without_tls_is_transient_and_opportunistic_delive
         count(r, "Delivery") == 1
     });
 }
+
+/// Seed 003 unchanged over SMTP: a destination that always answers 4xx to
+/// RCPT; after the third failed attempt the handler moves the message to
+/// the smart-host queue `[10.0.0.1]`, which this policy points at a second
+/// sink; the message is delivered there.
+#[test]
+fn requeue_seed_reroutes_to_the_smart_host_over_smtp() {
+    let failing = Sink::start(&["-r", "RCPT"]);
+    let smart = Sink::start(&[]);
+    let mta = Mta::start(&policy(
+        "",
+        &format!(
+            r#"
+dofile('{{ROOT}}/examples/seeds/requeue_message_smart_host.lua')
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  local port = {failing}
+  if domain == '[10.0.0.1]' then
+    port = {smart}
+  end
+  return kumo.make_queue_config {{
+    retry_interval = '1 second',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:' .. port }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}} }}
+end)
+"#,
+            failing = failing.port,
+            smart = smart.port
+        ),
+    ));
+    let o = swaks(mta.port, &["--to", "u@example.com"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recs = mta.wait_for_records(Duration::from_secs(30), "delivery", |r| {
+        count(r, "Delivery") == 1
+    });
+    let seen: Vec<(&str, &str, u64)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap(),
+                r["queue"].as_str().unwrap(),
+                r["num_attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("Reception", "example.com", 0),
+            ("TransientFailure", "example.com", 0),
+            ("TransientFailure", "example.com", 1),
+            ("TransientFailure", "example.com", 2),
+            ("Delivery", "[10.0.0.1]", 3),
+        ]
+    );
+    let delivery = recs.last().unwrap();
+    assert_eq!(
+        delivery["site"],
+        format!(
+            "unspecified->mx_list:[127.0.0.1]:{}@smtp_client",
+            smart.port
+        )
+        .as_str()
+    );
+    assert_eq!(smart.messages().len(), 1);
+    // smtp-sink dumps even refused envelopes; no body ever reached it
+    assert!(
+        failing
+            .messages()
+            .iter()
+            .all(|m| !m.contains("This is a test mailing"))
+    );
+}
+
+/// Conformance C12: a pool with source A weight 2 and B weight 1 splits 300
+/// messages of one queue 200/100.
+#[test]
+fn weighted_pool_splits_traffic_by_weight() {
+    let sink = Sink::start(&[]);
+    let mta = Mta::start(&policy(
+        "",
+        &format!(
+            r#"
+kumo.on('get_egress_source', function(name)
+  return kumo.make_egress_source {{ name = name, ehlo_domain = name .. '.sluice.test' }}
+end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'A', weight = 2 }}, {{ name = 'B', weight = 1 }} }} }}
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    egress_pool = 'pool',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}} }}
+end)
+"#,
+            port = sink.port
+        ),
+    ));
+    send(&mta, 300);
+    let recs = mta.wait_for_records(Duration::from_secs(60), "300 deliveries", |r| {
+        count(r, "Delivery") == 300
+    });
+    let a = recs
+        .iter()
+        .filter(|r| r["type"] == "Delivery" && r["egress_source"] == "A")
+        .count();
+    let b = recs
+        .iter()
+        .filter(|r| r["type"] == "Delivery" && r["egress_source"] == "B")
+        .count();
+    assert!(
+        (199..=201).contains(&a) && (99..=101).contains(&b),
+        "A={a} B={b}"
+    );
+    assert!(
+        recs.iter()
+            .filter(|r| r["type"] == "Delivery")
+            .all(|r| r["egress_pool"] == "pool")
+    );
+    let sites: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| r["site"].as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(sites.len(), 2, "one ready queue per source: {sites:?}");
+}

@@ -92,6 +92,9 @@ pub struct MessageState {
     pub schedule: Option<Scheduling>,
     pub data: Option<Arc<Vec<u8>>>,
     pub data_len: usize,
+    /// Envelope and meta were released while the message waits; the spool's
+    /// latest META record has them.
+    pub meta_shrunk: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +125,7 @@ impl Message {
                 schedule: None,
                 data: Some(Arc::new(data)),
                 data_len,
+                meta_shrunk: false,
             }),
         })
     }
@@ -139,6 +143,7 @@ impl Message {
                 schedule: m.schedule,
                 data: None,
                 data_len,
+                meta_shrunk: false,
             }),
         })
     }
@@ -200,6 +205,38 @@ impl Message {
     /// Release the in-memory body (the spool keeps it) while the message waits.
     pub fn shrink(&self) {
         self.state.lock().data = None;
+    }
+
+    /// Release the envelope and meta too (ShrinkDataAndMeta), but only while
+    /// the message is still due later than `not_before` (unix ms), so that a
+    /// delivery attempt never sees them vanish.
+    pub fn shrink_meta(&self, due: i64, not_before: i64) {
+        let mut s = self.state.lock();
+        if s.due == Some(due) && due > not_before && !s.meta_shrunk {
+            s.data = None;
+            s.sender = String::new();
+            s.recipients = Vec::new();
+            s.meta = Map::new();
+            s.meta_shrunk = true;
+        }
+    }
+
+    /// Restore what `shrink_meta` released, from the spooled META record.
+    /// Attempts, due time and scheduling stay as they are in memory.
+    pub fn restore_meta(&self, spooled: &[u8]) -> Result<(), serde_json::Error> {
+        let m: SpooledMeta = serde_json::from_slice(spooled)?;
+        let mut s = self.state.lock();
+        if s.meta_shrunk {
+            s.sender = m.sender;
+            s.recipients = m.recipient;
+            s.meta = m.meta;
+            s.meta_shrunk = false;
+        }
+        Ok(())
+    }
+
+    pub fn is_meta_shrunk(&self) -> bool {
+        self.state.lock().meta_shrunk
     }
 
     pub fn size(&self) -> usize {

@@ -76,7 +76,7 @@ pub struct NewMessage {
 
 enum Request {
     Put(Vec<NewMessage>, oneshot::Sender<Result<(), String>>),
-    Meta(MessageId, Vec<u8>),
+    Meta(MessageId, Vec<u8>, Option<oneshot::Sender<()>>),
     Del(MessageId),
     Flush(oneshot::Sender<()>),
 }
@@ -222,7 +222,29 @@ impl Spool {
 
     /// Record new metadata (attempts, due, meta edits); written with the next batch.
     pub fn update_meta(&self, id: MessageId, meta: Vec<u8>) -> Result<(), SpoolError> {
-        self.send(Request::Meta(id, meta))
+        self.send(Request::Meta(id, meta, None))
+    }
+
+    /// As `update_meta`, and resolve once the record is written and synced.
+    pub fn update_meta_acked(
+        &self,
+        id: MessageId,
+        meta: Vec<u8>,
+    ) -> Result<oneshot::Receiver<()>, SpoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Meta(id, meta, Some(tx)))?;
+        Ok(rx)
+    }
+
+    /// The latest metadata record of a message.
+    pub fn read_meta(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
+        let entry = *self
+            .shared
+            .index
+            .lock()
+            .get(&id)
+            .ok_or(SpoolError::NotFound(id))?;
+        Ok(read_meta(&self.shared, &entry)?)
     }
 
     /// Remove a message at its final disposition.
@@ -432,6 +454,7 @@ impl Writer {
         let mut waiters = vec![];
         let mut flushes = vec![];
         let mut dels = vec![];
+        let mut meta_acks = vec![];
         self.buf.clear();
         let (seg_no, base) = {
             let (n, seg) = self.current();
@@ -449,10 +472,13 @@ impl Writer {
                     }
                     waiters.push(done);
                 }
-                Request::Meta(id, meta) => {
+                Request::Meta(id, meta, ack) => {
                     let off = base + self.buf.len() as u64;
                     encode(&mut self.buf, KIND_META, id, &meta, &[]);
                     metas.push((id, off));
+                    if let Some(ack) = ack {
+                        meta_acks.push(ack);
+                    }
                 }
                 Request::Del(id) => {
                     encode(&mut self.buf, KIND_DEL, id, &[], &[]);
@@ -509,7 +535,7 @@ impl Writer {
         for w in waiters {
             let _ = w.send(Ok(()));
         }
-        for f in flushes {
+        for f in flushes.into_iter().chain(meta_acks) {
             let _ = f.send(());
         }
         if self.current().1.file.metadata()?.len() >= self.opts.segment_size {

@@ -109,6 +109,9 @@ fn restart_keeps_attempt_count_and_due_time() {
         .nth(1)
         .unwrap();
     assert_eq!(second["num_attempts"], 1);
+    // the envelope was released while the message waited, and restored
+    assert_eq!(second["recipient"], "u@example.com");
+    assert!(second["sender"].as_str().unwrap().contains('@'));
     let gap = event_secs(second) - first;
     assert!(
         (4.9..=6.5).contains(&gap),

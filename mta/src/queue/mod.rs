@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use throttle::Throttles;
 use timer::Timer;
-use tokio::sync::Semaphore;
 
-/// How many deliveries run at once.
-const DELIVERY_CONCURRENCY: usize = 128;
+/// How many promotions (and the deliveries that do not go through a ready
+/// queue, such as maildir) run at once.
+const PROMOTION_WORKERS: usize = 128;
 
 pub struct ScheduledQueue {
     pub name: String,
@@ -58,9 +58,13 @@ pub struct QueueManager {
     queues: Mutex<HashMap<String, Arc<ScheduledQueue>>>,
     timer: Timer,
     throttles: Throttles,
-    deliveries: Arc<Semaphore>,
+    /// Messages that are due, waiting for a promotion worker.
+    due: Mutex<std::collections::VecDeque<MessageRef>>,
+    due_ready: tokio::sync::Notify,
     egress: Egress,
     nodeid: String,
+    /// Delivery attempts started (promotions out of the scheduled queues).
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 fn ms_to_time(ms: i64) -> DateTime<Utc> {
@@ -85,10 +89,15 @@ impl QueueManager {
             queues: Mutex::new(HashMap::new()),
             timer: Timer::new(),
             throttles: Throttles::default(),
-            deliveries: Arc::new(Semaphore::new(DELIVERY_CONCURRENCY)),
+            due: Mutex::new(std::collections::VecDeque::new()),
+            due_ready: tokio::sync::Notify::new(),
             egress: Egress::new(policy.clone()),
             nodeid,
+            attempts: std::sync::atomic::AtomicU64::new(0),
         });
+        for _ in 0..PROMOTION_WORKERS {
+            tokio::spawn(Self::promotion_worker(qm.clone()));
+        }
         let weak = Arc::downgrade(&qm);
         let timer = qm.timer.clone();
         tokio::spawn(async move {
@@ -203,16 +212,46 @@ impl QueueManager {
     }
 
     /// Persist the message's new state and park it in the timer until `due`.
+    /// While it waits only its id, attempts and due time stay in memory: once
+    /// the META record is on disk the envelope and meta are released too.
     fn wait_until(self: &Arc<Self>, msg: &MessageRef, due: DateTime<Utc>) {
         let due_ms = due.timestamp_millis();
         msg.state().due = Some(due_ms);
-        self.save_meta(msg);
         if due <= Utc::now() {
+            self.save_meta(msg);
             self.dispatch(msg.clone());
             return;
         }
         msg.shrink();
+        let written = serde_json::to_vec(&msg.spooled_meta())
+            .map_err(|e| e.to_string())
+            .and_then(|meta| {
+                self.spool
+                    .update_meta_acked(msg.id, meta)
+                    .map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(ack) => {
+                let msg2 = msg.clone();
+                tokio::spawn(async move {
+                    if ack.await.is_ok() {
+                        // keep the envelope if the attempt is less than a second away
+                        msg2.shrink_meta(due_ms, Utc::now().timestamp_millis() + 1000);
+                    }
+                });
+            }
+            Err(e) => tracing::error!(id = %msg.id, "cannot save meta: {e}"),
+        }
         self.timer.insert(due_ms, msg.clone());
+    }
+
+    /// Bring back what a waiting message released.
+    fn restore(&self, msg: &Message) -> Result<(), String> {
+        if !msg.is_meta_shrunk() {
+            return Ok(());
+        }
+        let meta = self.spool.read_meta(msg.id).map_err(|e| e.to_string())?;
+        msg.restore_meta(&meta).map_err(|e| e.to_string())
     }
 
     fn save_meta(&self, msg: &Message) {
@@ -271,7 +310,8 @@ impl QueueManager {
             let due = self.constrained(&msg, due.max(Utc::now()));
             msg.state().due = Some(due.timestamp_millis());
             if due > Utc::now() {
-                msg.shrink();
+                // its meta is on disk already
+                msg.shrink_meta(due.timestamp_millis(), Utc::now().timestamp_millis() + 1000);
                 self.timer.insert(due.timestamp_millis(), msg);
             } else {
                 self.dispatch(msg);
@@ -286,17 +326,40 @@ impl QueueManager {
     }
 
     /// Start promoting a due message.
+    ///
+    /// Due messages wait in a FIFO served by a fixed set of workers, so a
+    /// million messages falling due at once cost a million pointers, not a
+    /// million tasks.
     fn dispatch(self: &Arc<Self>, msg: MessageRef) {
-        let qm = self.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = qm.deliveries.clone().acquire_owned().await else {
-                return;
-            };
-            qm.attempt(msg).await;
-        });
+        self.due.lock().push_back(msg);
+        self.due_ready.notify_one();
+    }
+
+    /// Runs for the life of the process (the manager lives as long).
+    async fn promotion_worker(me: Arc<QueueManager>) {
+        loop {
+            let notified = me.due_ready.notified();
+            let next = me.due.lock().pop_front();
+            match next {
+                Some(msg) => me.clone().attempt(msg).await,
+                None => notified.await,
+            }
+        }
+    }
+
+    /// How many due messages have been promoted for an attempt so far.
+    pub fn attempts_started(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn attempt(self: Arc<Self>, msg: MessageRef) {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.restore(&msg) {
+            // the spool lost it: nothing can be delivered or logged meaningfully
+            tracing::error!(id = %msg.id, "cannot restore message meta from the spool: {e}");
+            return;
+        }
         let queue_name = match name::queue_name(&msg) {
             Ok(q) => q,
             Err(e) => {

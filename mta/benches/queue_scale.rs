@@ -36,9 +36,10 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The maildir lives under a regular file, so every delivery fails at once.
 const POLICY: &str = r#"
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config { protocol = { maildir_path = '/nonexistent/maildir' } }
+  return kumo.make_queue_config { protocol = { maildir_path = '{BLOCKED}/maildir' } }
 end)
 "#;
 
@@ -52,7 +53,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let policy = Policy::load(PolicySource::embedded("bench.lua", POLICY)).unwrap();
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"not a directory").unwrap();
+        let code = POLICY.replace("{BLOCKED}", &blocked.display().to_string());
+        let policy = Policy::load(PolicySource::embedded("bench.lua", &code)).unwrap();
         let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
         let spool = Arc::new(spool);
         let qm = QueueManager::new(policy, spool.clone(), Arc::new(Logger::new(vec![]).unwrap()), "bench".into());

@@ -236,14 +236,18 @@ impl Spool {
         Ok(rx)
     }
 
-    /// The latest metadata record of a message.
-    pub fn read_meta(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
-        let entry = *self
-            .shared
+    fn entry(&self, id: MessageId) -> Result<IndexEntry, SpoolError> {
+        self.shared
             .index
             .lock()
             .get(&id)
-            .ok_or(SpoolError::NotFound(id))?;
+            .copied()
+            .ok_or(SpoolError::NotFound(id))
+    }
+
+    /// The latest metadata record of a message.
+    pub fn read_meta(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
+        let entry = self.entry(id)?;
         Ok(read_meta(&self.shared, &entry)?)
     }
 
@@ -273,12 +277,7 @@ impl Spool {
 
     /// Read a message body back from disk.
     pub fn read_data(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
-        let entry = *self
-            .shared
-            .index
-            .lock()
-            .get(&id)
-            .ok_or(SpoolError::NotFound(id))?;
+        let entry = self.entry(id)?;
         let file = self
             .shared
             .files

@@ -238,6 +238,20 @@ impl Drop for Mta {
     }
 }
 
+/// `(type, queue, num_attempts)` of each record, for asserting sequences.
+pub fn sequence(records: &[Value]) -> Vec<(&str, &str, u64)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap(),
+                r["queue"].as_str().unwrap(),
+                r["num_attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 pub fn count(records: &[Value], kind: &str) -> usize {
     records.iter().filter(|r| r["type"] == kind).count()
 }

@@ -91,16 +91,7 @@ end)
     let recs = mta.wait_for_records(Duration::from_secs(20), "delivery", |r| {
         count(r, "Delivery") == 1
     });
-    let kinds: Vec<(&str, &str, u64)> = recs
-        .iter()
-        .map(|r| {
-            (
-                r["type"].as_str().unwrap(),
-                r["queue"].as_str().unwrap(),
-                r["num_attempts"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let kinds = sequence(&recs);
     assert_eq!(
         kinds,
         vec![

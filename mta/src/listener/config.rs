@@ -1,9 +1,10 @@
 //! `kumo.start_esmtp_listener{...}` (spec §6.1), with KumoMTA's defaults.
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_common::duration;
+use sluice_common::egress::deserialize_cidrs;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -145,23 +146,6 @@ fn default_data_processing_timeout() -> Duration {
 }
 fn default_data_buffer_size() -> usize {
     128 * 1024
-}
-
-/// Parse `"10.0.0.0/8"` or a bare address (a /32 or /128).
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net);
-    }
-    s.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("invalid CIDR or IP address {s:?}"))
-}
-
-fn deserialize_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    let list = Vec::<String>::deserialize(d)?;
-    list.iter()
-        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
-        .collect()
 }
 
 impl EsmtpListenerConfig {

@@ -297,13 +297,7 @@ impl QueueManager {
                     "5.4.7 message is older than max_age={}",
                     format_duration(q.config().max_age)
                 );
-                self.finish(
-                    &msg,
-                    &queue,
-                    RecordType::Expiration,
-                    Response::new(551, &text),
-                    None,
-                );
+                self.expire(&msg, &queue, &text);
                 continue;
             }
             let due = msg.state().due.map(ms_to_time).unwrap_or_else(Utc::now);
@@ -716,13 +710,7 @@ impl QueueManager {
                 "5.4.7 Next delivery time would exceed max_age={}",
                 format_duration(config.max_age)
             );
-            self.finish(
-                msg,
-                queue,
-                RecordType::Expiration,
-                Response::new(551, &text),
-                None,
-            );
+            self.expire(msg, queue, &text);
             return;
         }
         self.wait_until(msg, due);
@@ -796,13 +784,7 @@ impl QueueManager {
             None => None,
         };
         if let Some(text) = expired {
-            self.finish(
-                msg,
-                queue,
-                RecordType::Expiration,
-                Response::new(551, &text),
-                None,
-            );
+            self.expire(msg, queue, &text);
             return;
         }
         msg.state().num_attempts = attempts.saturating_add(1);
@@ -865,13 +847,7 @@ impl QueueManager {
                         "5.4.7 message is older than max_age={} of {new_queue}",
                         format_duration(q.config().max_age)
                     );
-                    self.finish(
-                        msg,
-                        &new_queue,
-                        RecordType::Expiration,
-                        Response::new(551, &text),
-                        None,
-                    );
+                    self.expire(msg, &new_queue, &text);
                     return Requeue::Done;
                 }
                 Ok(_) => {}
@@ -881,6 +857,17 @@ impl QueueManager {
         }
         self.wait_until(msg, due);
         Requeue::Done
+    }
+
+    /// Expiration `551 5.4.7 …` (`text` carries the enhanced code).
+    fn expire(&self, msg: &Message, queue: &str, text: &str) {
+        self.finish(
+            msg,
+            queue,
+            RecordType::Expiration,
+            Response::new(551, text),
+            None,
+        );
     }
 
     /// Log a final disposition and remove the message from the spool.

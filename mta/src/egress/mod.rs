@@ -29,10 +29,35 @@ pub struct Ready {
     pub config: Arc<QueueConfig>,
 }
 
+/// How a ready queue delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Proto {
+    Smtp,
+    /// custom_lua; the constructor gets the (domain, tenant, campaign) of the
+    /// scheduled queue that created the ready queue, as KumoMTA passes one
+    /// representative feeding queue.
+    Lua {
+        constructor: String,
+        domain: String,
+        tenant: Option<String>,
+        campaign: Option<String>,
+    },
+}
+
+impl Proto {
+    fn label(&self) -> String {
+        match self {
+            Proto::Smtp => "smtp_client".into(),
+            Proto::Lua { constructor, .. } => format!("lua:{constructor}"),
+        }
+    }
+}
+
 pub struct ReadyQueue {
     pub name: String,
     pub source: Arc<EgressSource>,
     pub site: Site,
+    pub proto: Proto,
     routing_domain: String,
     config: Mutex<(Arc<EgressPathConfig>, Instant)>,
     items: Mutex<VecDeque<Ready>>,
@@ -169,9 +194,9 @@ impl Egress {
         source: Arc<EgressSource>,
         site: Site,
         routing_domain: &str,
-        proto: &str,
+        proto: Proto,
     ) -> Result<Arc<ReadyQueue>, String> {
-        let name = format!("{}->{}@{proto}", source.name, site.name);
+        let name = format!("{}->{}@{}", source.name, site.name, proto.label());
         let existing = self.ready.lock().get(&name).cloned();
         if let Some(rq) = &existing {
             let (config, at) = rq.config.lock().clone();
@@ -204,6 +229,7 @@ impl Egress {
             name: name.clone(),
             source,
             site,
+            proto,
             routing_domain: routing_domain.to_string(),
             config: Mutex::new((config, Instant::now())),
             items: Mutex::new(VecDeque::new()),
@@ -413,9 +439,127 @@ async fn deliver(
 
 /// Start a connection task (boxed: a connection may start its successor).
 fn spawn_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
-    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-        Box::pin(run_connection(qm, rq));
+    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match rq.proto {
+        Proto::Smtp => Box::pin(run_connection(qm, rq)),
+        Proto::Lua { .. } => Box::pin(run_lua_connection(qm, rq)),
+    };
     tokio::spawn(task);
+}
+
+/// A custom_lua send result as a recipient outcome (spec §5.3).
+fn lua_outcome(result: &Result<String, crate::policy::EventError>) -> (Outcome, bool) {
+    use crate::policy::EventError;
+    match result {
+        Ok(text) => (Outcome::Delivered(Response::new(200, text)), false),
+        Err(EventError::Rejected { code, text }) if (400..500).contains(code) => {
+            (Outcome::Transient(Response::new(*code, text)), *code == 421)
+        }
+        Err(EventError::Rejected { code, text }) => {
+            (Outcome::Bounced(Response::new(*code, text)), false)
+        }
+        Err(EventError::Failed(e)) => (
+            Outcome::Transient(Response::new(
+                400,
+                &format!("KumoMTA internal: error in deliver_message: {e}"),
+            )),
+            true,
+        ),
+    }
+}
+
+/// A custom_lua connection: the constructor runs once per connection, and
+/// again after a 421 or an error closed the previous one.
+async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
+    let Proto::Lua {
+        constructor,
+        domain,
+        tenant,
+        campaign,
+    } = rq.proto.clone()
+    else {
+        unreachable!("started for Lua ready queues only")
+    };
+    let peer = PeerAddress {
+        name: format!("Lua via {constructor}"),
+        addr: "0.0.0.0".into(),
+    };
+    'connections: loop {
+        let config = rq.config();
+        let Some(first) = next_item(&rq, config.idle_timeout).await else {
+            break;
+        };
+        let conn = match qm
+            .policy()
+            .lua_connection(
+                &constructor,
+                &domain,
+                tenant.as_deref(),
+                campaign.as_deref(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let text =
+                    format!("KumoMTA internal: failed to connect to any candidate hosts: {e}");
+                let attempt = all_transient(std::slice::from_ref(&first), &text, 400).remove(0);
+                qm.complete(&first, &rq.name, attempt).await;
+                continue;
+            }
+        };
+        let mut delivered = 0;
+        let mut item = Some(first);
+        while let Some(current) = item.take() {
+            if let Some(wait) = path_rate_wait(&qm, &rq, &config) {
+                if wait >= config.idle_timeout {
+                    qm.ready_throttled(&rq, current, wait);
+                    conn.close().await;
+                    break 'connections;
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let result = match qm.load_body(&current.msg) {
+                Ok(()) => conn.send(&current.msg).await,
+                Err(e) => Err(crate::policy::EventError::Failed(format!(
+                    "cannot read spooled body: {e}"
+                ))),
+            };
+            let (outcome, closing) = lua_outcome(&result);
+            let attempt = Attempt {
+                protocol: "Lua",
+                peer: Some(peer.clone()),
+                results: current
+                    .msg
+                    .recipients()
+                    .into_iter()
+                    .map(|r| RecipientResult {
+                        recipient: r,
+                        outcome: outcome.clone(),
+                    })
+                    .collect(),
+            };
+            qm.complete(&current, &rq.name, attempt).await;
+            delivered += 1;
+            if closing || delivered >= config.max_deliveries_per_connection {
+                conn.close().await;
+                continue 'connections;
+            }
+            item = next_item(&rq, config.idle_timeout).await;
+        }
+        conn.close().await;
+        if rq.is_empty() {
+            break;
+        }
+    }
+    rq.connections.fetch_sub(1, Ordering::AcqRel);
+    if !rq.is_empty()
+        && rq
+            .connections
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        spawn_connection(qm.clone(), rq.clone());
+    }
 }
 
 /// One connection's life: take work, connect, deliver until idle or the

@@ -3,7 +3,10 @@
 //! the only module that touches Lua.
 
 pub(crate) mod kumo;
+mod lua_connection;
 mod lua_message;
+
+pub use lua_connection::LuaConnection;
 
 pub use lua_message::{ConnMeta, LuaConnMeta, LuaMessage};
 
@@ -182,6 +185,13 @@ impl std::ops::Deref for Pooled<'_> {
     type Target = Lua;
     fn deref(&self) -> &Lua {
         self.lua.as_ref().expect("present until drop")
+    }
+}
+
+impl Pooled<'_> {
+    /// Keep the state out of the pool (a Lua connection object lives in it).
+    fn into_inner(mut self) -> Lua {
+        self.lua.take().expect("present until drop")
     }
 }
 

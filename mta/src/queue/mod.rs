@@ -67,6 +67,25 @@ pub struct QueueManager {
     attempts: std::sync::atomic::AtomicU64,
 }
 
+/// The site an SMTP queue delivers to: its `mx_list`, or an address literal.
+fn smtp_site(
+    queue: &ScheduledQueue,
+    proto: &sluice_common::queue_config::SmtpProtocol,
+) -> Result<crate::egress::site::Site, Response> {
+    let fail = |text: String| Response::new(451, &text);
+    if !proto.mx_list.is_empty() {
+        crate::egress::site::mx_list_site(&proto.mx_list)
+            .map_err(|e| fail(format!("4.4.4 KumoMTA internal: invalid mx_list: {e}")))
+    } else {
+        crate::egress::site::literal_site(&queue.parts.domain).ok_or_else(|| {
+            fail(
+                "4.4.4 KumoMTA internal: MX resolution is not available in this build; use mx_list"
+                    .into(),
+            )
+        })
+    }
+}
+
 fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
@@ -401,12 +420,28 @@ impl QueueManager {
         let attempt = match &config.protocol {
             Protocol::Maildir(proto) => self.deliver_maildir(&msg, &queue, proto.clone()).await,
             Protocol::Smtp(proto) => {
-                self.to_ready_queue(msg, &queue, &config, proto).await;
+                let site = smtp_site(&queue, proto);
+                self.to_ready_queue(msg, &queue, &config, site, crate::egress::Proto::Smtp)
+                    .await;
+                return;
+            }
+            Protocol::CustomLua(lua) if lua.batch_size <= 1 => {
+                let proto = crate::egress::Proto::Lua {
+                    constructor: lua.constructor.clone(),
+                    domain: queue.parts.domain.clone(),
+                    tenant: queue.parts.tenant.clone(),
+                    campaign: queue.parts.campaign.clone(),
+                };
+                let site = crate::egress::site::Site {
+                    name: queue.parts.routing_domain().to_string(),
+                    targets: vec![],
+                };
+                self.to_ready_queue(msg, &queue, &config, Ok(site), proto)
+                    .await;
                 return;
             }
             Protocol::CustomLua(_) => {
-                let text =
-                    "KumoMTA internal: custom_lua is not available in this build of sluice-mta";
+                let text = "KumoMTA internal: custom_lua with batch_size > 1 (send_batch) is not available in this build of sluice-mta";
                 self.transient(&msg, &queue_name, &config, Response::new(400, text), None)
                     .await;
                 return;
@@ -422,17 +457,10 @@ impl QueueManager {
         msg: MessageRef,
         queue: &Arc<ScheduledQueue>,
         config: &Arc<QueueConfig>,
-        proto: &sluice_common::queue_config::SmtpProtocol,
+        site: Result<crate::egress::site::Site, Response>,
+        proto: crate::egress::Proto,
     ) {
         let fail = |text: String| Response::new(451, &text);
-        let site = if !proto.mx_list.is_empty() {
-            crate::egress::site::mx_list_site(&proto.mx_list)
-                .map_err(|e| fail(format!("4.4.4 KumoMTA internal: invalid mx_list: {e}")))
-        } else {
-            crate::egress::site::literal_site(&queue.parts.domain).ok_or_else(|| {
-                fail("4.4.4 KumoMTA internal: MX resolution is not available in this build; use mx_list".into())
-            })
-        };
         let site = match site {
             Ok(s) => s,
             Err(resp) => return self.transient(&msg, &queue.name, config, resp, None).await,
@@ -466,7 +494,7 @@ impl QueueManager {
         };
         let rq = match self
             .egress
-            .ready_queue(source, site, queue.parts.routing_domain(), "smtp_client")
+            .ready_queue(source, site, queue.parts.routing_domain(), proto)
             .await
         {
             Ok(rq) => rq,
@@ -498,6 +526,10 @@ impl QueueManager {
             let due = self.constrained(&msg, due);
             self.wait_until(&msg, due);
         }
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
     }
 
     /// A ready queue's outcome for one message.

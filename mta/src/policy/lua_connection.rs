@@ -1,0 +1,93 @@
+//! custom_lua delivery (spec §5.3): the constructor event returns a
+//! connection object whose `send(msg)` returns a disposition string. The
+//! object lives in one Lua state, which the connection keeps until it closes.
+
+use super::{EventError, LuaMessage, Policy, describe, event_error};
+use mlua::{Function, IntoLuaMulti, Lua, Table, Value};
+use std::sync::Arc;
+
+pub struct LuaConnection {
+    lua: Option<Lua>,
+    conn: Table,
+    policy: Arc<Policy>,
+}
+
+impl Policy {
+    /// Call `constructor(domain, tenant, campaign)` and keep what it returns.
+    pub async fn lua_connection(
+        self: &Arc<Self>,
+        constructor: &str,
+        domain: &str,
+        tenant: Option<&str>,
+        campaign: Option<&str>,
+    ) -> Result<LuaConnection, EventError> {
+        if !self.has_handler(constructor) {
+            return Err(EventError::Failed(format!(
+                "no handler is registered for the constructor event '{constructor}'"
+            )));
+        }
+        let pooled = self.checkout()?;
+        let values = self
+            .call_handlers(&pooled, constructor, |lua| {
+                (domain, tenant, campaign).into_lua_multi(lua)
+            })
+            .await?;
+        let conn = match values.and_then(|v| v.into_iter().next()) {
+            Some(Value::Table(t)) => t,
+            other => {
+                let got = other.map(|v| v.type_name()).unwrap_or("nothing");
+                return Err(EventError::Failed(format!(
+                    "constructor '{constructor}' returned {got}, not a connection table"
+                )));
+            }
+        };
+        Ok(LuaConnection {
+            lua: Some(pooled.into_inner()),
+            conn,
+            policy: self.clone(),
+        })
+    }
+}
+
+impl LuaConnection {
+    fn lua(&self) -> &Lua {
+        self.lua.as_ref().expect("present until drop")
+    }
+
+    /// `conn:send(msg)`: the disposition string, or why it failed.
+    pub async fn send(&self, msg: &crate::message::MessageRef) -> Result<String, EventError> {
+        let send: Option<Function> = self.conn.get("send").map_err(event_error)?;
+        let send = send
+            .ok_or_else(|| EventError::Failed("the connection object has no send method".into()))?;
+        let ud = self
+            .lua()
+            .create_userdata(LuaMessage(msg.clone()))
+            .map_err(event_error)?;
+        match send.call_async::<Value>((self.conn.clone(), ud)).await {
+            Ok(Value::String(s)) => Ok(s.to_string_lossy()),
+            Ok(Value::Integer(n)) => Ok(n.to_string()),
+            Ok(other) => Err(EventError::Failed(format!(
+                "send returned {}, not a disposition string",
+                other.type_name()
+            ))),
+            Err(e) => Err(event_error(e)),
+        }
+    }
+
+    /// `conn:close()`, when the object has one.
+    pub async fn close(&self) {
+        if let Ok(Some(close)) = self.conn.get::<Option<Function>>("close")
+            && let Err(e) = close.call_async::<()>(self.conn.clone()).await
+        {
+            tracing::warn!("connection close() failed: {}", describe(&e));
+        }
+    }
+}
+
+impl Drop for LuaConnection {
+    fn drop(&mut self) {
+        if let Some(lua) = self.lua.take() {
+            self.policy.pool.lock().push(lua);
+        }
+    }
+}

@@ -64,7 +64,8 @@ fn main() {
         let policy = Policy::load(PolicySource::embedded("bench.lua", POLICY)).unwrap();
         let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
         let spool = Arc::new(spool);
-        let qm = QueueManager::new(policy, spool.clone(), Arc::new(Logger::new(vec![]).unwrap()), "bench".into());
+        let dns = sluice_mta::egress::dns::Dns::system().unwrap();
+        let qm = QueueManager::new(policy, spool.clone(), Arc::new(Logger::new(vec![]).unwrap()), dns, "bench".into());
         let body = Arc::new(vec![b'x'; 300]);
         let due_in = env("DUE_IN", 40) as i64;
         let later = chrono::Utc::now() + chrono::TimeDelta::seconds(due_in);

@@ -35,7 +35,19 @@ pub async fn run(source: PolicySource) -> anyhow::Result<()> {
     let spool = Arc::new(spool);
     policy.attach_spool(spool.clone());
     let logger = Arc::new(Logger::new(init.logs.clone())?);
-    let queues = QueueManager::new(policy.clone(), spool.clone(), logger.clone(), node_id());
+    let dns = match &init.resolver {
+        Some(r) => {
+            crate::egress::dns::Dns::with_servers(&r.servers().map_err(|e| anyhow::anyhow!(e))?)?
+        }
+        None => crate::egress::dns::Dns::system()?,
+    };
+    let queues = QueueManager::new(
+        policy.clone(),
+        spool.clone(),
+        logger.clone(),
+        dns,
+        node_id(),
+    );
 
     let count = recovered.len();
     let queued = queues.recover(recovered).await;

@@ -62,17 +62,26 @@ kumo.on('init', function()
   kumo.define_spool { name = 'meta', path = '{DIR}/spool' }
   kumo.configure_local_logs { log_dir = '{DIR}/logs' }
   kumo.start_esmtp_listener { listen = '127.0.0.1:{PORT}' {LISTENER} }
+  {INIT_EXTRA}
 end)
 "#;
 
 /// A policy: the shared init block (with extra listener keys) plus `rest`.
 pub fn policy(listener_extra: &str, rest: &str) -> String {
+    policy_with_init("", listener_extra, rest)
+}
+
+/// As `policy`, with extra statements inside `init`.
+pub fn policy_with_init(init_extra: &str, listener_extra: &str, rest: &str) -> String {
     let extra = if listener_extra.is_empty() {
         String::new()
     } else {
         format!(", {listener_extra}")
     };
-    format!("{}\n{rest}", INIT.replace("{LISTENER}", &extra))
+    let init = INIT
+        .replace("{LISTENER}", &extra)
+        .replace("{INIT_EXTRA}", init_extra);
+    format!("{init}\n{rest}")
 }
 
 /// A policy that delivers everything into `{DIR}/maildir` with the given queue keys.
@@ -510,4 +519,49 @@ end)
 "#
         ),
     )
+}
+
+/// dnsmasq answering for `*.test` on a loopback port, with the given
+/// records (dnsmasq options such as `--mx-host=...`); other names under
+/// `.test` are NXDOMAIN.
+pub struct Dnsmasq {
+    child: Child,
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    pub fn start(records: &[&str]) -> Dnsmasq {
+        let port = free_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--local=/test/",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq is installed (apt-get install dnsmasq-base)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dnsmasq { child, port }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

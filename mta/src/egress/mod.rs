@@ -4,6 +4,7 @@
 //! messages, closes it after `idle_timeout` without work, and applies the
 //! path's message and connection rates. Outcomes go back to the queue manager.
 
+pub mod dns;
 pub mod site;
 
 use crate::delivery::smtp::{ClientError, Reply, SmtpClient};
@@ -126,6 +127,7 @@ impl Wrr {
 
 pub struct Egress {
     policy: Arc<Policy>,
+    pub dns: dns::Dns,
     pools: Mutex<HashMap<String, (Arc<EgressPool>, Instant)>>,
     sources: Mutex<HashMap<String, (Arc<EgressSource>, Instant)>>,
     ready: Mutex<HashMap<String, Arc<ReadyQueue>>>,
@@ -138,9 +140,10 @@ pub enum Placement {
 }
 
 impl Egress {
-    pub fn new(policy: Arc<Policy>) -> Self {
+    pub fn new(policy: Arc<Policy>, dns: dns::Dns) -> Self {
         Egress {
             policy,
+            dns,
             pools: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
@@ -324,6 +327,7 @@ async fn next_item(rq: &ReadyQueue, idle: Duration) -> Option<Ready> {
 
 /// Open a connection to the first reachable host of the site's plan.
 async fn connect(
+    dns: &dns::Dns,
     rq: &ReadyQueue,
     config: &Arc<EgressPathConfig>,
 ) -> Result<SmtpClient, (u16, String)> {
@@ -337,7 +341,7 @@ async fn connect(
     let mut candidates = 0;
     for target in &rq.site.targets {
         let port = port.or(target.port).unwrap_or(config.smtp_port);
-        let addrs = match site::resolve(target, port).await {
+        let addrs = match site::resolve(dns, target, port, config.ip_lookup_strategy).await {
             Ok(a) => a,
             Err(e) => {
                 errors.push(e);
@@ -582,7 +586,7 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
             qm.ready_throttled(&rq, first, wait);
             break;
         }
-        let mut client = match connect(&rq, &config).await {
+        let mut client = match connect(&qm.egress().dns, &rq, &config).await {
             Ok(c) => c,
             Err((code, text)) => {
                 failures += 1;

@@ -129,13 +129,38 @@ pub fn literal_site(domain: &str) -> Option<Site> {
 }
 
 /// Addresses for a target, in resolver order.
-pub async fn resolve(target: &Target, port: u16) -> Result<Vec<SocketAddr>, String> {
+pub async fn resolve(
+    dns: &super::dns::Dns,
+    target: &Target,
+    port: u16,
+    strategy: sluice_common::egress::IpLookupStrategy,
+) -> Result<Vec<SocketAddr>, String> {
     match &target.host {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
-        Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
+        Host::Name(name) => dns
+            .addresses(name, strategy)
             .await
-            .map(|it| it.collect())
-            .map_err(|e| format!("{name}: {e}")),
+            .map(|ips| {
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            })
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The site for MX hosts (best preference first): each host a target.
+pub fn mx_site(hosts: &[String]) -> Site {
+    Site {
+        name: super::dns::site_name(hosts),
+        targets: hosts
+            .iter()
+            .map(|h| Target {
+                name: h.clone(),
+                host: Host::Name(h.clone()),
+                port: None,
+            })
+            .collect(),
     }
 }
 

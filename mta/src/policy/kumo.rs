@@ -199,6 +199,24 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
 
+    let dns = lua.create_table()?;
+    dns.set(
+        "configure_resolver",
+        lua.create_function(|lua, params: Value| {
+            let def: super::ResolverDefinition = from_table(lua, "dns.configure_resolver", params)?;
+            def.servers().map_err(|e| {
+                located_error(
+                    lua,
+                    format!("dns.configure_resolver: key 'name_servers': {e}"),
+                )
+            })?;
+            with_init(lua, "dns.configure_resolver", |init| {
+                init.resolver = Some(def)
+            })
+        })?,
+    )?;
+    kumo.set("dns", dns)?;
+
     kumo.set(
         "make_egress_source",
         lua.create_function(|lua, params: Value| {

@@ -124,12 +124,37 @@ pub enum SpoolKind {
     RocksDB,
 }
 
+/// `kumo.dns.configure_resolver{ name_servers = {'ip:port', ...} }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverDefinition {
+    pub name_servers: Vec<String>,
+}
+
+impl ResolverDefinition {
+    /// The servers as socket addresses (port 53 when none is given).
+    pub fn servers(&self) -> Result<Vec<std::net::SocketAddr>, String> {
+        self.name_servers
+            .iter()
+            .map(|s| {
+                s.parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| format!("name server {s:?} is not ip or ip:port"))
+            })
+            .collect()
+    }
+}
+
 /// What the `init` event configured.
 #[derive(Debug, Default, Clone)]
 pub struct InitConfig {
     pub listeners: Vec<EsmtpListenerConfig>,
     pub spools: Vec<SpoolDefinition>,
     pub logs: Vec<LocalLogConfig>,
+    pub resolver: Option<ResolverDefinition>,
 }
 
 /// Per-state flags that decide which `kumo` functions may be called now.

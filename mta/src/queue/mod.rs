@@ -67,22 +67,35 @@ pub struct QueueManager {
     attempts: std::sync::atomic::AtomicU64,
 }
 
-/// The site an SMTP queue delivers to: its `mx_list`, or an address literal.
-fn smtp_site(
+/// Why a message has no site to go to.
+enum NoSite {
+    Transient(Response),
+    Bounce(Response),
+}
+
+/// The site an SMTP queue delivers to: its `mx_list`, an address literal,
+/// or the domain's MX hosts.
+async fn smtp_site(
+    dns: &crate::egress::dns::Dns,
     queue: &ScheduledQueue,
     proto: &sluice_common::queue_config::SmtpProtocol,
-) -> Result<crate::egress::site::Site, Response> {
-    let fail = |text: String| Response::new(451, &text);
+) -> Result<crate::egress::site::Site, NoSite> {
+    use crate::egress::dns::MxAnswer;
+    let fail = |text: String| NoSite::Transient(Response::new(451, &text));
     if !proto.mx_list.is_empty() {
-        crate::egress::site::mx_list_site(&proto.mx_list)
-            .map_err(|e| fail(format!("4.4.4 KumoMTA internal: invalid mx_list: {e}")))
-    } else {
-        crate::egress::site::literal_site(&queue.parts.domain).ok_or_else(|| {
-            fail(
-                "4.4.4 KumoMTA internal: MX resolution is not available in this build; use mx_list"
-                    .into(),
-            )
-        })
+        return crate::egress::site::mx_list_site(&proto.mx_list)
+            .map_err(|e| fail(format!("4.4.4 KumoMTA internal: invalid mx_list: {e}")));
+    }
+    if let Some(site) = crate::egress::site::literal_site(&queue.parts.domain) {
+        return Ok(site);
+    }
+    match dns.mx(queue.parts.routing_domain()).await {
+        Ok(MxAnswer::Hosts(hosts)) => Ok(crate::egress::site::mx_site(&hosts)),
+        Ok(MxAnswer::NullMx) => Err(NoSite::Bounce(Response::new(
+            556,
+            "5.1.10 Recipient address has a null MX",
+        ))),
+        Err(e) => Err(fail(format!("4.4.4 KumoMTA internal: {e}"))),
     }
 }
 
@@ -99,6 +112,7 @@ impl QueueManager {
         policy: Arc<Policy>,
         spool: Arc<Spool>,
         logger: Arc<Logger>,
+        dns: crate::egress::dns::Dns,
         nodeid: String,
     ) -> Arc<QueueManager> {
         let qm = Arc::new(QueueManager {
@@ -110,7 +124,7 @@ impl QueueManager {
             throttles: Throttles::default(),
             due: Mutex::new(std::collections::VecDeque::new()),
             due_ready: tokio::sync::Notify::new(),
-            egress: Egress::new(policy.clone()),
+            egress: Egress::new(policy.clone(), dns),
             nodeid,
             attempts: std::sync::atomic::AtomicU64::new(0),
         });
@@ -420,7 +434,26 @@ impl QueueManager {
         let attempt = match &config.protocol {
             Protocol::Maildir(proto) => self.deliver_maildir(&msg, &queue, proto.clone()).await,
             Protocol::Smtp(proto) => {
-                let site = smtp_site(&queue, proto);
+                let site = match smtp_site(&self.egress.dns, &queue, proto).await {
+                    Ok(site) => Ok(site),
+                    Err(NoSite::Transient(resp)) => Err(resp),
+                    Err(NoSite::Bounce(resp)) => {
+                        let recipients = msg.recipients();
+                        let attempt = Attempt {
+                            protocol: "ESMTP",
+                            peer: None,
+                            results: recipients
+                                .into_iter()
+                                .map(|r| delivery::RecipientResult {
+                                    recipient: r,
+                                    outcome: Outcome::Bounced(resp.clone()),
+                                })
+                                .collect(),
+                        };
+                        self.apply(&msg, &queue_name, &config, attempt, None).await;
+                        return;
+                    }
+                };
                 self.to_ready_queue(msg, &queue, &config, site, crate::egress::Proto::Smtp)
                     .await;
                 return;
@@ -526,6 +559,10 @@ impl QueueManager {
             let due = self.constrained(&msg, due);
             self.wait_until(&msg, due);
         }
+    }
+
+    pub fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     pub fn policy(&self) -> &Arc<Policy> {

@@ -108,6 +108,18 @@ fn connection_limit_caps_open_connections_at_the_sink() {
     max_seen = max_seen.max(sink.open_connections());
     assert!(max_seen <= 2, "saw {max_seen} connections");
     assert_eq!(max_seen, 2, "both allowed connections are used");
+    // and every message reached the sink exactly once
+    let mut seqs: Vec<u64> = sink
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("X-Test-Seq: "))
+                .and_then(|s| s.trim().parse().ok())
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..200).collect::<Vec<u64>>());
 }
 
 /// max_deliveries_per_connection = 5: 20 messages over one connection at a

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Relay benchmark (issue: delivery protocols): smtp-source -> MTA -> smtp-sink,
+# COUNT messages per case, for bodies of 2 KB and 50 KB and 50 and 200
+# concurrent sessions; in the same run the same through Postfix configured as
+# ../shared/docs/postfix-peer.md says (relayhost [127.0.0.1]:2600). Both MTAs
+# sync their spool before replying 250. The sink exits after COUNT messages,
+# so its exit is the end-to-end finish. Prints messages/s, the ratio, and CPU
+# ms per relayed message (machine busy time minus smtp-source's and smtp-sink's).
+#
+# Tuning: sluice's egress path gets max_ready = 20000, the same in-memory
+# bound as Postfix's qmgr_message_active_limit. With KumoMTA's default of
+# 1024, an injection burst faster than delivery overflows the ready queue
+# and the overflow waits a random 0-60 s (spec §3.2, ReadyQueueWasFull).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+COUNT=${COUNT:-20000}
+SIZES=${SIZES:-"2048 51200"}
+SESSIONS_LIST=${SESSIONS_LIST:-"50 200"}
+PORT=2525
+SINK=2600
+
+SLUICE_BENCH=1 scripts/install-deps
+cargo build --release -p sluice-mta -q
+BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
+
+WORK=$(mktemp -d /var/tmp/sluice-relay.XXXXXX)
+trap 'pkill -f "$WORK/policy.lua" 2>/dev/null || true; pkill -f "smtp-sink.*:$SINK" 2>/dev/null || true; stop_postfix; rm -rf "$WORK"' EXIT
+
+cat > "$WORK/policy.lua" <<LUA
+local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = '$WORK/spool' }
+  kumo.define_spool { name = 'meta', path = '$WORK/spool' }
+  kumo.configure_local_logs { log_dir = '$WORK/logs' }
+  kumo.start_esmtp_listener { listen = '127.0.0.1:$PORT' }
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config { protocol = { smtp = { mx_list = { '[127.0.0.1]:$SINK' } } } }
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path { prohibited_hosts = {}, enable_tls = 'Disabled', max_ready = 20000 }
+end)
+LUA
+
+# one relay run into whatever listens on $PORT; prints "rate cpu_ms_per_msg"
+relay() {
+  local size=$1 sessions=$2 busy0 busy1 t0 t1 other
+  /usr/bin/time -f "%U %S" -o "$WORK/sink.time" \
+    /usr/sbin/smtp-sink -u nobody -M "$COUNT" 127.0.0.1:$SINK 1024 >/dev/null 2>&1 &
+  local sink=$!
+  wait_port $SINK
+  busy0=$(machine_busy_ms)
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%U %S" -o "$WORK/src.time" \
+    /usr/sbin/smtp-source -d -s "$sessions" -m "$COUNT" -l "$size" \
+      -f sender@bench.local -t rcpt@example.com 127.0.0.1:$PORT
+  wait "$sink"
+  t1=$(date +%s.%N)
+  busy1=$(machine_busy_ms)
+  other=$(cat "$WORK/src.time" "$WORK/sink.time" | awk '{ s += ($1 + $2) * 1000 } END { print int(s) }')
+  awk -v n="$COUNT" -v t0="$t0" -v t1="$t1" -v b="$((busy1 - busy0 - other))" \
+    'BEGIN { printf "%.0f %.2f\n", n / (t1 - t0), b / n }'
+}
+
+run_sluice() {
+  rm -rf "$WORK/spool" "$WORK/logs"
+  RUST_LOG=warn "$BIN" --policy "$WORK/policy.lua" 2>"$WORK/sluice.log" &
+  local pid=$!
+  wait_port $PORT
+  relay "$@"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_postfix() {
+  stop_postfix
+  configure_postfix
+  postfix start >/dev/null 2>&1
+  wait_port $PORT
+  relay "$@"
+  stop_postfix
+}
+
+echo "relay: $COUNT messages per case, smtp-source -> MTA -> smtp-sink"
+printf "%-8s %-9s %-12s %10s %12s\n" "size" "sessions" "server" "msgs/s" "cpu ms/msg"
+for size in $SIZES; do
+  for sessions in $SESSIONS_LIST; do
+    run_sluice "$size" "$sessions" > "$WORK/s.out"
+    run_postfix "$size" "$sessions" > "$WORK/p.out"
+    read -r s_rate s_cpu < "$WORK/s.out"
+    read -r p_rate p_cpu < "$WORK/p.out"
+    printf "%-8s %-9s %-12s %10s %12s\n" "$size" "$sessions" sluice-mta "$s_rate" "$s_cpu" "$size" "$sessions" postfix "$p_rate" "$p_cpu"
+    awk -v s="$s_rate" -v p="$p_rate" 'BEGIN { printf "                      ratio %.2fx\n", s / p }'
+  done
+done

@@ -59,18 +59,20 @@ def main():
 
     def worker():
         while True:
-            seq = take()
-            if seq is None:
+            # the message in flight: reported exactly once, whatever happens
+            pending = take()
+            if pending is None:
                 return
             try:
                 s = smtplib.SMTP("127.0.0.1", a.port, timeout=60)
                 s.ehlo("client.test")
                 if a.starttls:
                     ctx = ssl.create_default_context(cafile=a.cafile)
-                    code, _ = s.starttls(context=ctx)
+                    s.starttls(context=ctx)
                     s.ehlo("client.test")
                 sent = 0
-                while seq is not None:
+                while pending is not None:
+                    seq = pending
                     rcpts = [f"user{seq}-{i}@{a.domain}" for i in range(a.rcpts)]
                     try:
                         code, msg = s.mail(a.sender, [f"SIZE={a.size}"] if "size" in s.esmtp_features else [])
@@ -87,14 +89,15 @@ def main():
                     except smtplib.SMTPResponseException as e:
                         report({"seq": seq, "code": e.smtp_code, "reply": str(e.smtp_error)})
                         s.rset()
+                    pending = None
                     sent += 1
                     if sent >= a.per_connection:
                         break
-                    seq = take()
+                    pending = take()
                 s.quit()
-            except Exception as e:  # connection lost: the message has no 250
-                if seq is not None:
-                    report({"seq": seq, "code": 0, "reply": repr(e)})
+            except Exception as e:  # connection lost: the message in flight has no 250
+                if pending is not None:
+                    report({"seq": pending, "code": 0, "reply": repr(e)})
 
     threads = [threading.Thread(target=worker) for _ in range(a.concurrency)]
     for t in threads:

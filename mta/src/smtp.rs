@@ -1,5 +1,47 @@
 //! RFC 5321 command parsing, shared by the server (and later the client).
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream an SMTP session runs over: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+pub use placeholder::EmptyDuplex;
+
+mod placeholder {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// A closed stream that stands in while the real one is being upgraded.
+    pub struct EmptyDuplex;
+
+    impl AsyncRead for EmptyDuplex {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl AsyncWrite for EmptyDuplex {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
 /// ESMTP parameters such as `SIZE=100` or `SMTPUTF8`, keys uppercased.
 pub type Params = Vec<(String, Option<String>)>;
 

@@ -3,7 +3,7 @@
 //! when the server offers PIPELINING. One `SmtpClient` is one connection and
 //! may carry many transactions.
 
-use crate::listener::io::Io;
+use crate::smtp::Io;
 use sluice_common::egress::{EgressPathConfig, Tls};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -189,7 +189,7 @@ impl SmtpClient {
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.peer.ip().into()));
         let plain = std::mem::replace(
             &mut self.io,
-            BufReader::new(Box::new(crate::listener::io::empty::EmptyDuplex)),
+            BufReader::new(Box::new(crate::smtp::EmptyDuplex)),
         );
         let stream = plain.into_inner();
         let tls = tokio::time::timeout(timeout, connector.connect(server_name, stream))

@@ -1,12 +1,10 @@
 //! Buffered SMTP I/O: lines with a hard length limit, replies batched until
 //! the client has no more pipelined input, and STARTTLS upgrade.
 
+use crate::smtp::Io;
 use std::io;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub enum Line {
     /// A line without its line ending; `bare_lf` when it ended in LF alone.
@@ -162,7 +160,7 @@ impl Conn {
         }
         self.buf.clear();
         self.pos = 0;
-        let placeholder: Box<dyn Io> = Box::new(empty::EmptyDuplex);
+        let placeholder: Box<dyn Io> = Box::new(crate::smtp::EmptyDuplex);
         Some(std::mem::replace(&mut self.io, placeholder))
     }
 }
@@ -173,38 +171,4 @@ pub struct DataBody {
     pub too_big: bool,
     pub line_too_long: bool,
     pub bare_line_ending: bool,
-}
-
-pub mod empty {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-    /// A closed stream that stands in while the real one is being upgraded.
-    pub struct EmptyDuplex;
-
-    impl AsyncRead for EmptyDuplex {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-    impl AsyncWrite for EmptyDuplex {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
 }

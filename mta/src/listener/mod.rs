@@ -1,7 +1,7 @@
 //! The ESMTP server (spec §6): accept loop, connection limit, TLS setup.
 
 pub mod config;
-pub mod io;
+mod io;
 mod session;
 
 use crate::policy::Policy;

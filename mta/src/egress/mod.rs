@@ -514,14 +514,10 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
         let mut delivered = 0;
         let mut item = Some(first);
         while let Some(current) = item.take() {
-            if let Some(wait) = path_rate_wait(&qm, &rq, &config) {
-                if wait >= config.idle_timeout {
-                    qm.ready_throttled(&rq, current, wait);
-                    conn.close().await;
-                    break 'connections;
-                }
-                tokio::time::sleep(wait).await;
-            }
+            let Some(current) = pace(&qm, &rq, &config, current).await else {
+                conn.close().await;
+                break 'connections;
+            };
             let result = match qm.load_body(&current.msg) {
                 Ok(()) => conn.send(&current.msg).await,
                 Err(e) => Err(crate::policy::EventError::Failed(format!(
@@ -555,15 +551,7 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
             break;
         }
     }
-    rq.connections.fetch_sub(1, Ordering::AcqRel);
-    if !rq.is_empty()
-        && rq
-            .connections
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    {
-        spawn_connection(qm.clone(), rq.clone());
-    }
+    connection_ended(&qm, &rq);
 }
 
 /// One connection's life: take work, connect, deliver until idle or the
@@ -621,14 +609,10 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
         let mut delivered = 0;
         let mut item = Some(first);
         while let Some(current) = item.take() {
-            if let Some(wait) = path_rate_wait(&qm, &rq, &config) {
-                if wait >= config.idle_timeout {
-                    qm.ready_throttled(&rq, current, wait);
-                    client.quit().await;
-                    break 'connections;
-                }
-                tokio::time::sleep(wait).await;
-            }
+            let Some(current) = pace(&qm, &rq, &config, current).await else {
+                client.quit().await;
+                break 'connections;
+            };
             if current.msg.data().is_none() && qm.load_body(&current.msg).is_err() {
                 qm.complete(
                     &current,
@@ -680,16 +664,42 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
             break;
         }
     }
+    connection_ended(&qm, &rq);
+}
+
+/// A connection task ends: free its slot, and start another if work
+/// arrived after it decided to stop.
+fn connection_ended(qm: &Arc<QueueManager>, rq: &Arc<ReadyQueue>) {
     rq.connections.fetch_sub(1, Ordering::AcqRel);
-    // work may have arrived after we decided to stop
     if !rq.is_empty()
-        && rq.connections() == 0
         && rq
             .connections
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
         spawn_connection(qm.clone(), rq.clone());
+    }
+}
+
+/// Honour the path's message rates before sending `item`: wait when the
+/// throttle asks for less than `idle_timeout`; otherwise hand `item` and
+/// everything ready back to the scheduled queues and return `None`.
+async fn pace(
+    qm: &Arc<QueueManager>,
+    rq: &ReadyQueue,
+    config: &EgressPathConfig,
+    item: Ready,
+) -> Option<Ready> {
+    match path_rate_wait(qm, rq, config) {
+        Some(wait) if wait >= config.idle_timeout => {
+            qm.ready_throttled(rq, item, wait);
+            None
+        }
+        Some(wait) => {
+            tokio::time::sleep(wait).await;
+            Some(item)
+        }
+        None => Some(item),
     }
 }
 

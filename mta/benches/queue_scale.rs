@@ -65,7 +65,7 @@ fn main() {
         let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
         let spool = Arc::new(spool);
         let dns = sluice_mta::egress::dns::Dns::system().unwrap();
-        let qm = QueueManager::new(policy, spool.clone(), Arc::new(Logger::new(vec![]).unwrap()), dns, "bench".into());
+        let qm = QueueManager::new(policy, spool.clone(), Arc::new(Logger::new(vec![]).unwrap()), dns, Default::default(), "bench".into());
         let body = Arc::new(vec![b'x'; 300]);
         let due_in = env("DUE_IN", 40) as i64;
         let later = chrono::Utc::now() + chrono::TimeDelta::seconds(due_in);

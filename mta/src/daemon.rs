@@ -17,7 +17,8 @@ pub fn node_id() -> String {
         .unwrap_or_else(|_| crate::hostname())
 }
 
-pub async fn run(source: PolicySource) -> anyhow::Result<()> {
+pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> anyhow::Result<()> {
+    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let policy = Policy::load(source).map_err(|e| anyhow::anyhow!("{e}"))?;
     let init = policy
         .run_init()
@@ -46,6 +47,7 @@ pub async fn run(source: PolicySource) -> anyhow::Result<()> {
         spool.clone(),
         logger.clone(),
         dns,
+        lifecycle.clone(),
         node_id(),
     );
 
@@ -59,6 +61,7 @@ pub async fn run(source: PolicySource) -> anyhow::Result<()> {
     let services = Arc::new(Services {
         policy: policy.clone(),
         queues: queues.clone(),
+        lifecycle: lifecycle.clone(),
     });
     for config in init.listeners {
         let listener = Arc::new(Listener::new(config)?);
@@ -68,10 +71,31 @@ pub async fn run(source: PolicySource) -> anyhow::Result<()> {
     }
 
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    lifecycle.drain();
+    let (sessions, deliveries) = lifecycle.busy();
+    tracing::info!(
+        sessions,
+        deliveries,
+        "draining: no new sessions or deliveries; waiting up to {drain_timeout:?}"
+    );
+    tokio::select! {
+        _ = drained(&lifecycle) => tracing::info!("drained"),
+        _ = tokio::time::sleep(drain_timeout) => {
+            let (sessions, deliveries) = lifecycle.busy();
+            tracing::warn!(sessions, deliveries, "drain timeout reached; exiting with work in flight (it is in the spool)");
+        }
+        _ = wait_for_signal() => tracing::warn!("second signal: exiting now (undelivered mail is in the spool)"),
+    }
     spool.flush().await.ok();
     logger.flush();
     Ok(())
+}
+
+/// Resolves when no session is open and no delivery is in flight.
+async fn drained(lifecycle: &crate::lifecycle::Lifecycle) {
+    while lifecycle.busy() != (0, 0) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_for_signal() {

@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod egress;
 pub mod headers;
+pub mod lifecycle;
 pub mod listener;
 pub mod log;
 pub mod message;

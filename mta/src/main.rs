@@ -17,6 +17,16 @@ struct Args {
     /// and key of the first problem.
     #[arg(long)]
     validate: bool,
+
+    /// On SIGTERM, how long to let sessions finish their transaction and
+    /// deliveries in flight complete before exiting (a second signal exits
+    /// at once). Keep it under the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    drain_timeout: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    sluice_common::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -60,7 +70,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         } else {
-            daemon::run(source).await
+            daemon::run(source, args.drain_timeout).await
         }
     });
     match result {

@@ -86,10 +86,11 @@ def main():
                         code, msg = s.data(build(seq, a.size, a.sender, rcpts))
                         report({"seq": seq, "code": code, "reply": msg.decode(), "rcpt_errors": bad,
                                 "tls": a.starttls and isinstance(s.sock, ssl.SSLSocket)})
+                        pending = None
                     except smtplib.SMTPResponseException as e:
                         report({"seq": seq, "code": e.smtp_code, "reply": str(e.smtp_error)})
+                        pending = None
                         s.rset()
-                    pending = None
                     sent += 1
                     if sent >= a.per_connection:
                         break

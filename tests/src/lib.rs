@@ -169,6 +169,27 @@ impl Mta {
         }
     }
 
+    /// Send SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Wait up to `timeout` for the process to exit; how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        while start.elapsed() < timeout {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// SIGTERM and wait for exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

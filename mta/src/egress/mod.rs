@@ -311,10 +311,13 @@ fn all_transient(items: &[Ready], text: &str, code: u16) -> Vec<Attempt> {
         .collect()
 }
 
-/// Wait for work for up to `idle`; `None` when none came.
-async fn next_item(rq: &ReadyQueue, idle: Duration) -> Option<Ready> {
+/// Wait for work for up to `idle`; `None` when none came or a drain began.
+async fn next_item(qm: &QueueManager, rq: &ReadyQueue, idle: Duration) -> Option<Ready> {
     let deadline = tokio::time::Instant::now() + idle;
     loop {
+        if qm.is_draining() {
+            return None;
+        }
         let notified = rq.work.notified();
         if let Some(item) = rq.pop() {
             return Some(item);
@@ -474,6 +477,7 @@ fn lua_outcome(result: &Result<String, crate::policy::EventError>) -> (Outcome, 
 /// A custom_lua connection: the constructor runs once per connection, and
 /// again after a 421 or an error closed the previous one.
 async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
+    let _busy = qm.delivery_in_flight();
     let Proto::Lua {
         constructor,
         domain,
@@ -489,7 +493,7 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
     };
     'connections: loop {
         let config = rq.config();
-        let Some(first) = next_item(&rq, config.idle_timeout).await else {
+        let Some(first) = next_item(&qm, &rq, config.idle_timeout).await else {
             break;
         };
         let conn = match qm
@@ -544,7 +548,7 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                 conn.close().await;
                 continue 'connections;
             }
-            item = next_item(&rq, config.idle_timeout).await;
+            item = next_item(&qm, &rq, config.idle_timeout).await;
         }
         conn.close().await;
         if rq.is_empty() {
@@ -557,10 +561,11 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
 /// One connection's life: take work, connect, deliver until idle or the
 /// per-connection limit, then let another connection take over.
 async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
+    let _busy = qm.delivery_in_flight();
     let mut failures = 0usize;
     'connections: loop {
         let config = rq.config();
-        let Some(first) = next_item(&rq, config.idle_timeout).await else {
+        let Some(first) = next_item(&qm, &rq, config.idle_timeout).await else {
             break;
         };
         if let Some(rate) = &config.max_connection_rate
@@ -625,7 +630,7 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                     .remove(0),
                 )
                 .await;
-                item = next_item(&rq, config.idle_timeout).await;
+                item = next_item(&qm, &rq, config.idle_timeout).await;
                 continue;
             }
             match deliver(&mut client, &current, config.max_recipients_per_batch).await {
@@ -657,7 +662,7 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                 client.quit().await;
                 continue 'connections;
             }
-            item = next_item(&rq, config.idle_timeout).await;
+            item = next_item(&qm, &rq, config.idle_timeout).await;
         }
         client.quit().await;
         if rq.is_empty() {

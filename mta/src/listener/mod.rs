@@ -23,6 +23,7 @@ pub struct Listener {
 pub struct Services {
     pub policy: Arc<Policy>,
     pub queues: Arc<QueueManager>,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
@@ -89,17 +90,25 @@ impl Listener {
             let services = services.clone();
             tokio::spawn(async move {
                 let local = stream.local_addr().ok();
-                match me.sessions.clone().try_acquire_owned() {
+                let permit = match services.lifecycle.is_draining() {
+                    true => None,
+                    false => me.sessions.clone().try_acquire_owned().ok(),
+                };
+                match permit.ok_or(()) {
                     Ok(permit) => {
                         session::run(stream, peer, local, me.clone(), services, permit).await;
                     }
                     Err(_) => {
                         use tokio::io::AsyncWriteExt;
                         let mut stream = stream;
-                        let line = format!(
-                            "421 4.3.2 {} too many concurrent sessions. Try later\r\n",
-                            me.hostname
-                        );
+                        let line = if services.lifecycle.is_draining() {
+                            format!("421 4.3.2 {} is shutting down. Try later\r\n", me.hostname)
+                        } else {
+                            format!(
+                                "421 4.3.2 {} too many concurrent sessions. Try later\r\n",
+                                me.hostname
+                            )
+                        };
                         let _ = stream.write_all(line.as_bytes()).await;
                         let _ = stream.shutdown().await;
                     }

@@ -73,6 +73,8 @@ pub async fn run(
         accepted_rcpts: 0,
         errors: 0,
     };
+    let lifecycle = s.services.lifecycle.clone();
+    let _busy = lifecycle.session();
     if let Err(e) = s.serve().await {
         tracing::debug!(peer = %s.peer, "session ended: {e}");
     }
@@ -132,7 +134,20 @@ impl Session {
         let banner = format!("{} {}", self.hostname(), self.listener.config.banner);
         self.conn.reply(220, &banner);
         loop {
-            let line = match self.conn.read_line(COMMAND_LINE_LIMIT).await {
+            let lifecycle = self.services.lifecycle.clone();
+            let idle = self.tx.is_none();
+            // a drain closes idle sessions; a transaction in progress may finish
+            let read = tokio::select! {
+                r = self.conn.read_line(COMMAND_LINE_LIMIT) => Some(r),
+                _ = lifecycle.draining(), if idle => None,
+            };
+            let Some(read) = read else {
+                let text = format!("4.3.2 {} is shutting down. Try later", self.hostname());
+                self.reply(421, &text, None);
+                let _ = self.conn.flush().await;
+                return Ok(());
+            };
+            let line = match read {
                 Ok(line) => line,
                 Err(ReadError::Timeout) => {
                     let text = format!("4.3.2 {} idle too long", self.hostname());

@@ -65,6 +65,7 @@ pub struct QueueManager {
     nodeid: String,
     /// Delivery attempts started (promotions out of the scheduled queues).
     attempts: std::sync::atomic::AtomicU64,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// Why a message has no site to go to.
@@ -113,6 +114,7 @@ impl QueueManager {
         spool: Arc<Spool>,
         logger: Arc<Logger>,
         dns: crate::egress::dns::Dns,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
         nodeid: String,
     ) -> Arc<QueueManager> {
         let qm = Arc::new(QueueManager {
@@ -127,6 +129,7 @@ impl QueueManager {
             egress: Egress::new(policy.clone(), dns),
             nodeid,
             attempts: std::sync::atomic::AtomicU64::new(0),
+            lifecycle,
         });
         for _ in 0..PROMOTION_WORKERS {
             tokio::spawn(Self::promotion_worker(qm.clone()));
@@ -362,16 +365,38 @@ impl QueueManager {
         self.due_ready.notify_one();
     }
 
-    /// Runs for the life of the process (the manager lives as long).
+    /// Runs for the life of the process (the manager lives as long). While
+    /// draining it starts nothing new: undelivered mail stays in the spool.
     async fn promotion_worker(me: Arc<QueueManager>) {
         loop {
+            if me.lifecycle.is_draining() {
+                return;
+            }
             let notified = me.due_ready.notified();
             let next = me.due.lock().pop_front();
             match next {
-                Some(msg) => me.clone().attempt(msg).await,
-                None => notified.await,
+                Some(msg) => {
+                    let lifecycle = me.lifecycle.clone();
+                    let _busy = lifecycle.delivery();
+                    me.clone().attempt(msg).await
+                }
+                None => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = me.lifecycle.draining() => return,
+                    }
+                }
             }
         }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.lifecycle.is_draining()
+    }
+
+    /// Count a delivery in flight (for the drain).
+    pub fn delivery_in_flight(&self) -> crate::lifecycle::Busy<'_> {
+        self.lifecycle.delivery()
     }
 
     /// How many due messages have been promoted for an attempt so far.

@@ -1,0 +1,66 @@
+//! Process lifecycle: the drain that SIGTERM starts. While draining, new
+//! sessions get 421, idle sessions are closed with 421, sessions in a
+//! transaction finish it first, no new delivery starts, and in-flight ones
+//! finish. Everything not delivered is already in the spool.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::watch;
+
+pub struct Lifecycle {
+    draining: watch::Sender<bool>,
+    sessions: AtomicUsize,
+    deliveries: AtomicUsize,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            draining: watch::channel(false).0,
+            sessions: AtomicUsize::new(0),
+            deliveries: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts one unit of work for as long as it lives.
+pub struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Lifecycle {
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Resolves once a drain has started.
+    pub async fn draining(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    pub fn session(&self) -> Busy<'_> {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        Busy(&self.sessions)
+    }
+
+    pub fn delivery(&self) -> Busy<'_> {
+        self.deliveries.fetch_add(1, Ordering::AcqRel);
+        Busy(&self.deliveries)
+    }
+
+    /// Open sessions and deliveries in flight.
+    pub fn busy(&self) -> (usize, usize) {
+        (
+            self.sessions.load(Ordering::Acquire),
+            self.deliveries.load(Ordering::Acquire),
+        )
+    }
+}

@@ -35,7 +35,9 @@ pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> an
         .with_context(|| format!("opening spool {}", spool_def.path.display()))?;
     let spool = Arc::new(spool);
     policy.attach_spool(spool.clone());
-    let logger = Arc::new(Logger::new(init.logs.clone())?);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.set_config(&policy.content_hash());
+    let logger = Arc::new(Logger::new(init.logs.clone())?.with_metrics(metrics.clone()));
     let dns = match &init.resolver {
         Some(r) => {
             crate::egress::dns::Dns::with_servers(&r.servers().map_err(|e| anyhow::anyhow!(e))?)?
@@ -55,6 +57,28 @@ pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> an
     let queued = queues.recover(recovered).await;
     tracing::info!(spooled = count, queued, "spool recovered");
 
+    let admin = crate::admin::AdminState {
+        metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
+        queues: queues.clone(),
+        config: crate::admin::ConfigInfo {
+            source: policy.name().to_string(),
+            hash: policy.content_hash(),
+            loaded_at: chrono::Utc::now().to_rfc3339(),
+            epoch: 1,
+            last_reload_error: None,
+        },
+        trusted: Arc::new(vec![]),
+    };
+    for config in &init.http_listeners {
+        let state = crate::admin::AdminState {
+            trusted: Arc::new(config.trusted_hosts.clone()),
+            ..admin.clone()
+        };
+        let addr = crate::admin::start(config, state).await?;
+        tracing::info!("HTTP listener on {addr}");
+    }
+
     if init.listeners.is_empty() {
         tracing::warn!("the policy starts no ESMTP listener");
     }
@@ -62,6 +86,7 @@ pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> an
         policy: policy.clone(),
         queues: queues.clone(),
         lifecycle: lifecycle.clone(),
+        metrics: metrics.clone(),
     });
     for config in init.listeners {
         let listener = Arc::new(Listener::new(config)?);

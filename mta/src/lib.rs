@@ -1,5 +1,6 @@
 //! sluice-mta: a KumoMTA-compatible mail transfer agent.
 
+pub mod admin;
 pub mod daemon;
 pub mod delivery;
 pub mod egress;
@@ -8,6 +9,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod log;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod smtp;

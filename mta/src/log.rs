@@ -138,6 +138,9 @@ pub struct LogRecord {
     /// Header block of the message, for the per-sink `headers` selection.
     #[serde(skip)]
     pub header_block: Option<String>,
+    /// Exact creation time, for latency metrics.
+    #[serde(skip)]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 impl LogRecord {
@@ -173,12 +176,14 @@ impl LogRecord {
             tls_protocol_version: None,
             all_meta: Map::new(),
             header_block: None,
+            created_at: None,
         }
     }
 
     pub fn set_created(&mut self, created: DateTime<Utc>) {
         self.created = created.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.created_time = created.timestamp();
+        self.created_at = Some(created);
     }
 
     pub fn set_recipients(&mut self, recipients: &[String]) {
@@ -264,6 +269,7 @@ impl Sink {
 #[derive(Default)]
 pub struct Logger {
     sinks: Vec<Sink>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Logger {
@@ -290,7 +296,16 @@ impl Logger {
                 .spawn(move || writer.run(rx))?;
             sinks.push(Sink { config, tx });
         }
-        Ok(Logger { sinks })
+        Ok(Logger {
+            sinks,
+            metrics: None,
+        })
+    }
+
+    /// Count every record in these metrics too.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Wait until every record submitted so far is written out.
@@ -308,6 +323,9 @@ impl Logger {
     }
 
     pub fn log(&self, record: LogRecord) {
+        if let Some(m) = &self.metrics {
+            m.observe(&record);
+        }
         for sink in &self.sinks {
             if sink.tx.send(Item::Line(sink.render(&record))).is_err() {
                 tracing::error!(

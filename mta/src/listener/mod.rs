@@ -24,6 +24,7 @@ pub struct Services {
     pub policy: Arc<Policy>,
     pub queues: Arc<QueueManager>,
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {

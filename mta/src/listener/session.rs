@@ -75,9 +75,17 @@ pub async fn run(
     };
     let lifecycle = s.services.lifecycle.clone();
     let _busy = lifecycle.session();
+    let metrics = s.services.metrics.clone();
+    metrics
+        .connections_total
+        .with_label_values(&["esmtp_listener"])
+        .inc();
+    let open = metrics.connections.with_label_values(&["esmtp_listener"]);
+    open.inc();
     if let Err(e) = s.serve().await {
         tracing::debug!(peer = %s.peer, "session ended: {e}");
     }
+    open.dec();
     // free the slot before the socket closes, so a client that saw the
     // close can always connect again
     drop(slot);

@@ -176,6 +176,26 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     )?;
 
     kumo.set(
+        "start_http_listener",
+        lua.create_function(|lua, params: Value| {
+            let config: crate::admin::HttpListenerConfig =
+                from_table(lua, "start_http_listener", params)?;
+            if let Err(e) = config.listen.parse::<std::net::SocketAddr>() {
+                return Err(located_error(
+                    lua,
+                    format!(
+                        "start_http_listener: key 'listen': {:?} is not ip:port: {e}",
+                        config.listen
+                    ),
+                ));
+            }
+            with_init(lua, "start_http_listener", |init| {
+                init.http_listeners.push(config)
+            })
+        })?,
+    )?;
+
+    kumo.set(
         "define_spool",
         lua.create_function(|lua, params: Value| {
             let spool: SpoolDefinition = from_table(lua, "define_spool", params)?;

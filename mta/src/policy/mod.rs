@@ -155,6 +155,7 @@ pub struct InitConfig {
     pub spools: Vec<SpoolDefinition>,
     pub logs: Vec<LocalLogConfig>,
     pub resolver: Option<ResolverDefinition>,
+    pub http_listeners: Vec<crate::admin::HttpListenerConfig>,
 }
 
 /// Per-state flags that decide which `kumo` functions may be called now.
@@ -246,6 +247,16 @@ impl Policy {
 
     pub fn name(&self) -> &str {
         &self.source.name
+    }
+
+    /// SHA-256 of the policy text, hex: what pods report to show which
+    /// config they run.
+    pub fn content_hash(&self) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.source.code.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Give message objects access to spooled bodies (for `msg:get_data()`).

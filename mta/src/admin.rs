@@ -1,0 +1,184 @@
+//! The admin HTTP listener (`kumo.start_http_listener`, spec §10): liveness,
+//! readiness, Prometheus metrics and the loaded config. Probes are open to
+//! everyone (the kubelet must reach them); everything else only to
+//! `trusted_hosts`, others get 403.
+
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::queue::QueueManager;
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ipnet::IpNet;
+use serde::Deserialize;
+use sluice_common::egress::deserialize_cidrs;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default = "default_trusted", deserialize_with = "deserialize_cidrs")]
+    pub trusted_hosts: Vec<IpNet>,
+    /// Only plain HTTP is served; `true` is refused at start.
+    #[serde(default)]
+    pub use_tls: bool,
+    #[serde(default = "default_body_limit")]
+    pub request_body_limit: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8000".into()
+}
+fn default_trusted() -> Vec<IpNet> {
+    vec![
+        "127.0.0.1/32".parse().expect("valid"),
+        "::1/128".parse().expect("valid"),
+    ]
+}
+fn default_body_limit() -> usize {
+    2 * 1024 * 1024
+}
+
+/// What `/api/admin/config/v1` reports about the loaded policy.
+#[derive(Clone, serde::Serialize)]
+pub struct ConfigInfo {
+    pub source: String,
+    pub hash: String,
+    pub loaded_at: String,
+    pub epoch: u64,
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub queues: Arc<QueueManager>,
+    pub config: ConfigInfo,
+    pub trusted: Arc<Vec<IpNet>>,
+}
+
+/// `None` when `peer` may use admin endpoints, else the 403 to send.
+fn untrusted(state: &AdminState, peer: SocketAddr) -> Option<Response> {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(peer.ip()),
+        v4 => v4,
+    };
+    if state.trusted.iter().any(|n| n.contains(&ip)) {
+        None
+    } else {
+        Some(
+            (
+                StatusCode::FORBIDDEN,
+                format!("{ip} is not a trusted host\n"),
+            )
+                .into_response(),
+        )
+    }
+}
+
+async fn liveness(State(s): State<AdminState>) -> Response {
+    match s.lifecycle.is_draining() {
+        false => (StatusCode::OK, "OK\n").into_response(),
+        true => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+async fn readiness(State(s): State<AdminState>) -> Response {
+    if s.lifecycle.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let spool_ok =
+        tokio::time::timeout(std::time::Duration::from_secs(2), s.queues.spool().flush())
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+    match spool_ok {
+        true => (StatusCode::OK, "ready\n").into_response(),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "spool unhealthy\n").into_response(),
+    }
+}
+
+async fn metrics(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(forbidden) = untrusted(&s, peer) {
+        return forbidden;
+    }
+    s.metrics.scheduled.set(s.queues.delayed_count() as i64);
+    s.metrics.ready.set(
+        s.queues
+            .egress()
+            .ready_queues()
+            .iter()
+            .map(|q| q.len() as i64)
+            .sum(),
+    );
+    s.metrics.spooled.set(s.queues.spool().len() as i64);
+    s.metrics.draining.set(i64::from(s.lifecycle.is_draining()));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn config(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(forbidden) = untrusted(&s, peer) {
+        return forbidden;
+    }
+    axum::Json(s.config.clone()).into_response()
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/api/check-liveness/v1", get(liveness))
+        .route("/api/check-readiness/v1", get(readiness))
+        .route("/metrics", get(metrics))
+        .route("/api/admin/config/v1", get(config))
+        .with_state(state)
+}
+
+/// Bind and serve; returns once bound so start-up fails early on a bad address.
+pub async fn start(config: &HttpListenerConfig, state: AdminState) -> anyhow::Result<SocketAddr> {
+    if config.use_tls {
+        anyhow::bail!(
+            "start_http_listener: use_tls is not supported by this version of sluice-mta"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let app = router(state).layer(axum::extract::DefaultBodyLimit::max(
+        config.request_body_limit,
+    ));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            tracing::error!("admin listener failed: {e}");
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,182 @@
+//! Prometheus metrics with bounded label sets: `service` is the listener or
+//! the delivery protocol (a handful of values), never a queue name, so the
+//! series count does not grow with the number of queues.
+
+use crate::log::{LogRecord, RecordType};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_total: IntCounterVec,
+    pub connections: IntGaugeVec,
+    received: IntCounterVec,
+    delivered: IntCounterVec,
+    transfail: IntCounterVec,
+    failed: IntCounterVec,
+    expired: IntCounter,
+    rejections: IntCounter,
+    delayed_rate: IntCounter,
+    delayed_ready_full: IntCounter,
+    pub scheduled: IntGauge,
+    pub ready: IntGauge,
+    pub spooled: IntGauge,
+    pub draining: IntGauge,
+    config_info: IntGaugeVec,
+    latency: Histogram,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let connections = IntGaugeVec::new(
+            Opts::new("connection_count", "Open SMTP sessions"),
+            &["service"],
+        )
+        .expect("valid");
+        r.register(Box::new(connections.clone())).expect("unique");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "sluice_config_info",
+                "The loaded policy, by content hash (always 1)",
+            ),
+            &["hash"],
+        )
+        .expect("valid");
+        r.register(Box::new(config_info.clone())).expect("unique");
+        let latency = Histogram::with_opts(
+            HistogramOpts::new("delivery_latency_seconds", "Reception to delivery").buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
+            ]),
+        )
+        .expect("valid");
+        r.register(Box::new(latency.clone())).expect("unique");
+        Metrics {
+            connections_total: counter_vec(
+                &r,
+                "total_connection_count",
+                "SMTP sessions accepted",
+                &["service"],
+            ),
+            connections,
+            received: counter_vec(
+                &r,
+                "total_messages_received",
+                "Messages received",
+                &["service"],
+            ),
+            delivered: counter_vec(
+                &r,
+                "total_messages_delivered",
+                "Messages delivered",
+                &["service"],
+            ),
+            transfail: counter_vec(
+                &r,
+                "total_messages_transfail",
+                "Transient failures",
+                &["service"],
+            ),
+            failed: counter_vec(
+                &r,
+                "total_messages_fail",
+                "Permanent failures (bounces)",
+                &["service"],
+            ),
+            expired: counter(&r, "total_messages_expired", "Messages expired"),
+            rejections: counter(
+                &r,
+                "smtp_server_rejections",
+                "4xx/5xx replies sent by the SMTP server",
+            ),
+            delayed_rate: counter(
+                &r,
+                "delayed_due_to_message_rate_throttle",
+                "Promotions delayed by max_message_rate",
+            ),
+            delayed_ready_full: counter(
+                &r,
+                "delayed_due_to_ready_queue_full",
+                "Promotions delayed by a full ready queue",
+            ),
+            scheduled: gauge(
+                &r,
+                "scheduled_count_total",
+                "Messages waiting in scheduled queues",
+            ),
+            ready: gauge(&r, "ready_count_total", "Messages waiting in ready queues"),
+            spooled: gauge(&r, "message_count", "Messages in the spool"),
+            draining: gauge(&r, "sluice_draining", "1 while draining for shutdown"),
+            config_info,
+            latency,
+            registry: r,
+        }
+    }
+
+    /// Report which policy is loaded (one series, replaced on reload).
+    pub fn set_config(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// Count a log record: every disposition passes through here.
+    pub fn observe(&self, rec: &LogRecord) {
+        let service = rec.delivery_protocol.as_deref().unwrap_or("none");
+        match rec.kind {
+            RecordType::Reception => self.received.with_label_values(&["esmtp_listener"]).inc(),
+            RecordType::Delivery => {
+                self.delivered.with_label_values(&[service]).inc();
+                if let Some(created) = rec.created_at {
+                    let age = chrono::Utc::now() - created;
+                    self.latency.observe(age.as_seconds_f64().max(0.0));
+                }
+            }
+            RecordType::TransientFailure => self.transfail.with_label_values(&[service]).inc(),
+            RecordType::Bounce => self.failed.with_label_values(&[service]).inc(),
+            RecordType::Expiration => self.expired.inc(),
+            RecordType::Rejection => self.rejections.inc(),
+            RecordType::Delayed if rec.response.content.contains("MessageRateThrottle") => {
+                self.delayed_rate.inc()
+            }
+            RecordType::Delayed if rec.response.content.contains("ReadyQueueWasFull") => {
+                self.delayed_ready_full.inc()
+            }
+            _ => {}
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = vec![];
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text encoding is UTF-8")
+    }
+}

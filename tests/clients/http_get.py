@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""GET a URL with urllib; print {"status", "body"} as JSON, and with
+--metrics the body parsed by prometheus_client's text-format parser as
+{"name{label=value,...}": value}."""
+import json
+import sys
+import urllib.error
+import urllib.request
+
+url = sys.argv[1]
+try:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        status, body = r.status, r.read().decode()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read().decode()
+out = {"status": status, "body": body}
+if "--metrics" in sys.argv and status == 200:
+    from prometheus_client.parser import text_string_to_metric_families
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    out["samples"] = samples
+print(json.dumps(out))

@@ -586,3 +586,49 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
     }
 }
+
+/// Start the Python client injecting `total` messages from 20 concurrent
+/// clients (20 per connection) into `mta`; results go to `client.jsonl` in
+/// the MTA's directory (a file, not a pipe: a pipe read only at the end
+/// would fill up and stall the clients).
+pub fn start_injection(mta: &Mta, total: usize) -> Child {
+    Command::new("python3")
+        .arg(workspace_root().join("tests/clients/smtp_send.py"))
+        .args([
+            "--port",
+            &mta.port.to_string(),
+            "--count",
+            &total.to_string(),
+            "--concurrency",
+            "20",
+        ])
+        .args(["--per-connection", "20", "--size", "2000"])
+        .stdout(std::fs::File::create(mta.path("client.jsonl")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The client's outcome for every message of `start_injection`.
+pub fn injection_results(mta: &Mta) -> Vec<Value> {
+    std::fs::read_to_string(mta.path("client.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// How many copies of each `X-Test-Seq` are in the maildir at `rel`.
+pub fn delivered_seqs(mta: &Mta, rel: &str) -> std::collections::HashMap<u64, usize> {
+    let mut delivered = std::collections::HashMap::new();
+    for f in mta.maildir_files(rel) {
+        let body = std::fs::read_to_string(&f).unwrap_or_default();
+        if let Some(seq) = body
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Test-Seq: "))
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            *delivered.entry(seq).or_default() += 1;
+        }
+    }
+    delivered
+}

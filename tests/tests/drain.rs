@@ -1,17 +1,7 @@
 //! Graceful drain on SIGTERM (Kubernetes sends it on every rollout).
 
-use serde_json::Value;
 use sluice_tests::*;
-use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn seq_of(file: &std::path::Path) -> Option<u64> {
-    let body = std::fs::read_to_string(file).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("X-Test-Seq: "))
-        .and_then(|s| s.trim().parse().ok())
-}
 
 /// SIGTERM during a 2,000-message injection: the daemon exits well within
 /// its drain timeout (60 s by default), and after a restart every message
@@ -19,21 +9,7 @@ fn seq_of(file: &std::path::Path) -> Option<u64> {
 #[test]
 fn sigterm_during_injection_drains_and_loses_nothing() {
     let mut mta = Mta::start(&maildir_policy("", ""));
-    let results_path = mta.path("client.jsonl");
-    let mut client = Command::new("python3")
-        .arg(workspace_root().join("tests/clients/smtp_send.py"))
-        .args([
-            "--port",
-            &mta.port.to_string(),
-            "--count",
-            "2000",
-            "--concurrency",
-            "20",
-        ])
-        .args(["--per-connection", "20", "--size", "2000"])
-        .stdout(std::fs::File::create(&results_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut client = start_injection(&mta, 2000);
     std::thread::sleep(Duration::from_millis(rand::random_range(200..1000)));
     mta.sigterm();
     let took = mta
@@ -41,11 +17,7 @@ fn sigterm_during_injection_drains_and_loses_nothing() {
         .expect("the daemon exits within its drain timeout");
     assert!(took < Duration::from_secs(15), "drain took {took:?}");
     assert!(client.wait().unwrap().success());
-    let results: Vec<Value> = std::fs::read_to_string(&results_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let results = injection_results(&mta);
     assert_eq!(results.len(), 2000);
     let acked: Vec<u64> = results
         .iter()
@@ -56,12 +28,7 @@ fn sigterm_during_injection_drains_and_loses_nothing() {
     mta.spawn();
     let deadline = Instant::now() + Duration::from_secs(60);
     let delivered = loop {
-        let mut delivered: HashMap<u64, usize> = HashMap::new();
-        for f in mta.maildir_files("maildir") {
-            if let Some(seq) = seq_of(&f) {
-                *delivered.entry(seq).or_default() += 1;
-            }
-        }
+        let delivered = delivered_seqs(&mta, "maildir");
         if acked.iter().all(|s| delivered.contains_key(s)) {
             break delivered;
         }

@@ -4,7 +4,6 @@ use rand::Rng;
 use serde_json::Value;
 use sluice_tests::*;
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn event_secs(r: &Value) -> f64 {
@@ -124,13 +123,6 @@ fn restart_keeps_attempt_count_and_due_time() {
     );
 }
 
-fn seq_of(file: &std::path::Path) -> Option<u64> {
-    let body = std::fs::read_to_string(file).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("X-Test-Seq: "))
-        .and_then(|s| s.trim().parse().ok())
-}
-
 /// 2,000 messages from 20 concurrent clients, `kill -9` at a random moment,
 /// restart: every message that got a 250 is delivered, and nothing is
 /// delivered twice that did not get a 250.
@@ -138,32 +130,12 @@ fn seq_of(file: &std::path::Path) -> Option<u64> {
 fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
     let mut mta = Mta::start(&maildir_policy("", ""));
     let total = 2000;
-    // results go to a file: a pipe read only at the end would fill up and
-    // stall the clients, and the crash would never hit a transaction in flight
-    let results_path = mta.path("client.jsonl");
-    let mut client = Command::new("python3")
-        .arg(workspace_root().join("tests/clients/smtp_send.py"))
-        .args([
-            "--port",
-            &mta.port.to_string(),
-            "--count",
-            &total.to_string(),
-            "--concurrency",
-            "20",
-        ])
-        .args(["--per-connection", "20", "--size", "2000"])
-        .stdout(std::fs::File::create(&results_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut client = start_injection(&mta, total);
     let delay = rand::rng().random_range(200..1200);
     std::thread::sleep(Duration::from_millis(delay));
     mta.kill9();
     assert!(client.wait().unwrap().success());
-    let results: Vec<Value> = std::fs::read_to_string(&results_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let results = injection_results(&mta);
     assert_eq!(results.len(), total, "every message has an outcome");
     let failed = results.iter().filter(|r| r["code"] != 250).count();
     let acked: std::collections::HashSet<u64> = results
@@ -175,12 +147,7 @@ fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut delivered: HashMap<u64, usize>;
     loop {
-        delivered = HashMap::new();
-        for f in mta.maildir_files("maildir") {
-            if let Some(seq) = seq_of(&f) {
-                *delivered.entry(seq).or_default() += 1;
-            }
-        }
+        delivered = delivered_seqs(&mta, "maildir");
         if acked.iter().all(|s| delivered.contains_key(s)) {
             break;
         }
@@ -194,12 +161,7 @@ fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
     }
     // let anything still in flight settle, then count again
     std::thread::sleep(Duration::from_secs(2));
-    delivered.clear();
-    for f in mta.maildir_files("maildir") {
-        if let Some(seq) = seq_of(&f) {
-            *delivered.entry(seq).or_default() += 1;
-        }
-    }
+    let delivered = delivered_seqs(&mta, "maildir");
     let duplicated_acked = acked.iter().filter(|s| delivered[s] > 1).count();
     let unacked_twice: Vec<u64> = delivered
         .iter()

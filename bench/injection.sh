@@ -19,7 +19,7 @@ SESSIONS=${SESSIONS:-50}
 RUNS=${RUNS:-1}
 PORT=2525
 
-SLUICE_BENCH=1 scripts/install-deps
+scripts/install-deps
 cargo build --release -p sluice-mta -q
 BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
 

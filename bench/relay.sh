@@ -21,7 +21,7 @@ SESSIONS_LIST=${SESSIONS_LIST:-"50 200"}
 PORT=2525
 SINK=2600
 
-SLUICE_BENCH=1 scripts/install-deps
+scripts/install-deps
 cargo build --release -p sluice-mta -q
 BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
 

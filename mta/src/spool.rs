@@ -91,7 +91,6 @@ pub struct Recovered {
 pub struct Spool {
     tx: Mutex<mpsc::Sender<Request>>,
     shared: Arc<Shared>,
-    dir: PathBuf,
 }
 
 pub struct SpoolOptions {
@@ -195,14 +194,9 @@ impl Spool {
             Spool {
                 tx: Mutex::new(tx),
                 shared,
-                dir: dir.to_path_buf(),
             },
             recovered,
         ))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn send(&self, r: Request) -> Result<(), SpoolError> {
@@ -261,10 +255,6 @@ impl Spool {
         let (done, wait) = oneshot::channel();
         self.send(Request::Flush(done))?;
         wait.await.map_err(|_| SpoolError::Stopped)
-    }
-
-    pub fn contains(&self, id: MessageId) -> bool {
-        self.shared.index.lock().contains_key(&id)
     }
 
     pub fn len(&self) -> usize {

@@ -14,6 +14,28 @@ pub struct Attempt {
     pub results: Vec<RecipientResult>,
 }
 
+impl Attempt {
+    /// The same outcome for every recipient.
+    pub fn for_all(
+        protocol: &'static str,
+        peer: Option<crate::log::PeerAddress>,
+        recipients: Vec<String>,
+        outcome: Outcome,
+    ) -> Attempt {
+        Attempt {
+            protocol,
+            peer,
+            results: recipients
+                .into_iter()
+                .map(|recipient| RecipientResult {
+                    recipient,
+                    outcome: outcome.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RecipientResult {
     pub recipient: String,

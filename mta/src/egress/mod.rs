@@ -59,7 +59,6 @@ pub struct ReadyQueue {
     pub source: Arc<EgressSource>,
     pub site: Site,
     pub proto: Proto,
-    routing_domain: String,
     config: Mutex<(Arc<EgressPathConfig>, Instant)>,
     items: Mutex<VecDeque<Ready>>,
     connections: AtomicUsize,
@@ -77,10 +76,6 @@ impl ReadyQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
     }
 
     fn pop(&self) -> Option<Ready> {
@@ -233,7 +228,6 @@ impl Egress {
             source,
             site,
             proto,
-            routing_domain: routing_domain.to_string(),
             config: Mutex::new((config, Instant::now())),
             items: Mutex::new(VecDeque::new()),
             connections: AtomicUsize::new(0),
@@ -292,23 +286,9 @@ pub fn classify(reply: &Reply) -> Outcome {
     }
 }
 
-fn all_transient(items: &[Ready], text: &str, code: u16) -> Vec<Attempt> {
-    items
-        .iter()
-        .map(|r| Attempt {
-            protocol: "ESMTP",
-            peer: None,
-            results: r
-                .msg
-                .recipients()
-                .into_iter()
-                .map(|rcpt| RecipientResult {
-                    recipient: rcpt,
-                    outcome: Outcome::Transient(Response::new(code, text)),
-                })
-                .collect(),
-        })
-        .collect()
+/// An attempt that failed before reaching the peer: one outcome for all.
+fn failed(item: &Ready, outcome: Outcome) -> Attempt {
+    Attempt::for_all("ESMTP", None, item.msg.recipients(), outcome)
 }
 
 /// Wait for work for up to `idle`; `None` when none came or a drain began.
@@ -510,7 +490,7 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
             Err(e) => {
                 let text =
                     format!("KumoMTA internal: failed to connect to any candidate hosts: {e}");
-                let attempt = all_transient(std::slice::from_ref(&first), &text, 400).remove(0);
+                let attempt = failed(&first, Outcome::Transient(Response::new(400, &text)));
                 qm.complete(&first, &rq.name, attempt).await;
                 continue;
             }
@@ -529,19 +509,8 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                 ))),
             };
             let (outcome, closing) = lua_outcome(&result);
-            let attempt = Attempt {
-                protocol: "Lua",
-                peer: Some(peer.clone()),
-                results: current
-                    .msg
-                    .recipients()
-                    .into_iter()
-                    .map(|r| RecipientResult {
-                        recipient: r,
-                        outcome: outcome.clone(),
-                    })
-                    .collect(),
-            };
+            let attempt =
+                Attempt::for_all("Lua", Some(peer.clone()), current.msg.recipients(), outcome);
             qm.complete(&current, &rq.name, attempt).await;
             delivered += 1;
             if closing || delivered >= config.max_deliveries_per_connection {
@@ -588,24 +557,13 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                     items.extend(std::iter::from_fn(|| rq.pop()));
                     failures = 0;
                 }
-                let kind_bounce = code >= 500;
-                for (item, attempt) in items.iter().zip(all_transient(&items, &text, code)) {
-                    let attempt = if kind_bounce {
-                        Attempt {
-                            results: attempt
-                                .results
-                                .into_iter()
-                                .map(|r| RecipientResult {
-                                    recipient: r.recipient,
-                                    outcome: Outcome::Bounced(Response::new(code, &text)),
-                                })
-                                .collect(),
-                            ..attempt
-                        }
-                    } else {
-                        attempt
+                for item in &items {
+                    let resp = Response::new(code, &text);
+                    let outcome = match code >= 500 {
+                        true => Outcome::Bounced(resp),
+                        false => Outcome::Transient(resp),
                     };
-                    qm.complete(item, &rq.name, attempt).await;
+                    qm.complete(item, &rq.name, failed(item, outcome)).await;
                 }
                 continue;
             }
@@ -622,12 +580,13 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                 qm.complete(
                     &current,
                     &rq.name,
-                    all_transient(
-                        std::slice::from_ref(&current),
-                        "KumoMTA internal: cannot read spooled body",
-                        400,
-                    )
-                    .remove(0),
+                    failed(
+                        &current,
+                        Outcome::Transient(Response::new(
+                            400,
+                            "KumoMTA internal: cannot read spooled body",
+                        )),
+                    ),
                 )
                 .await;
                 item = next_item(&qm, &rq, config.idle_timeout).await;
@@ -728,10 +687,6 @@ fn path_rate_wait(
 }
 
 impl ReadyQueue {
-    pub fn routing_domain(&self) -> &str {
-        &self.routing_domain
-    }
-
     /// Take every waiting message out (to send them back to their queues).
     pub fn drain(&self) -> Vec<Ready> {
         self.items.lock().drain(..).collect()

@@ -87,7 +87,7 @@ impl LuaConnection {
 impl Drop for LuaConnection {
     fn drop(&mut self) {
         if let Some(lua) = self.lua.take() {
-            self.policy.pool.lock().push(lua);
+            self.policy.give_back(lua);
         }
     }
 }

@@ -224,10 +224,7 @@ impl Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(lua) = self.lua.take() {
-            let mut pool = self.policy.pool.lock();
-            if pool.len() < 256 {
-                pool.push(lua);
-            }
+            self.policy.give_back(lua);
         }
     }
 }
@@ -243,6 +240,14 @@ impl Policy {
             spool: Mutex::new(None),
             events,
         }))
+    }
+
+    /// Return a state to the pool, keeping at most 256 spare.
+    fn give_back(&self, lua: Lua) {
+        let mut pool = self.pool.lock();
+        if pool.len() < 256 {
+            pool.push(lua);
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -11,7 +11,7 @@ mod timer;
 use crate::delivery::{self, Attempt, Outcome};
 use crate::egress::{Egress, Placement, Ready, ReadyQueue};
 use crate::log::{LogRecord, Logger, RecordType, Response};
-use crate::message::{Message, MessageId, MessageRef, SpooledMeta};
+use crate::message::{Message, MessageRef, SpooledMeta};
 use crate::policy::{EventError, Policy};
 use crate::spool::Spool;
 use chrono::{DateTime, Utc};
@@ -159,10 +159,6 @@ impl QueueManager {
     /// How many messages wait in the timer for a later attempt.
     pub fn delayed_count(&self) -> usize {
         self.timer.len()
-    }
-
-    pub fn message_ids_in_timer(&self) -> Vec<MessageId> {
-        self.timer.ids()
     }
 
     /// Find or create the scheduled queue `name`, asking the policy for its
@@ -463,18 +459,12 @@ impl QueueManager {
                     Ok(site) => Ok(site),
                     Err(NoSite::Transient(resp)) => Err(resp),
                     Err(NoSite::Bounce(resp)) => {
-                        let recipients = msg.recipients();
-                        let attempt = Attempt {
-                            protocol: "ESMTP",
-                            peer: None,
-                            results: recipients
-                                .into_iter()
-                                .map(|r| delivery::RecipientResult {
-                                    recipient: r,
-                                    outcome: Outcome::Bounced(resp.clone()),
-                                })
-                                .collect(),
-                        };
+                        let attempt = Attempt::for_all(
+                            "ESMTP",
+                            None,
+                            msg.recipients(),
+                            Outcome::Bounced(resp),
+                        );
                         self.apply(&msg, &queue_name, &config, attempt, None).await;
                         return;
                     }
@@ -674,20 +664,14 @@ impl QueueManager {
             delivery::maildir::deliver(&proto, &vars, &msg2.id.to_string(), &rcpts, &data)
         })
         .await
-        .unwrap_or_else(|e| Attempt {
-            protocol: "Maildir",
-            peer: None,
-            results: msg
-                .recipients()
-                .into_iter()
-                .map(|r| delivery::RecipientResult {
-                    recipient: r,
-                    outcome: Outcome::Transient(Response::new(
-                        400,
-                        &format!("KumoMTA internal: maildir task failed: {e}"),
-                    )),
-                })
-                .collect(),
+        .unwrap_or_else(|e| {
+            let text = format!("KumoMTA internal: maildir task failed: {e}");
+            Attempt::for_all(
+                "Maildir",
+                None,
+                msg.recipients(),
+                Outcome::Transient(Response::new(400, &text)),
+            )
         })
     }
 

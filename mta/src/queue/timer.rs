@@ -1,7 +1,7 @@
 //! One timer for every delayed message of every queue: a min-heap on due
 //! time, so waking up costs O(log n) per due message and nothing per queue.
 
-use crate::message::{MessageId, MessageRef};
+use crate::message::MessageRef;
 use parking_lot::Mutex;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -64,10 +64,6 @@ impl Timer {
 
     pub fn len(&self) -> usize {
         self.inner.heap.lock().len()
-    }
-
-    pub fn ids(&self) -> Vec<MessageId> {
-        self.inner.heap.lock().iter().map(|e| e.0.msg.id).collect()
     }
 
     /// Hand every message to `on_due` when its time comes; runs forever.

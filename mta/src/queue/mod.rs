@@ -777,6 +777,7 @@ impl QueueManager {
                 &["MessageRateThrottle"],
                 false,
                 Some(wait),
+                &mut None,
             )
             .await
         {
@@ -821,7 +822,9 @@ impl QueueManager {
         let mut rec = self.record(RecordType::TransientFailure, msg, queue, resp.clone());
         rec.delivery_protocol = delivery_protocol;
         self.set_egress_fields(&mut rec, config, ready_queue);
-        self.logger.log(rec);
+        // logged once the next due time is on disk (or before whatever the
+        // requeue handler logs), so a crash after the record cannot lose it
+        let mut record = Some(rec);
         if let Requeue::Done = self
             .requeue_event(
                 msg,
@@ -830,6 +833,7 @@ impl QueueManager {
                 &["LoggedTransientFailure"],
                 true,
                 None,
+                &mut record,
             )
             .await
         {
@@ -862,17 +866,50 @@ impl QueueManager {
             None => None,
         };
         if let Some(text) = expired {
+            self.log_pending(&mut record);
             self.expire(msg, queue, &text);
             return;
         }
-        msg.state().num_attempts = attempts.saturating_add(1);
-        self.wait_until(msg, due);
+        {
+            let mut state = msg.state();
+            state.num_attempts = attempts.saturating_add(1);
+            state.due = Some(due.timestamp_millis());
+        }
+        match serde_json::to_vec(&msg.spooled_meta())
+            .map_err(|e| e.to_string())
+            .and_then(|meta| {
+                self.spool
+                    .update_meta_acked(msg.id, meta)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(ack) => {
+                let _ = ack.await;
+            }
+            Err(e) => tracing::error!(id = %msg.id, "cannot save meta: {e}"),
+        }
+        self.log_pending(&mut record);
+        if due <= Utc::now() {
+            self.dispatch(msg.clone());
+            return;
+        }
+        // the META record is on disk: the envelope can go at once
+        msg.shrink_meta(due.timestamp_millis(), Utc::now().timestamp_millis() + 1000);
+        msg.shrink();
+        self.timer.insert(due.timestamp_millis(), msg.clone());
+    }
+
+    fn log_pending(&self, record: &mut Option<LogRecord>) {
+        if let Some(rec) = record.take() {
+            self.logger.log(rec);
+        }
     }
 
     /// Run `requeue_message` (spec §3.4) and act on what it did: a
     /// `kumo.reject` bounces the message; a changed queue name rebinds it to
     /// the new queue, due now (scheduling constraints still apply), with one
-    /// more attempt counted.
+    /// more attempt counted. `pending` (the caller's record) is logged before
+    /// any record of this function's own.
+    #[allow(clippy::too_many_arguments)]
     async fn requeue_event(
         self: &Arc<Self>,
         msg: &MessageRef,
@@ -881,6 +918,7 @@ impl QueueManager {
         context: &[&str],
         increment_attempts: bool,
         delay: Option<Duration>,
+        pending: &mut Option<LogRecord>,
     ) -> Requeue {
         match self
             .policy
@@ -889,6 +927,7 @@ impl QueueManager {
         {
             Ok(()) => {}
             Err(EventError::Rejected { code, text }) => {
+                self.log_pending(pending);
                 self.finish(
                     msg,
                     queue,
@@ -911,6 +950,7 @@ impl QueueManager {
                 return Requeue::Stay;
             }
         };
+        self.log_pending(pending);
         {
             let mut s = msg.state();
             s.num_attempts = s.num_attempts.saturating_add(1);

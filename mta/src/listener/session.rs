@@ -595,7 +595,11 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let ids: Vec<String> = prepared.iter().map(|(m, _)| m.id.to_string()).collect();
-        let queues = &self.services.queues;
+        // the 250 goes out before anything is queued, so no delivery can
+        // happen for a message whose client never saw its 250
+        self.ok(250, &ids_reply(&ids));
+        let sent = self.conn.flush().await;
+        let queues = self.services.queues.clone();
         for (msg, queue) in prepared {
             let mut rec =
                 queues.record(RecordType::Reception, &msg, &queue, Response::new(250, ""));
@@ -610,7 +614,8 @@ impl Session {
                 queues.insert(msg, &queue);
             }
         }
-        self.ok(250, &ids_reply(&ids));
+        // spooled messages are queued even if the client has gone
+        sent?;
         Ok(Flow::Continue)
     }
 }

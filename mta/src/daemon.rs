@@ -53,6 +53,8 @@ pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> an
         node_id(),
     );
 
+    logger.attach_hooks(crate::log_hook::start(&init.log_hooks, queues.clone())?);
+
     let count = recovered.len();
     let queued = queues.recover(recovered).await;
     tracing::info!(spooled = count, queued, "spool recovered");

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod lifecycle;
 pub mod listener;
 pub mod log;
+pub mod log_hook;
 pub mod message;
 pub mod metrics;
 pub mod policy;

@@ -243,32 +243,68 @@ struct Sink {
 
 impl Sink {
     fn render(&self, record: &LogRecord) -> Vec<u8> {
-        let mut r = record.clone();
-        if !self.config.meta.is_empty() {
-            r.meta = record
-                .all_meta
-                .iter()
-                .filter(|(k, _)| self.config.meta.iter().any(|p| name_matches(p, k)))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-        }
-        if let (false, Some(block)) = (self.config.headers.is_empty(), &record.header_block) {
-            for (name, value) in crate::headers::iter_headers(block) {
-                if self.config.headers.iter().any(|p| name_matches(p, name)) {
-                    r.headers
-                        .insert(name.to_ascii_lowercase(), Value::String(value.to_string()));
-                }
-            }
-        }
+        let r = select(record, &self.config.meta, &self.config.headers);
         let mut line = serde_json::to_vec(&r).expect("log records serialise");
         line.push(b'\n');
         line
     }
 }
 
+/// The record with `meta` and `headers` filled in from the message's meta
+/// and header block, as a sink's `meta`/`headers` patterns select.
+fn select(record: &LogRecord, meta: &[String], headers: &[String]) -> LogRecord {
+    let mut r = record.clone();
+    if !meta.is_empty() {
+        r.meta = record
+            .all_meta
+            .iter()
+            .filter(|(k, _)| meta.iter().any(|p| name_matches(p, k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    if let (false, Some(block)) = (headers.is_empty(), &record.header_block) {
+        for (name, value) in crate::headers::iter_headers(block) {
+            if headers.iter().any(|p| name_matches(p, name)) {
+                r.headers
+                    .insert(name.to_ascii_lowercase(), Value::String(value.to_string()));
+            }
+        }
+    }
+    r
+}
+
+/// `kumo.configure_log_hook{...}` (spec §8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogHookConfig {
+    pub name: String,
+    #[serde(default = "default_back_pressure")]
+    pub back_pressure: usize,
+    #[serde(default)]
+    pub meta: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Queue hook messages without saving them to the spool first.
+    #[serde(default)]
+    pub deferred_spool: bool,
+}
+
+pub enum HookItem {
+    Record(Box<LogRecord>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The submitting end of one log hook: records wait here (at most
+/// `back_pressure` of them) for the hook's worker to make them messages.
+pub struct HookSender {
+    pub config: LogHookConfig,
+    pub tx: mpsc::SyncSender<HookItem>,
+}
+
 #[derive(Default)]
 pub struct Logger {
     sinks: Vec<Sink>,
+    hooks: std::sync::OnceLock<Vec<HookSender>>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
@@ -298,6 +334,7 @@ impl Logger {
         }
         Ok(Logger {
             sinks,
+            hooks: Default::default(),
             metrics: None,
         })
     }
@@ -308,8 +345,26 @@ impl Logger {
         self
     }
 
-    /// Wait until every record submitted so far is written out.
+    /// Send every record to these log hooks too (once the queues exist).
+    pub fn attach_hooks(&self, hooks: Vec<HookSender>) {
+        if self.hooks.set(hooks).is_err() {
+            tracing::error!("log hooks attached twice; keeping the first");
+        }
+    }
+
+    fn hooks(&self) -> &[HookSender] {
+        self.hooks.get().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Wait until every record submitted so far is written out, and every
+    /// hooked record is queued as a message.
     pub fn flush(&self) {
+        for hook in self.hooks() {
+            let (tx, rx) = mpsc::channel();
+            if hook.tx.send(HookItem::Flush(tx)).is_ok() {
+                let _ = rx.recv_timeout(Duration::from_secs(10));
+            }
+        }
         for sink in &self.sinks {
             let (tx, rx) = mpsc::channel();
             if sink.tx.send(Item::Flush(tx)).is_ok() {
@@ -320,6 +375,7 @@ impl Logger {
 
     pub fn needs_headers(&self) -> bool {
         self.sinks.iter().any(|s| !s.config.headers.is_empty())
+            || self.hooks().iter().any(|h| !h.config.headers.is_empty())
     }
 
     pub fn log(&self, record: LogRecord) {
@@ -332,6 +388,17 @@ impl Logger {
                     "log writer for {} has stopped",
                     sink.config.log_dir.display()
                 );
+            }
+        }
+        // records of messages that are themselves log records are not hooked
+        // again, or each hook delivery would log a record to hook, forever
+        if record.reception_protocol.as_deref() == Some(crate::log_hook::RECEPTION_PROTOCOL) {
+            return;
+        }
+        for hook in self.hooks() {
+            let selected = select(&record, &hook.config.meta, &hook.config.headers);
+            if hook.tx.send(HookItem::Record(Box::new(selected))).is_err() {
+                tracing::error!("log hook {} has stopped", hook.config.name);
             }
         }
     }

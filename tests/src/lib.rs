@@ -3,6 +3,8 @@
 //! Python's smtplib, openssl), and read what a user would see: SMTP replies,
 //! log records and maildir files.
 
+pub mod rabbit;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

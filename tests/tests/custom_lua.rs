@@ -105,3 +105,143 @@ end)
     assert!(constructed.lines().count() >= 2, "{constructed}");
     assert!(constructed.lines().all(|l| l == "example.com"));
 }
+
+/// A webhook receiver (Python's http.server) on a free port.
+struct Webhook {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("requests.jsonl");
+        let port = free_port();
+        let child = std::process::Command::new("python3")
+            .arg(workspace_root().join("tests/clients/webhook_server.py"))
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(&out)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "webhook server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Webhook {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Webhook delivery from Lua with `kumo.http.build_client`, as KumoMTA's
+/// "publishing log events via webhooks" page writes it: a 2xx reply is a
+/// Delivery whose disposition carries the HTTP status; a 500 is a Bounce;
+/// a receiver that is down is a TransientFailure.
+#[test]
+fn http_client_delivers_to_a_webhook() {
+    let hook = Webhook::start();
+    let down = free_port();
+    let mta = Mta::start(&policy(
+        "",
+        &format!(
+            r#"
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    retry_interval = '1 hour',
+    protocol = {{ custom_lua = {{ constructor = 'make.webhook' }} }},
+  }}
+end)
+kumo.on('make.webhook', function(domain, tenant, campaign)
+  local connection = {{}}
+  local client = kumo.http.build_client {{ timeout = '5s' }}
+  function connection:send(message)
+    local user = message:recipient():match('^[^@]+')
+    local url = 'http://127.0.0.1:{port}/log'
+    if user == 'refuse' then url = 'http://127.0.0.1:{port}/status/500' end
+    if user == 'down' then url = 'http://127.0.0.1:{down}/log' end
+    local response = client:post(url)
+      :header('Content-Type', 'message/rfc822')
+      :body(message:get_data())
+      :send()
+    local disposition = string.format(
+      '%d %s: %s',
+      response:status_code(),
+      response:status_reason(),
+      response:text()
+    )
+    if response:status_is_success() then
+      return disposition
+    end
+    kumo.reject(500, disposition)
+  end
+  function connection:close()
+    client:close()
+  end
+  return connection
+end)
+"#,
+            port = hook.port,
+        ),
+    ));
+    for to in [
+        "a@example.com",
+        "b@example.com",
+        "refuse@example.com",
+        "down@example.com",
+    ] {
+        let o = swaks(
+            mta.port,
+            &["--to", to, "--header", &format!("Subject: to {to}")],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let recs = mta.wait_for_records(Duration::from_secs(20), "outcomes", |r| {
+        count(r, "Delivery") == 2 && count(r, "Bounce") == 1 && count(r, "TransientFailure") == 1
+    });
+    let of = |to: &str| {
+        recs.iter()
+            .find(|r| r["recipient"] == to && r["type"] != "Reception")
+            .unwrap()
+    };
+    assert_eq!(of("a@example.com")["type"], "Delivery");
+    assert_eq!(
+        of("a@example.com")["response"]["content"],
+        "200 OK: accepted"
+    );
+    assert_eq!(of("refuse@example.com")["type"], "Bounce");
+    assert_eq!(
+        of("refuse@example.com")["response"]["content"],
+        "500 Internal Server Error: refused"
+    );
+    assert_eq!(of("down@example.com")["type"], "TransientFailure");
+    let requests = hook.requests();
+    assert_eq!(requests.len(), 3, "two deliveries and the refused one");
+    for r in &requests {
+        assert_eq!(r["headers"]["content-type"], "message/rfc822");
+        assert!(r["body"].as_str().unwrap().contains("Subject: to "));
+    }
+}

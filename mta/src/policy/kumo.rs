@@ -212,6 +212,14 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     )?;
 
     kumo.set(
+        "configure_log_hook",
+        lua.create_function(|lua, params: Value| {
+            let hook: crate::log::LogHookConfig = from_table(lua, "configure_log_hook", params)?;
+            with_init(lua, "configure_log_hook", |init| init.log_hooks.push(hook))
+        })?,
+    )?;
+
+    kumo.set(
         "make_queue_config",
         lua.create_function(|lua, params: Value| {
             let config: QueueConfig = from_table(lua, "make_queue_config", params)?;

@@ -2,6 +2,8 @@
 //! `kumo` module, events (`kumo.on`) and typed config constructors. This is
 //! the only module that touches Lua.
 
+mod amqp;
+mod http;
 pub(crate) mod kumo;
 mod lua_connection;
 mod lua_message;
@@ -156,6 +158,7 @@ pub struct InitConfig {
     pub logs: Vec<LocalLogConfig>,
     pub resolver: Option<ResolverDefinition>,
     pub http_listeners: Vec<crate::admin::HttpListenerConfig>,
+    pub log_hooks: Vec<crate::log::LogHookConfig>,
 }
 
 /// Per-state flags that decide which `kumo` functions may be called now.
@@ -344,6 +347,32 @@ impl Policy {
         })
         .await
         .map(|_| ())
+    }
+
+    /// `should_enqueue_log_record(msg, hook_name)` (spec §8): whether the
+    /// log record made into `msg` is queued; `false` when no handler answers.
+    pub async fn should_enqueue_log_record(
+        &self,
+        msg: &crate::message::MessageRef,
+        hook: &str,
+    ) -> Result<bool, EventError> {
+        if !self.has_handler("should_enqueue_log_record") {
+            return Ok(false);
+        }
+        let lua = self.checkout()?;
+        let result = self
+            .call_handlers(&lua, "should_enqueue_log_record", |lua| {
+                (lua.create_userdata(LuaMessage(msg.clone()))?, hook).into_lua_multi(lua)
+            })
+            .await?;
+        match result.and_then(|v| v.into_iter().next()) {
+            None | Some(Value::Nil) | Some(Value::Boolean(false)) => Ok(false),
+            Some(Value::Boolean(true)) => Ok(true),
+            Some(other) => Err(EventError::Failed(format!(
+                "should_enqueue_log_record returned a {}, not a boolean",
+                other.type_name()
+            ))),
+        }
     }
 
     /// Call every handler of `event` in order until one returns a value
@@ -579,6 +608,8 @@ fn new_state(source: &PolicySource) -> Result<Lua, PolicyError> {
         lua.set_named_registry_value(EVENTS_KEY, lua.create_table()?)?;
         lua.set_named_registry_value(EVENT_SITES_KEY, lua.create_table()?)?;
         let kumo = kumo::build_module(&lua)?;
+        kumo.set("amqp", amqp::build_module(&lua)?)?;
+        kumo.set("http", http::build_module(&lua)?)?;
         lua.globals().set("kumo", kumo.clone())?;
         let package: Table = lua.globals().get("package")?;
         let loaded: Table = package.get("loaded")?;

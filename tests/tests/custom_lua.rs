@@ -245,3 +245,80 @@ end)
         assert!(r["body"].as_str().unwrap().contains("Subject: to "));
     }
 }
+
+/// `batch_size > 1`: `send_batch` gets up to `batch_size` messages at once,
+/// and its one disposition (or rejection) applies to every message in it.
+#[test]
+fn send_batch_gets_batches_and_its_result_applies_to_each() {
+    let mta = Mta::start(&policy(
+        "",
+        r#"
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {
+    retry_interval = '1 hour',
+    protocol = { custom_lua = {
+      constructor = 'make.batch', batch_size = 10, min_batch_size = 5, max_batch_latency = '2s',
+    } },
+  }
+end)
+kumo.on('make.batch', function(domain)
+  local conn = {}
+  function conn:send_batch(msgs)
+    local f = io.open('{DIR}/batches', 'a')
+    f:write(domain .. ' ' .. #msgs .. '\n')
+    f:close()
+    if domain == 'refused.example' then kumo.reject(550, 'not wanted') end
+    return 'batched ' .. #msgs
+  end
+  return conn
+end)
+"#,
+    ));
+    for (domain, n) in [("example.com", "25"), ("refused.example", "3")] {
+        let out = python_client(
+            "smtp_send.py",
+            &[
+                "--port",
+                &mta.port.to_string(),
+                "--count",
+                n,
+                "--domain",
+                domain,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let recs = mta.wait_for_records(Duration::from_secs(20), "outcomes", |r| {
+        count(r, "Delivery") == 25 && count(r, "Bounce") == 3
+    });
+    let batches = std::fs::read_to_string(mta.path("batches")).unwrap();
+    let sizes: Vec<(String, usize)> = batches
+        .lines()
+        .map(|l| {
+            let (d, n) = l.split_once(' ').unwrap();
+            (d.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    let ok: Vec<usize> = sizes
+        .iter()
+        .filter(|(d, _)| d == "example.com")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(ok.iter().sum::<usize>(), 25, "{batches}");
+    assert!(ok.iter().all(|n| *n <= 10), "{batches}");
+    assert!(
+        ok.iter().any(|n| *n > 1),
+        "messages were batched: {batches}"
+    );
+    for d in recs.iter().filter(|r| r["type"] == "Delivery") {
+        assert!(
+            d["response"]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("batched ")
+        );
+    }
+    for b in recs.iter().filter(|r| r["type"] == "Bounce") {
+        assert_eq!(b["response"]["code"], 550);
+    }
+}

@@ -42,7 +42,18 @@ pub enum Proto {
         domain: String,
         tenant: Option<String>,
         campaign: Option<String>,
+        batch: LuaBatch,
     },
+}
+
+/// custom_lua batching (spec §5.3): `send` for one message at a time, or
+/// `send_batch` with `min..=size` messages, waiting up to `max_latency` for
+/// the minimum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LuaBatch {
+    pub size: usize,
+    pub min: usize,
+    pub max_latency: Duration,
 }
 
 impl Proto {
@@ -463,6 +474,7 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
         domain,
         tenant,
         campaign,
+        batch,
     } = rq.proto.clone()
     else {
         unreachable!("started for Lua ready queues only")
@@ -470,6 +482,9 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
     let peer = PeerAddress {
         name: format!("Lua via {constructor}"),
         addr: "0.0.0.0".into(),
+    };
+    let attempt = |item: &Ready, outcome: Outcome| {
+        Attempt::for_all("Lua", Some(peer.clone()), item.msg.recipients(), outcome)
     };
     'connections: loop {
         let config = rq.config();
@@ -496,28 +511,45 @@ async fn run_lua_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
             }
         };
         let mut delivered = 0;
-        let mut item = Some(first);
-        while let Some(current) = item.take() {
-            let Some(current) = pace(&qm, &rq, &config, current).await else {
+        let mut next = Some(first);
+        while let Some(first) = next.take() {
+            let (items, throttled) = gather(&qm, &rq, &config, first, &batch).await;
+            let mut sendable = Vec::with_capacity(items.len());
+            for item in items {
+                match qm.load_body(&item.msg) {
+                    Ok(()) => sendable.push(item),
+                    Err(e) => {
+                        let text = format!("KumoMTA internal: cannot read spooled body: {e}");
+                        let a = attempt(&item, Outcome::Transient(Response::new(400, &text)));
+                        qm.complete(&item, &rq.name, a).await;
+                    }
+                }
+            }
+            let mut closing = false;
+            if !sendable.is_empty() {
+                let result = if batch.size <= 1 {
+                    conn.send(&sendable[0].msg).await
+                } else {
+                    let msgs: Vec<_> = sendable.iter().map(|i| i.msg.clone()).collect();
+                    conn.send_batch(&msgs).await
+                };
+                let (outcome, close) = lua_outcome(&result);
+                closing = close;
+                for item in &sendable {
+                    qm.complete(item, &rq.name, attempt(item, outcome.clone()))
+                        .await;
+                }
+                delivered += sendable.len();
+            }
+            if throttled {
                 conn.close().await;
                 break 'connections;
-            };
-            let result = match qm.load_body(&current.msg) {
-                Ok(()) => conn.send(&current.msg).await,
-                Err(e) => Err(crate::policy::EventError::Failed(format!(
-                    "cannot read spooled body: {e}"
-                ))),
-            };
-            let (outcome, closing) = lua_outcome(&result);
-            let attempt =
-                Attempt::for_all("Lua", Some(peer.clone()), current.msg.recipients(), outcome);
-            qm.complete(&current, &rq.name, attempt).await;
-            delivered += 1;
+            }
             if closing || delivered >= config.max_deliveries_per_connection {
                 conn.close().await;
                 continue 'connections;
             }
-            item = next_item(&qm, &rq, config.idle_timeout).await;
+            next = next_item(&qm, &rq, config.idle_timeout).await;
         }
         conn.close().await;
         if rq.is_empty() {
@@ -643,6 +675,43 @@ fn connection_ended(qm: &Arc<QueueManager>, rq: &Arc<ReadyQueue>) {
     {
         spawn_connection(qm.clone(), rq.clone());
     }
+}
+
+/// The next batch, starting with `first`: what is ready now, then waiting up
+/// to `max_latency` for at least `min`; each message paced by the path's
+/// rates. `true` when a throttle handed the rest back to the scheduled queues.
+async fn gather(
+    qm: &Arc<QueueManager>,
+    rq: &ReadyQueue,
+    config: &EgressPathConfig,
+    first: Ready,
+    batch: &LuaBatch,
+) -> (Vec<Ready>, bool) {
+    let mut items = vec![];
+    let deadline = tokio::time::Instant::now() + batch.max_latency;
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        match pace(qm, rq, config, item).await {
+            Some(item) => items.push(item),
+            None => return (items, true),
+        }
+        if items.len() >= batch.size {
+            break;
+        }
+        next = match rq.pop() {
+            Some(item) => Some(item),
+            None if items.len() >= batch.min => None,
+            None => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    None
+                } else {
+                    next_item(qm, rq, left).await
+                }
+            }
+        };
+    }
+    (items, false)
 }
 
 /// Honour the path's message rates before sending `item`: wait when the

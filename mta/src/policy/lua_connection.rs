@@ -63,15 +63,25 @@ impl LuaConnection {
             .lua()
             .create_userdata(LuaMessage(msg.clone()))
             .map_err(event_error)?;
-        match send.call_async::<Value>((self.conn.clone(), ud)).await {
-            Ok(Value::String(s)) => Ok(s.to_string_lossy()),
-            Ok(Value::Integer(n)) => Ok(n.to_string()),
-            Ok(other) => Err(EventError::Failed(format!(
-                "send returned {}, not a disposition string",
-                other.type_name()
-            ))),
-            Err(e) => Err(event_error(e)),
-        }
+        disposition(send.call_async::<Value>((self.conn.clone(), ud)).await)
+    }
+
+    /// `conn:send_batch(msgs)`: one disposition (or rejection) for the batch.
+    pub async fn send_batch(
+        &self,
+        msgs: &[crate::message::MessageRef],
+    ) -> Result<String, EventError> {
+        let send: Option<Function> = self.conn.get("send_batch").map_err(event_error)?;
+        let send = send.ok_or_else(|| {
+            EventError::Failed(
+                "batch_size > 1 needs a send_batch method on the connection object".into(),
+            )
+        })?;
+        let list = self
+            .lua()
+            .create_sequence_from(msgs.iter().map(|m| LuaMessage(m.clone())))
+            .map_err(event_error)?;
+        disposition(send.call_async::<Value>((self.conn.clone(), list)).await)
     }
 
     /// `conn:close()`, when the object has one.
@@ -81,6 +91,19 @@ impl LuaConnection {
         {
             tracing::warn!("connection close() failed: {}", describe(&e));
         }
+    }
+}
+
+/// What `send` or `send_batch` returned, as a disposition string.
+fn disposition(returned: mlua::Result<Value>) -> Result<String, EventError> {
+    match returned {
+        Ok(Value::String(s)) => Ok(s.to_string_lossy()),
+        Ok(Value::Integer(n)) => Ok(n.to_string()),
+        Ok(other) => Err(EventError::Failed(format!(
+            "send returned {}, not a disposition string",
+            other.type_name()
+        ))),
+        Err(e) => Err(event_error(e)),
     }
 }
 

@@ -473,24 +473,23 @@ impl QueueManager {
                     .await;
                 return;
             }
-            Protocol::CustomLua(lua) if lua.batch_size <= 1 => {
+            Protocol::CustomLua(lua) => {
                 let proto = crate::egress::Proto::Lua {
                     constructor: lua.constructor.clone(),
                     domain: queue.parts.domain.clone(),
                     tenant: queue.parts.tenant.clone(),
                     campaign: queue.parts.campaign.clone(),
+                    batch: crate::egress::LuaBatch {
+                        size: lua.batch_size.max(1),
+                        min: lua.min_batch_size.clamp(1, lua.batch_size.max(1)),
+                        max_latency: lua.max_batch_latency,
+                    },
                 };
                 let site = crate::egress::site::Site {
                     name: queue.parts.routing_domain().to_string(),
                     targets: vec![],
                 };
                 self.to_ready_queue(msg, &queue, &config, Ok(site), proto)
-                    .await;
-                return;
-            }
-            Protocol::CustomLua(_) => {
-                let text = "KumoMTA internal: custom_lua with batch_size > 1 (send_batch) is not available in this build of sluice-mta";
-                self.transient(&msg, &queue_name, &config, Response::new(400, text), None)
                     .await;
                 return;
             }

@@ -299,3 +299,64 @@ end)
         .collect();
     assert_eq!(sites.len(), 2, "one ready queue per source: {sites:?}");
 }
+
+/// STARTTLS to a real TLS peer (a second sluice-mta with an openssl
+/// certificate): RequiredInsecure delivers over TLS and both sides log the
+/// cipher; Required verifies the certificate, so the self-signed one is a
+/// TransientFailure that names the certificate problem.
+#[test]
+fn starttls_to_a_tls_peer_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_certificate(dir.path());
+    let receiver = Mta::start(&maildir_policy(
+        &format!(
+            "hostname = 'localhost', tls_certificate = '{}', tls_private_key = '{}'",
+            cert.display(),
+            key.display()
+        ),
+        "",
+    ));
+    let sender = Mta::start(&relay_policy(
+        receiver.port,
+        "",
+        "enable_tls = 'RequiredInsecure'",
+    ));
+    send(&sender, 3);
+    let recs = sender.wait_for_records(Duration::from_secs(20), "deliveries", |r| {
+        count(r, "Delivery") == 3
+    });
+    for d in recs.iter().filter(|r| r["type"] == "Delivery") {
+        assert!(
+            d["tls_protocol_version"]
+                .as_str()
+                .unwrap()
+                .starts_with("TLSv1_"),
+            "{d}"
+        );
+        assert!(d["tls_cipher"].as_str().unwrap().starts_with("TLS"), "{d}");
+    }
+    let received = receiver.wait_for_records(Duration::from_secs(10), "receptions", |r| {
+        count(r, "Reception") == 3
+    });
+    for r in received.iter().filter(|r| r["type"] == "Reception") {
+        assert!(r["tls_cipher"].is_string(), "{r}");
+    }
+    assert_eq!(receiver.maildir_files("maildir").len(), 3);
+
+    let strict = Mta::start(&relay_policy(
+        receiver.port,
+        "retry_interval = '1 hour'",
+        "enable_tls = 'Required'",
+    ));
+    send(&strict, 1);
+    let recs = strict.wait_for_records(Duration::from_secs(20), "transient failure", |r| {
+        count(r, "TransientFailure") == 1
+    });
+    let tf = recs
+        .iter()
+        .find(|r| r["type"] == "TransientFailure")
+        .unwrap();
+    let content = tf["response"]["content"].as_str().unwrap();
+    assert!(content.to_lowercase().contains("certificate"), "{content}");
+    assert_eq!(count(&recs, "Delivery"), 0);
+}

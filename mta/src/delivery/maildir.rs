@@ -167,6 +167,7 @@ pub fn deliver(
     Attempt {
         protocol: "Maildir",
         peer: None,
+        tls: None,
         results: results
             .into_iter()
             .map(|(recipient, outcome)| RecipientResult {

@@ -11,6 +11,8 @@ use crate::log::Response;
 pub struct Attempt {
     pub protocol: &'static str,
     pub peer: Option<crate::log::PeerAddress>,
+    /// (protocol version, cipher suite) when the session used TLS.
+    pub tls: Option<(String, String)>,
     pub results: Vec<RecipientResult>,
 }
 
@@ -25,6 +27,7 @@ impl Attempt {
         Attempt {
             protocol,
             peer,
+            tls: None,
             results: recipients
                 .into_iter()
                 .map(|recipient| RecipientResult {

@@ -52,7 +52,8 @@ pub struct SmtpClient {
     pub peer: SocketAddr,
     pub name: String,
     extensions: HashSet<String>,
-    pub tls: Option<String>,
+    /// (protocol version, cipher suite) once STARTTLS succeeded.
+    pub tls: Option<(String, String)>,
     transactions: usize,
     settings: Arc<EgressPathConfig>,
 }
@@ -197,11 +198,13 @@ impl SmtpClient {
             .map_err(|_| ClientError::Timeout(timeout, "STARTTLS handshake"))?
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let (_, conn) = tls.get_ref();
-        self.tls = Some(format!(
-            "{:?}:{:?}",
+        self.tls = Some((
             conn.protocol_version()
-                .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
-            conn.negotiated_cipher_suite().map(|c| c.suite())
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            conn.negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()))
+                .unwrap_or_default(),
         ));
         self.io = BufReader::new(Box::new(tls));
         self.ehlo(ehlo_domain).await

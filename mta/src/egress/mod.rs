@@ -431,6 +431,7 @@ async fn deliver(
             name: client.name.clone(),
             addr: client.peer.ip().to_string(),
         }),
+        tls: client.tls.clone(),
         results,
     })
 }
@@ -643,6 +644,7 @@ async fn run_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
                     let attempt = Attempt {
                         protocol: "ESMTP",
                         peer: None,
+                        tls: None,
                         results,
                     };
                     qm.complete(&current, &rq.name, attempt).await;

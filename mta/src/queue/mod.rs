@@ -712,6 +712,10 @@ impl QueueManager {
                 rec.set_recipients(&rcpts);
                 rec.delivery_protocol = delivery_protocol.clone();
                 rec.peer_address = attempt.peer.clone();
+                if let Some((version, cipher)) = &attempt.tls {
+                    rec.tls_protocol_version = Some(version.clone());
+                    rec.tls_cipher = Some(cipher.clone());
+                }
                 self.set_egress_fields(&mut rec, config, ready_queue);
                 self.logger.log(rec);
             }

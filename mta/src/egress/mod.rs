@@ -44,6 +44,8 @@ pub enum Proto {
         campaign: Option<String>,
         batch: LuaBatch,
     },
+    /// The `deferred_smtp_inject.kumomta.internal` dispatcher (spec §6.4).
+    DeferredInject,
 }
 
 /// custom_lua batching (spec §5.3): `send` for one message at a time, or
@@ -61,6 +63,7 @@ impl Proto {
         match self {
             Proto::Smtp => "smtp_client".into(),
             Proto::Lua { constructor, .. } => format!("lua:{constructor}"),
+            Proto::DeferredInject => "defersmtpinject".into(),
         }
     }
 }
@@ -441,6 +444,7 @@ fn spawn_connection(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
     let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match rq.proto {
         Proto::Smtp => Box::pin(run_connection(qm, rq)),
         Proto::Lua { .. } => Box::pin(run_lua_connection(qm, rq)),
+        Proto::DeferredInject => Box::pin(run_deferred_inject(qm, rq)),
     };
     tokio::spawn(task);
 }
@@ -464,6 +468,23 @@ fn lua_outcome(result: &Result<String, crate::policy::EventError>) -> (Outcome, 
             true,
         ),
     }
+}
+
+/// One of `connection_limit` workers of the deferred-inject ready queue:
+/// each runs the deferred-inject event for one message at a time.
+async fn run_deferred_inject(qm: Arc<QueueManager>, rq: Arc<ReadyQueue>) {
+    let _busy = qm.delivery_in_flight();
+    loop {
+        let config = rq.config();
+        let Some(item) = next_item(&qm, &rq, config.idle_timeout).await else {
+            break;
+        };
+        let Some(item) = pace(&qm, &rq, &config, item).await else {
+            break;
+        };
+        qm.deferred_inject(&item, &rq.name).await;
+    }
+    connection_ended(&qm, &rq);
 }
 
 /// A custom_lua connection: the constructor runs once per connection, and

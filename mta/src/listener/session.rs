@@ -7,6 +7,7 @@ use crate::listener::config::{BatchHandling, InvalidLineEndings};
 use crate::log::{LogRecord, PeerAddress, RecordType, Response};
 use crate::message::{Message, MessageId, MessageRef, split_address};
 use crate::policy::{ConnMeta, EventError};
+use crate::queue::deferred::DEFERRED_QUEUE;
 use crate::smtp::{Command, parse_command};
 use crate::spool::NewMessage;
 use base64::Engine;
@@ -508,9 +509,14 @@ impl Session {
                 whole.state().meta.clone(),
                 body,
             );
-            policy
-                .message_event("smtp_server_message_received", Some(&msg), Some(&self.meta))
-                .await?;
+            if self.listener.config.deferred_queue {
+                // the policy runs later, off the client's clock (spec §6.4)
+                msg.set_meta("queue", DEFERRED_QUEUE.into());
+            } else {
+                policy
+                    .message_event("smtp_server_message_received", Some(&msg), Some(&self.meta))
+                    .await?;
+            }
             let queue = crate::queue::name::queue_name(&msg).map_err(EventError::Failed)?;
             if queue != "null" {
                 self.services

@@ -163,13 +163,11 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
                     format!("start_esmtp_listener: key 'listen': {:?} is not ip:port: {e}", config.listen),
                 ));
             }
-            for (key, on) in [("deferred_queue", config.deferred_queue), ("deferred_spool", config.deferred_spool)] {
-                if on {
-                    return Err(located_error(
-                        lua,
-                        format!("start_esmtp_listener: key '{key}': not supported by this version of sluice-mta"),
-                    ));
-                }
+            if config.deferred_spool {
+                return Err(located_error(
+                    lua,
+                    "start_esmtp_listener: key 'deferred_spool': not supported by this version of sluice-mta (messages are always spooled before the 250)",
+                ));
             }
             with_init(lua, "start_esmtp_listener", |init| init.listeners.push(config))
         })?,

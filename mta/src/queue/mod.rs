@@ -3,6 +3,7 @@
 //! rate throttle to their protocol, and apply the outcome (delivery, retry
 //! with backoff, bounce, expiry), running `requeue_message` on the way.
 
+pub mod deferred;
 pub mod name;
 pub mod schedule;
 mod throttle;
@@ -172,15 +173,18 @@ impl QueueManager {
             }
         }
         let parts = QueueName::parse(name);
-        let config = self
-            .policy
-            .get_queue_config(
-                &parts.domain,
-                parts.tenant.as_deref(),
-                parts.campaign.as_deref(),
-                parts.routing_domain.as_deref(),
-            )
-            .await;
+        let config = if name == deferred::DEFERRED_QUEUE {
+            Ok(deferred::queue_config())
+        } else {
+            self.policy
+                .get_queue_config(
+                    &parts.domain,
+                    parts.tenant.as_deref(),
+                    parts.campaign.as_deref(),
+                    parts.routing_domain.as_deref(),
+                )
+                .await
+        };
         let config = match (config, &existing) {
             (Ok(c), _) => Arc::new(c),
             // a failing refresh keeps the old config (spec §11)
@@ -451,6 +455,16 @@ impl QueueManager {
                     return;
                 }
             }
+        }
+        if queue_name == deferred::DEFERRED_QUEUE {
+            let site = crate::egress::site::Site {
+                name: queue_name.clone(),
+                targets: vec![],
+            };
+            let proto = crate::egress::Proto::DeferredInject;
+            self.to_ready_queue(msg, &queue, &config, Ok(site), proto)
+                .await;
+            return;
         }
         let attempt = match &config.protocol {
             Protocol::Maildir(proto) => self.deliver_maildir(&msg, &queue, proto.clone()).await,

@@ -11,6 +11,7 @@ import smtplib
 import ssl
 import sys
 import threading
+import time
 
 
 def build(seq, size, sender, rcpts):
@@ -83,9 +84,13 @@ def main():
                             code, msg = s.rcpt(r)
                             if code != 250:
                                 bad[r] = (code, msg.decode())
-                        code, msg = s.data(build(seq, a.size, a.sender, rcpts))
+                        body = build(seq, a.size, a.sender, rcpts)
+                        started = time.monotonic()
+                        code, msg = s.data(body)
+                        # DATA command to final reply: the latency a client sees for the message
+                        ms = (time.monotonic() - started) * 1000
                         report({"seq": seq, "code": code, "reply": msg.decode(), "rcpt_errors": bad,
-                                "tls": a.starttls and isinstance(s.sock, ssl.SSLSocket)})
+                                "tls": a.starttls and isinstance(s.sock, ssl.SSLSocket), "ms": ms})
                         pending = None
                     except smtplib.SMTPResponseException as e:
                         report({"seq": seq, "code": e.smtp_code, "reply": str(e.smtp_error)})

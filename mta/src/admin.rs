@@ -46,22 +46,12 @@ fn default_body_limit() -> usize {
     2 * 1024 * 1024
 }
 
-/// What `/api/admin/config/v1` reports about the loaded policy.
-#[derive(Clone, serde::Serialize)]
-pub struct ConfigInfo {
-    pub source: String,
-    pub hash: String,
-    pub loaded_at: String,
-    pub epoch: u64,
-    pub last_reload_error: Option<String>,
-}
-
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     pub queues: Arc<QueueManager>,
-    pub config: ConfigInfo,
+    pub reloader: Arc<crate::reload::Reloader>,
     pub trusted: Arc<Vec<IpNet>>,
 }
 
@@ -144,7 +134,26 @@ async fn config(
     if let Some(forbidden) = untrusted(&s, peer) {
         return forbidden;
     }
-    axum::Json(s.config.clone()).into_response()
+    let status = s.reloader.status.lock().clone();
+    axum::Json(status).into_response()
+}
+
+/// `POST /api/admin/bump-config-epoch`: reload the policy now.
+async fn bump_config_epoch(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(forbidden) = untrusted(&s, peer) {
+        return forbidden;
+    }
+    match s.reloader.reload().await {
+        Ok(epoch) => axum::Json(serde_json::json!({ "epoch": epoch })).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -153,6 +162,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/check-readiness/v1", get(readiness))
         .route("/metrics", get(metrics))
         .route("/api/admin/config/v1", get(config))
+        .route(
+            "/api/admin/bump-config-epoch",
+            axum::routing::post(bump_config_epoch),
+        )
         .with_state(state)
 }
 

@@ -17,7 +17,18 @@ pub fn node_id() -> String {
         .unwrap_or_else(|_| crate::hostname())
 }
 
-pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> anyhow::Result<()> {
+/// How the daemon runs, from the command line.
+pub struct Options {
+    /// The policy file, watched for changes; `None` runs the embedded default.
+    pub policy_path: Option<std::path::PathBuf>,
+    pub drain_timeout: std::time::Duration,
+    /// How often the policy files are checked for changes.
+    pub reload_interval: std::time::Duration,
+}
+
+pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
+    let drain_timeout = options.drain_timeout;
+    let embedded = source.clone();
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let policy = Policy::load(source).map_err(|e| anyhow::anyhow!("{e}"))?;
     let init = policy
@@ -59,17 +70,18 @@ pub async fn run(source: PolicySource, drain_timeout: std::time::Duration) -> an
     let queued = queues.recover(recovered).await;
     tracing::info!(spooled = count, queued, "spool recovered");
 
+    let reloader = crate::reload::Reloader::new(
+        options.policy_path.clone(),
+        embedded,
+        policy.clone(),
+        metrics.clone(),
+    );
+    tokio::spawn(reloader.clone().watch(options.reload_interval));
     let admin = crate::admin::AdminState {
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         queues: queues.clone(),
-        config: crate::admin::ConfigInfo {
-            source: policy.name().to_string(),
-            hash: policy.content_hash(),
-            loaded_at: chrono::Utc::now().to_rfc3339(),
-            epoch: 1,
-            last_reload_error: None,
-        },
+        reloader: reloader.clone(),
         trusted: Arc::new(vec![]),
     };
     for config in &init.http_listeners {

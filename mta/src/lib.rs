@@ -13,6 +13,7 @@ pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
+pub mod reload;
 pub mod smtp;
 pub mod spool;
 

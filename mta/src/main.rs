@@ -23,6 +23,11 @@ struct Args {
     /// at once). Keep it under the pod's terminationGracePeriodSeconds.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     drain_timeout: std::time::Duration,
+
+    /// How often to check the policy files (the policy and the policy-like
+    /// files beside it) for changes; a change reloads the policy.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    reload_interval: std::time::Duration,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -70,7 +75,12 @@ fn main() -> ExitCode {
             );
             Ok(())
         } else {
-            daemon::run(source, args.drain_timeout).await
+            let options = daemon::Options {
+                policy_path: args.policy.clone(),
+                drain_timeout: args.drain_timeout,
+                reload_interval: args.reload_interval,
+            };
+            daemon::run(source, options).await
         }
     });
     match result {

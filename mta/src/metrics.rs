@@ -23,6 +23,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub spooled: IntGauge,
     pub draining: IntGauge,
+    /// Policy reloads by result (`success`, `failure`).
+    pub reloads: IntCounterVec,
     config_info: IntGaugeVec,
     latency: Histogram,
 }
@@ -132,6 +134,12 @@ impl Metrics {
             ready: gauge(&r, "ready_count_total", "Messages waiting in ready queues"),
             spooled: gauge(&r, "message_count", "Messages in the spool"),
             draining: gauge(&r, "sluice_draining", "1 while draining for shutdown"),
+            reloads: counter_vec(
+                &r,
+                "sluice_config_reloads_total",
+                "Policy reloads, by result",
+                &["result"],
+            ),
             config_info,
             latency,
             registry: r,

@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""GET a URL with urllib; print {"status", "body"} as JSON, and with
---metrics the body parsed by prometheus_client's text-format parser as
-{"name{label=value,...}": value}."""
+"""GET a URL with urllib (or POST a JSON body with --post BODY); print
+{"status", "body"} as JSON, and with --metrics the body parsed by
+prometheus_client's text-format parser as {"name{label=value,...}": value}."""
 import json
 import sys
 import urllib.error
 import urllib.request
 
 url = sys.argv[1]
+request = urllib.request.Request(url)
+if "--post" in sys.argv:
+    body = sys.argv[sys.argv.index("--post") + 1].encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
 try:
-    with urllib.request.urlopen(url, timeout=10) as r:
+    with urllib.request.urlopen(request, timeout=30) as r:
         status, body = r.status, r.read().decode()
 except urllib.error.HTTPError as e:
     status, body = e.code, e.read().decode()

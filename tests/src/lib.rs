@@ -54,6 +54,8 @@ pub struct Mta {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub policy_path: PathBuf,
+    /// Extra command-line arguments for `sluice-mta`.
+    pub args: Vec<String>,
 }
 
 /// The init block most tests share; `{DIR}` and `{PORT}` are substituted.
@@ -99,6 +101,22 @@ pub fn maildir_policy(listener_extra: &str, queue_extra: &str) -> String {
 
 impl Mta {
     pub fn start(policy: &str) -> Mta {
+        let mut mta = Mta::prepare(policy);
+        mta.spawn();
+        mta
+    }
+
+    /// The substituted policy text for this MTA's directory and port.
+    pub fn render(&self, policy: &str) -> String {
+        policy
+            .replace("{DIR}", &self.dir.path().display().to_string())
+            .replace("{PORT}", &self.port.to_string())
+            .replace("{ROOT}", &workspace_root().display().to_string())
+    }
+
+    /// As `start`, without starting it: change `policy_path` or `args`,
+    /// then `spawn`.
+    pub fn prepare(policy: &str) -> Mta {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let policy_path = dir.path().join("policy.lua");
@@ -107,14 +125,13 @@ impl Mta {
             .replace("{PORT}", &port.to_string())
             .replace("{ROOT}", &workspace_root().display().to_string());
         std::fs::write(&policy_path, text).unwrap();
-        let mut mta = Mta {
+        Mta {
             child: None,
             dir,
             port,
             policy_path,
-        };
-        mta.spawn();
-        mta
+            args: vec![],
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -130,6 +147,7 @@ impl Mta {
         let child = Command::new(binary("sluice-mta"))
             .arg("--policy")
             .arg(&self.policy_path)
+            .args(&self.args)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -633,4 +651,27 @@ pub fn delivered_seqs(mta: &Mta, rel: &str) -> std::collections::HashMap<u64, us
         }
     }
     delivered
+}
+
+/// An HTTP request with Python's urllib to 127.0.0.1:`port`: a GET, or a
+/// POST of the JSON `post`. Returns `{"status", "body"}`; for `/metrics`
+/// also `"samples"`, as Prometheus' own text-format parser read them.
+pub fn http_request(port: u16, path: &str, post: Option<&str>) -> Value {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut args = vec![url.as_str()];
+    if path == "/metrics" {
+        args.push("--metrics");
+    }
+    if let Some(body) = post {
+        args.extend(["--post", body]);
+    }
+    let o = python_client("http_get.py", &args);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The JSON body of an HTTP response from [`http_request`].
+pub fn http_json(port: u16, path: &str, post: Option<&str>) -> Value {
+    let r = http_request(port, path, post);
+    serde_json::from_str(r["body"].as_str().unwrap()).unwrap_or_else(|e| panic!("{path}: {e}: {r}"))
 }

@@ -6,14 +6,7 @@ use sluice_tests::*;
 use std::time::Duration;
 
 fn get(port: u16, path: &str) -> Value {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let mut args = vec![url.as_str()];
-    if path == "/metrics" {
-        args.push("--metrics");
-    }
-    let o = python_client("http_get.py", &args);
-    assert!(o.status.success(), "{}", text(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
+    http_request(port, path, None)
 }
 
 fn admin_policy(trusted_port: u16, untrusted_port: u16) -> String {

@@ -11,7 +11,7 @@ use crate::delivery::smtp::{ClientError, Reply, SmtpClient};
 use crate::delivery::{Attempt, Outcome, RecipientResult};
 use crate::log::{PeerAddress, Response};
 use crate::message::MessageRef;
-use crate::policy::Policy;
+use crate::policy::{Fetched, Policy};
 use crate::queue::QueueManager;
 use parking_lot::Mutex;
 use site::Site;
@@ -73,7 +73,7 @@ pub struct ReadyQueue {
     pub source: Arc<EgressSource>,
     pub site: Site,
     pub proto: Proto,
-    config: Mutex<(Arc<EgressPathConfig>, Instant)>,
+    config: Mutex<crate::policy::Fetched<EgressPathConfig>>,
     items: Mutex<VecDeque<Ready>>,
     connections: AtomicUsize,
     work: Notify,
@@ -81,7 +81,7 @@ pub struct ReadyQueue {
 
 impl ReadyQueue {
     pub fn config(&self) -> Arc<EgressPathConfig> {
-        self.config.lock().0.clone()
+        self.config.lock().value.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -210,9 +210,11 @@ impl Egress {
     ) -> Result<Arc<ReadyQueue>, String> {
         let name = format!("{}->{}@{}", source.name, site.name, proto.label());
         let existing = self.ready.lock().get(&name).cloned();
+        let epoch = self.policy.epoch();
         if let Some(rq) = &existing {
-            let (config, at) = rq.config.lock().clone();
-            if at.elapsed() < config.refresh_interval {
+            let fetched = rq.config.lock();
+            let c = &fetched.value;
+            if fetched.is_fresh(c.refresh_strategy, c.refresh_interval, epoch) {
                 return Ok(rq.clone());
             }
         }
@@ -222,7 +224,7 @@ impl Egress {
             .await;
         let config = match (config, existing) {
             (Ok(c), Some(rq)) => {
-                *rq.config.lock() = (Arc::new(c), Instant::now());
+                *rq.config.lock() = Fetched::new(Arc::new(c), epoch);
                 return Ok(rq);
             }
             (Err(e), Some(rq)) => {
@@ -231,7 +233,7 @@ impl Egress {
                     "get_egress_path_config failed, keeping previous config: {e}"
                 );
                 let old = rq.config();
-                *rq.config.lock() = (old, Instant::now());
+                *rq.config.lock() = Fetched::new(old, epoch);
                 return Ok(rq);
             }
             (Ok(c), None) => Arc::new(c),
@@ -242,7 +244,7 @@ impl Egress {
             source,
             site,
             proto,
-            config: Mutex::new((config, Instant::now())),
+            config: Mutex::new(Fetched::new(config, epoch)),
             items: Mutex::new(VecDeque::new()),
             connections: AtomicUsize::new(0),
             work: Notify::new(),

@@ -2,14 +2,15 @@
 //! connection object whose `send(msg)` returns a disposition string. The
 //! object lives in one Lua state, which the connection keeps until it closes.
 
-use super::{EventError, LuaMessage, Policy, describe, event_error};
+use super::{EventError, LuaMessage, Policy, PolicyState, describe, event_error};
 use mlua::{Function, IntoLuaMulti, Lua, Table, Value};
 use std::sync::Arc;
 
 pub struct LuaConnection {
     lua: Option<Lua>,
     conn: Table,
-    policy: Arc<Policy>,
+    /// The policy version the state came from, to give it back to.
+    state: Arc<PolicyState>,
 }
 
 impl Policy {
@@ -41,10 +42,11 @@ impl Policy {
                 )));
             }
         };
+        let (lua, state) = pooled.into_inner();
         Ok(LuaConnection {
-            lua: Some(pooled.into_inner()),
+            lua: Some(lua),
             conn,
-            policy: self.clone(),
+            state,
         })
     }
 }
@@ -110,7 +112,7 @@ fn disposition(returned: mlua::Result<Value>) -> Result<String, EventError> {
 impl Drop for LuaConnection {
     fn drop(&mut self) {
         if let Some(lua) = self.lua.take() {
-            self.policy.give_back(lua);
+            self.state.give_back(lua);
         }
     }
 }

@@ -196,38 +196,62 @@ impl PolicySource {
     }
 }
 
+/// The loaded policy. Its Lua states come from the current [`PolicyState`];
+/// a reload swaps that state whole (a new epoch), so every caller holding
+/// the `Arc<Policy>` sees the new policy at its next event.
 pub struct Policy {
+    state: parking_lot::RwLock<Arc<PolicyState>>,
+    spool: Mutex<Option<Arc<crate::spool::Spool>>>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// One version of the policy: its source and its pool of Lua states.
+pub struct PolicyState {
     source: PolicySource,
     pool: Mutex<Vec<Lua>>,
-    spool: Mutex<Option<Arc<crate::spool::Spool>>>,
     /// Events with at least one handler, so callers can skip the rest cheaply.
     events: std::collections::HashSet<String>,
 }
 
-/// A Lua state borrowed from the pool; it goes back when dropped.
-struct Pooled<'a> {
-    lua: Option<Lua>,
-    policy: &'a Policy,
+impl PolicyState {
+    /// Return a Lua state to this version's pool, keeping at most 256 spare.
+    /// States of a replaced version go back to its pool, which is dropped
+    /// with the last reference to it.
+    fn give_back(&self, lua: Lua) {
+        let mut pool = self.pool.lock();
+        if pool.len() < 256 {
+            pool.push(lua);
+        }
+    }
 }
 
-impl std::ops::Deref for Pooled<'_> {
+/// A Lua state borrowed from the pool; it goes back when dropped.
+struct Pooled {
+    lua: Option<Lua>,
+    state: Arc<PolicyState>,
+}
+
+impl std::ops::Deref for Pooled {
     type Target = Lua;
     fn deref(&self) -> &Lua {
         self.lua.as_ref().expect("present until drop")
     }
 }
 
-impl Pooled<'_> {
+impl Pooled {
     /// Keep the state out of the pool (a Lua connection object lives in it).
-    fn into_inner(mut self) -> Lua {
-        self.lua.take().expect("present until drop")
+    fn into_inner(mut self) -> (Lua, Arc<PolicyState>) {
+        (
+            self.lua.take().expect("present until drop"),
+            self.state.clone(),
+        )
     }
 }
 
-impl Drop for Pooled<'_> {
+impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(lua) = self.lua.take() {
-            self.policy.give_back(lua);
+            self.state.give_back(lua);
         }
     }
 }
@@ -238,30 +262,47 @@ impl Policy {
         let lua = new_state(&source)?;
         let events = registered_events(&lua).map_err(|e| PolicyError::Load(describe(&e)))?;
         Ok(Arc::new(Policy {
-            source,
-            pool: Mutex::new(vec![lua]),
+            state: parking_lot::RwLock::new(Arc::new(PolicyState {
+                source,
+                pool: Mutex::new(vec![lua]),
+                events,
+            })),
             spool: Mutex::new(None),
-            events,
+            epoch: std::sync::atomic::AtomicU64::new(1),
         }))
     }
 
-    /// Return a state to the pool, keeping at most 256 spare.
-    fn give_back(&self, lua: Lua) {
-        let mut pool = self.pool.lock();
-        if pool.len() < 256 {
-            pool.push(lua);
-        }
+    fn current(&self) -> Arc<PolicyState> {
+        self.state.read().clone()
     }
 
-    pub fn name(&self) -> &str {
-        &self.source.name
+    /// Serve `candidate`'s policy from now on (a new config epoch); returns
+    /// the new epoch. The candidate was loaded and validated on its own.
+    pub fn adopt(&self, candidate: &Policy) -> u64 {
+        let next = candidate.current();
+        if let Some(spool) = self.spool.lock().clone() {
+            for lua in next.pool.lock().iter() {
+                lua.set_app_data(spool.clone());
+            }
+        }
+        *self.state.write() = next;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
+    }
+
+    /// The config epoch: 1 at start, one more per adopted reload.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn name(&self) -> String {
+        self.current().source.name.clone()
     }
 
     /// SHA-256 of the policy text, hex: what pods report to show which
     /// config they run.
     pub fn content_hash(&self) -> String {
         use sha2::Digest;
-        sha2::Sha256::digest(self.source.code.as_bytes())
+        sha2::Sha256::digest(self.current().source.code.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
@@ -270,17 +311,19 @@ impl Policy {
     /// Give message objects access to spooled bodies (for `msg:get_data()`).
     pub fn attach_spool(&self, spool: Arc<crate::spool::Spool>) {
         *self.spool.lock() = Some(spool.clone());
-        for lua in self.pool.lock().iter() {
+        for lua in self.current().pool.lock().iter() {
             lua.set_app_data(spool.clone());
         }
     }
 
-    fn checkout(&self) -> Result<Pooled<'_>, EventError> {
-        let lua = self.pool.lock().pop();
+    fn checkout(&self) -> Result<Pooled, EventError> {
+        let state = self.current();
+        let lua = state.pool.lock().pop();
         let lua = match lua {
             Some(lua) => lua,
             None => {
-                let lua = new_state(&self.source).map_err(|e| EventError::Failed(e.to_string()))?;
+                let lua =
+                    new_state(&state.source).map_err(|e| EventError::Failed(e.to_string()))?;
                 if let Some(spool) = self.spool.lock().clone() {
                     lua.set_app_data(spool);
                 }
@@ -289,7 +332,7 @@ impl Policy {
         };
         Ok(Pooled {
             lua: Some(lua),
-            policy: self,
+            state,
         })
     }
 
@@ -317,7 +360,7 @@ impl Policy {
     }
 
     pub fn has_handler(&self, event: &str) -> bool {
-        self.events.contains(event)
+        self.current().events.contains(event)
     }
 
     /// `requeue_message(msg, smtp_response, insert_context, increment_attempts, delay)`
@@ -647,4 +690,35 @@ fn caller_location(lua: &Lua) -> String {
 /// An error that names where in the policy it happened.
 fn located_error(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::RuntimeError(format!("{}: {message}", caller_location(lua)))
+}
+
+/// A config the policy produced, with when and in which epoch it was asked
+/// for: `Ttl` configs are asked again after `refresh_interval`, `Epoch`
+/// ones only after a reload (spec §11).
+pub struct Fetched<T> {
+    pub value: Arc<T>,
+    at: std::time::Instant,
+    epoch: u64,
+}
+
+impl<T> Fetched<T> {
+    pub fn new(value: Arc<T>, epoch: u64) -> Self {
+        Fetched {
+            value,
+            at: std::time::Instant::now(),
+            epoch,
+        }
+    }
+
+    pub fn is_fresh(
+        &self,
+        strategy: sluice_common::queue_config::RefreshStrategy,
+        interval: std::time::Duration,
+        epoch: u64,
+    ) -> bool {
+        match strategy {
+            sluice_common::queue_config::RefreshStrategy::Ttl => self.at.elapsed() < interval,
+            sluice_common::queue_config::RefreshStrategy::Epoch => self.epoch == epoch,
+        }
+    }
 }

@@ -22,7 +22,7 @@ use sluice_common::duration::format_duration;
 use sluice_common::queue_config::{Protocol, QueueConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use throttle::Throttles;
 use timer::Timer;
 
@@ -33,14 +33,14 @@ const PROMOTION_WORKERS: usize = 128;
 pub struct ScheduledQueue {
     pub name: String,
     pub parts: QueueName,
-    config: Mutex<(Arc<QueueConfig>, Instant)>,
+    config: Mutex<crate::policy::Fetched<QueueConfig>>,
     /// Source selection state over the queue's egress pool.
     wrr: Mutex<crate::egress::Wrr>,
 }
 
 impl ScheduledQueue {
     pub fn config(&self) -> Arc<QueueConfig> {
-        self.config.lock().0.clone()
+        self.config.lock().value.clone()
     }
 }
 
@@ -163,12 +163,15 @@ impl QueueManager {
     }
 
     /// Find or create the scheduled queue `name`, asking the policy for its
-    /// config when it is new or its `refresh_interval` has passed.
+    /// config when it is new or stale (its `refresh_interval` has passed, or
+    /// with `refresh_strategy = 'Epoch'`, the policy was reloaded).
     pub async fn resolve(&self, name: &str) -> Result<Arc<ScheduledQueue>, String> {
         let existing = self.queues.lock().get(name).cloned();
+        let epoch = self.policy.epoch();
         if let Some(q) = &existing {
-            let (config, fetched) = q.config.lock().clone();
-            if fetched.elapsed() < config.refresh_interval {
+            let fetched = q.config.lock();
+            let c = &fetched.value;
+            if fetched.is_fresh(c.refresh_strategy, c.refresh_interval, epoch) {
                 return Ok(q.clone());
             }
         }
@@ -193,19 +196,19 @@ impl QueueManager {
                     queue = name,
                     "get_queue_config failed, keeping previous config: {e}"
                 );
-                *q.config.lock() = (q.config(), Instant::now());
+                *q.config.lock() = crate::policy::Fetched::new(q.config(), epoch);
                 return Ok(q.clone());
             }
             (Err(e), None) => return Err(format!("get_queue_config for {name}: {e}")),
         };
         if let Some(q) = existing {
-            *q.config.lock() = (config, Instant::now());
+            *q.config.lock() = crate::policy::Fetched::new(config, epoch);
             return Ok(q);
         }
         let q = Arc::new(ScheduledQueue {
             name: name.to_string(),
             parts,
-            config: Mutex::new((config, Instant::now())),
+            config: Mutex::new(crate::policy::Fetched::new(config, epoch)),
             wrr: Mutex::new(crate::egress::Wrr::default()),
         });
         Ok(self

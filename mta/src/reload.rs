@@ -1,0 +1,187 @@
+//! Policy hot-reload (spec §11, conventions §5). The daemon fingerprints its
+//! policy files by content (so a ConfigMap's atomic `..data` symlink swap is
+//! seen, whatever the mtimes say), and on a change loads the new policy in a
+//! fresh Lua state, validates it like `--validate`, and only then adopts it
+//! as a new config epoch. A policy that fails keeps the old one serving; the
+//! error (with file and line) goes to the log, the admin API and metrics.
+
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicySource};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `/api/admin/config/v1` reports about the loaded policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigStatus {
+    pub source: String,
+    pub hash: String,
+    pub loaded_at: String,
+    pub epoch: u64,
+    pub last_reload_error: Option<String>,
+    pub last_reload_error_at: Option<String>,
+}
+
+pub type SharedStatus = Arc<parking_lot::Mutex<ConfigStatus>>;
+
+impl ConfigStatus {
+    pub fn new(policy: &Policy) -> SharedStatus {
+        Arc::new(parking_lot::Mutex::new(ConfigStatus {
+            source: policy.name(),
+            hash: policy.content_hash(),
+            loaded_at: now_rfc3339(),
+            epoch: policy.epoch(),
+            last_reload_error: None,
+            last_reload_error_at: None,
+        }))
+    }
+}
+
+const WATCHED_EXTENSIONS: &[&str] = &["lua", "json", "toml", "yaml", "yml"];
+
+/// Hash of the policy file and of every policy-like file beside it (what a
+/// policy may `require`, `dofile` or read), read through symlinks. Entries
+/// whose names start with `.` are skipped: they are the kubelet's
+/// `..data`/`..2026_...` directories, seen through the visible symlinks.
+pub fn fingerprint(policy: &Path) -> String {
+    let mut hasher = Sha256::new();
+    let mut files = vec![policy.to_path_buf()];
+    if let Some(dir) = policy.parent() {
+        collect(dir, 0, &mut files);
+    }
+    files.sort();
+    files.dedup();
+    for f in files {
+        hasher.update(f.to_string_lossy().as_bytes());
+        match std::fs::read(&f) {
+            Ok(bytes) => hasher.update(&bytes),
+            Err(e) => hasher.update(e.to_string().as_bytes()),
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            if depth < 3 {
+                collect(&path, depth + 1, out);
+            }
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| WATCHED_EXTENSIONS.contains(&e))
+        {
+            out.push(path);
+        }
+    }
+}
+
+/// Reloads the policy: from its file on a change, or on demand.
+pub struct Reloader {
+    /// The policy file; `None` for the embedded default (reloaded from itself).
+    path: Option<PathBuf>,
+    embedded: PolicySource,
+    policy: Arc<Policy>,
+    pub status: SharedStatus,
+    metrics: Arc<Metrics>,
+    /// One reload at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        embedded: PolicySource,
+        policy: Arc<Policy>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Reloader> {
+        let status = ConfigStatus::new(&policy);
+        Arc::new(Reloader {
+            path,
+            embedded,
+            policy,
+            status,
+            metrics,
+            running: Default::default(),
+        })
+    }
+
+    /// Load, validate and (only if both succeed) adopt the policy as a new
+    /// epoch; returns that epoch.
+    pub async fn reload(&self) -> Result<u64, String> {
+        let _one = self.running.lock().await;
+        let candidate = async {
+            let source = match &self.path {
+                Some(path) => PolicySource::from_file(path).map_err(|e| e.to_string())?,
+                None => self.embedded.clone(),
+            };
+            let candidate = Policy::load(source).map_err(|e| e.to_string())?;
+            candidate.validate().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(candidate)
+        }
+        .await;
+        match candidate {
+            Ok(candidate) => {
+                let epoch = self.policy.adopt(&candidate);
+                let hash = self.policy.content_hash();
+                self.metrics.set_config(&hash);
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                let mut s = self.status.lock();
+                s.hash = hash;
+                s.epoch = epoch;
+                s.loaded_at = now_rfc3339();
+                s.last_reload_error = None;
+                s.last_reload_error_at = None;
+                tracing::info!(epoch, hash = %s.hash, "policy reloaded");
+                Ok(epoch)
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                let mut s = self.status.lock();
+                s.last_reload_error = Some(e.clone());
+                s.last_reload_error_at = Some(now_rfc3339());
+                tracing::error!(
+                    epoch = s.epoch,
+                    "policy reload failed; the previous policy keeps serving: {e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Check the policy files every `interval`; reload when their content
+    /// changes.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let mut seen = fingerprint(&path);
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = fingerprint(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let _ = self.reload().await;
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}

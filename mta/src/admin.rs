@@ -148,12 +148,131 @@ async fn bump_config_epoch(
     }
     match s.reloader.reload().await {
         Ok(epoch) => axum::Json(serde_json::json!({ "epoch": epoch })).into_response(),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
+        Err(e) => unprocessable(e),
     }
+}
+
+/// The request body as `T`, or what is wrong with it and where.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
+/// 422 with `{"error": ...}`.
+fn unprocessable(error: String) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        axum::Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
+}
+
+/// `POST /api/inject/v1`.
+async fn inject(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(forbidden) = untrusted(&s, peer) {
+        return forbidden;
+    }
+    if s.lifecycle.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n").into_response();
+    }
+    let req: crate::inject::InjectRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return unprocessable(e),
+    };
+    if let Err(e) = crate::inject::check(&req) {
+        return unprocessable(e);
+    }
+    let _busy = s.lifecycle.session();
+    axum::Json(crate::inject::inject(&s.queues, req, &peer.ip().to_string()).await).into_response()
+}
+
+/// `POST` adds a bounce or suspension rule, `GET` lists them, `DELETE`
+/// (body `{"id": ...}`) removes one.
+async fn rules(
+    kind: crate::queue::admin::RuleKind,
+    s: AdminState,
+    peer: SocketAddr,
+    method: axum::http::Method,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::queue::admin::{RuleKind, RuleRequest};
+    if let Some(forbidden) = untrusted(&s, peer) {
+        return forbidden;
+    }
+    match method {
+        axum::http::Method::GET => axum::Json(s.queues.rules().list(kind)).into_response(),
+        axum::http::Method::DELETE => {
+            #[derive(serde::Deserialize)]
+            struct Id {
+                id: String,
+            }
+            let id: Id = match parse_body(&body) {
+                Ok(i) => i,
+                Err(e) => return unprocessable(e),
+            };
+            match s.queues.delete_rule(&id.id) {
+                Some(info) => axum::Json(info).into_response(),
+                None => (StatusCode::NOT_FOUND, "no such rule\n").into_response(),
+            }
+        }
+        _ => {
+            let req: RuleRequest = match parse_body(&body) {
+                Ok(r) => r,
+                Err(e) => return unprocessable(e),
+            };
+            let info = match kind {
+                RuleKind::Bounce => s.queues.admin_bounce(req),
+                RuleKind::Suspend => s.queues.admin_suspend(req),
+            };
+            axum::Json(info).into_response()
+        }
+    }
+}
+
+async fn bounce(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+    body: axum::body::Bytes,
+) -> Response {
+    rules(crate::queue::admin::RuleKind::Bounce, s, peer, method, body).await
+}
+
+async fn suspend(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: axum::http::Method,
+    body: axum::body::Bytes,
+) -> Response {
+    rules(
+        crate::queue::admin::RuleKind::Suspend,
+        s,
+        peer,
+        method,
+        body,
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+struct SummaryQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/admin/queue-summary/v1?limit=N`.
+async fn queue_summary(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Query(q): axum::extract::Query<SummaryQuery>,
+) -> Response {
+    if let Some(forbidden) = untrusted(&s, peer) {
+        return forbidden;
+    }
+    axum::Json(s.queues.summary(q.limit.unwrap_or(1000))).into_response()
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -162,6 +281,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/check-readiness/v1", get(readiness))
         .route("/metrics", get(metrics))
         .route("/api/admin/config/v1", get(config))
+        .route("/api/inject/v1", axum::routing::post(inject))
+        .route(
+            "/api/admin/bounce/v1",
+            get(bounce).post(bounce).delete(bounce),
+        )
+        .route(
+            "/api/admin/suspend/v1",
+            get(suspend).post(suspend).delete(suspend),
+        )
+        .route("/api/admin/queue-summary/v1", get(queue_summary))
         .route(
             "/api/admin/bump-config-epoch",
             axum::routing::post(bump_config_epoch),

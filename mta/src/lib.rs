@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod egress;
 pub mod headers;
+pub mod inject;
 pub mod lifecycle;
 pub mod listener;
 pub mod log;

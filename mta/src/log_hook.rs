@@ -11,7 +11,6 @@
 use crate::log::{HookItem, HookSender, LogHookConfig, LogRecord};
 use crate::message::{Message, MessageId, MessageRef};
 use crate::queue::QueueManager;
-use crate::spool::NewMessage;
 use serde_json::Value;
 use std::sync::{Arc, mpsc};
 
@@ -102,19 +101,11 @@ impl Worker {
         if queued.is_empty() {
             return;
         }
-        if !self.deferred_spool {
-            let batch = queued
-                .iter()
-                .map(|(msg, _)| NewMessage {
-                    id: msg.id,
-                    meta: serde_json::to_vec(&msg.spooled_meta()).expect("meta serialises"),
-                    data: msg.data().expect("in memory"),
-                })
-                .collect();
-            if let Err(e) = self.queues.spool().put(batch).await {
-                tracing::error!(hook = %self.name, count = queued.len(), "log records dropped: spool write failed: {e}");
-                return;
-            }
+        if !self.deferred_spool
+            && let Err(e) = self.queues.spool_new(&queued).await
+        {
+            tracing::error!(hook = %self.name, count = queued.len(), "log records dropped: spool write failed: {e}");
+            return;
         }
         for (msg, queue) in queued {
             self.queues.insert(msg, &queue);

@@ -104,3 +104,191 @@ fn metrics_config_and_probes_over_http() {
     mta.wait_exit(Duration::from_secs(15))
         .expect("exits after the drain");
 }
+
+/// Mail to `held.example` cannot be delivered (its maildir is not
+/// writable), so it waits an hour between attempts: something to
+/// summarise and to bounce.
+fn queueing_policy(admin: u16, other: u16) -> String {
+    policy_with_init(
+        &format!(
+            "kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}\n  \
+             kumo.start_http_listener {{ listen = '127.0.0.1:{other}', trusted_hosts = {{ '10.9.9.9' }} }}"
+        ),
+        "",
+        r#"
+kumo.on('get_queue_config', function(domain)
+  if domain == 'held.example' then
+    return kumo.make_queue_config { retry_interval = '1 hour', protocol = { maildir_path = '/proc/sluice-cannot-write' } }
+  end
+  return kumo.make_queue_config { protocol = { maildir_path = '{DIR}/maildir' } }
+end)
+"#,
+    )
+}
+
+fn inject_body(to: &[&str]) -> String {
+    let recipients: Vec<Value> = to
+        .iter()
+        .map(|t| serde_json::json!({ "email": t }))
+        .collect();
+    serde_json::json!({
+        "envelope_sender": "bulk@example.org",
+        "recipients": recipients,
+        "content": {
+            "subject": "hello from HTTP",
+            "text_body": "plain text",
+            "html_body": "<p>html</p>",
+            "from": { "email": "news@example.org", "name": "News" },
+            "headers": { "X-Campaign": "spring" },
+        },
+    })
+    .to_string()
+}
+
+fn summary_count(admin: u16, queue: &str) -> (u64, bool) {
+    let s = http_json(admin, "/api/admin/queue-summary/v1", None);
+    s["scheduled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == queue)
+        .map(|q| (q["count"].as_u64().unwrap(), q["suspended"] == true))
+        .unwrap_or((0, false))
+}
+
+#[test]
+fn inject_summary_suspend_resume_and_bounce_over_http() {
+    let (admin, other) = (free_port(), free_port());
+    let mta = Mta::start(&queueing_policy(admin, other));
+
+    // HTTP injection: one message per recipient, built from the parts
+    let r = http_json(
+        admin,
+        "/api/inject/v1",
+        Some(&inject_body(&[
+            "a@example.com",
+            "b@example.com",
+            "h0@held.example",
+        ])),
+    );
+    assert_eq!(r["success_count"], 3, "{r}");
+    assert_eq!(r["fail_count"], 0);
+    let recs = mta.wait_for_records(Duration::from_secs(10), "deliveries", |r| {
+        count(r, "Delivery") == 2 && count(r, "TransientFailure") == 1
+    });
+    for rec in recs.iter().filter(|r| r["type"] == "Reception") {
+        assert_eq!(rec["reception_protocol"], "HTTP");
+        assert_eq!(rec["sender"], "bulk@example.org");
+    }
+    let files = mta.maildir_files("maildir");
+    assert_eq!(files.len(), 2);
+    let body = std::fs::read_to_string(&files[0]).unwrap();
+    for want in [
+        "From: \"News\" <news@example.org>",
+        "Subject: hello from HTTP",
+        "X-Campaign: spring",
+        "multipart/alternative",
+        "<p>html</p>",
+    ] {
+        assert!(body.contains(want), "{want} in {body}");
+    }
+    // a malformed request says what is wrong; untrusted peers are refused
+    let bad = http_request(admin, "/api/inject/v1", Some(r#"{"envelope_sender": 5}"#));
+    assert_eq!(bad["status"], 422);
+    assert!(
+        bad["body"].as_str().unwrap().contains("envelope_sender"),
+        "{bad}"
+    );
+    let refused = http_request(
+        other,
+        "/api/inject/v1",
+        Some(&inject_body(&["x@example.com"])),
+    );
+    assert_eq!(refused["status"], 403);
+
+    // five more wait in held.example; the summary counts them
+    let held: Vec<String> = (1..=5).map(|i| format!("h{i}@held.example")).collect();
+    let held_refs: Vec<&str> = held.iter().map(String::as_str).collect();
+    http_json(admin, "/api/inject/v1", Some(&inject_body(&held_refs)));
+    mta.wait_for_records(Duration::from_secs(10), "transient failures", |r| {
+        count(r, "TransientFailure") == 6
+    });
+    assert_eq!(summary_count(admin, "held.example"), (6, false));
+
+    // suspend example.com: new mail there waits; resuming delivers it
+    let rule = http_json(
+        admin,
+        "/api/admin/suspend/v1",
+        Some(r#"{"domain": "example.com", "reason": "maintenance", "duration": "1h"}"#),
+    );
+    http_json(
+        admin,
+        "/api/inject/v1",
+        Some(&inject_body(&["c@example.com", "d@example.com"])),
+    );
+    let recs = mta.wait_for_records(Duration::from_secs(10), "held by the suspension", |r| {
+        r.iter()
+            .filter(|x| x["type"] == "Delayed")
+            .filter(|x| {
+                x["response"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains("AdminSuspended")
+            })
+            .count()
+            == 2
+    });
+    assert_eq!(
+        count(&recs, "Delivery"),
+        2,
+        "nothing delivered while suspended"
+    );
+    assert_eq!(summary_count(admin, "example.com"), (2, true));
+    let listed = http_json(admin, "/api/admin/suspend/v1", None);
+    assert_eq!(listed[0]["id"], rule["id"]);
+    // resume: DELETE with the rule id
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import urllib.request as u; r = u.Request('http://127.0.0.1:{admin}/api/admin/suspend/v1', \
+             data=b'{{\"id\": \"{}\"}}', method='DELETE', headers={{'Content-Type': 'application/json'}}); \
+             print(u.urlopen(r).status)",
+            rule["id"].as_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "200",
+        "{}",
+        text(&o)
+    );
+    mta.wait_for_records(Duration::from_secs(10), "delivered after resume", |r| {
+        count(r, "Delivery") == 4
+    });
+    assert_eq!(mta.maildir_files("maildir").len(), 4);
+
+    // bounce held.example: the six waiting, and one arriving afterwards
+    let bounce = http_json(
+        admin,
+        "/api/admin/bounce/v1",
+        Some(r#"{"domain": "held.example", "reason": "cleanup", "duration": "10m"}"#),
+    );
+    assert_eq!(bounce["messages"], 6, "{bounce}");
+    http_json(
+        admin,
+        "/api/inject/v1",
+        Some(&inject_body(&["late@held.example"])),
+    );
+    let recs = mta.wait_for_records(Duration::from_secs(10), "admin bounces", |r| {
+        count(r, "AdminBounce") == 7
+    });
+    for b in recs.iter().filter(|r| r["type"] == "AdminBounce") {
+        assert_eq!(b["response"]["code"], 551);
+        assert_eq!(
+            b["response"]["content"],
+            "Administrator bounced with reason: cleanup"
+        );
+    }
+    assert_eq!(summary_count(admin, "held.example"), (0, false));
+}

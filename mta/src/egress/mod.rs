@@ -781,6 +781,18 @@ fn path_rate_wait(
 }
 
 impl ReadyQueue {
+    /// Take out the waiting messages `f` selects.
+    pub fn take_matching(&self, f: impl Fn(&Ready) -> bool) -> Vec<Ready> {
+        let mut items = self.items.lock();
+        let (taken, kept): (Vec<Ready>, Vec<Ready>) = items.drain(..).partition(|i| f(i));
+        items.extend(kept);
+        taken
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
     /// Take every waiting message out (to send them back to their queues).
     pub fn drain(&self) -> Vec<Ready> {
         self.items.lock().drain(..).collect()

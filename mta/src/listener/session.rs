@@ -9,7 +9,6 @@ use crate::message::{Message, MessageId, MessageRef, split_address};
 use crate::policy::{ConnMeta, EventError};
 use crate::queue::deferred::DEFERRED_QUEUE;
 use crate::smtp::{Command, parse_command};
-use crate::spool::NewMessage;
 use base64::Engine;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -577,21 +576,7 @@ impl Session {
 
     /// Spool every message (one group commit), log Reception, queue, reply 250.
     async fn commit(&mut self, prepared: Vec<(MessageRef, String)>) -> Result<Flow, ReadError> {
-        let mut to_spool = vec![];
-        for (msg, queue) in &prepared {
-            if queue == "null" {
-                continue;
-            }
-            let meta = serde_json::to_vec(&msg.spooled_meta()).expect("meta serialises");
-            to_spool.push(NewMessage {
-                id: msg.id,
-                meta,
-                data: msg.data().expect("in memory"),
-            });
-        }
-        if !to_spool.is_empty()
-            && let Err(e) = self.services.queues.spool().put(to_spool).await
-        {
+        if let Err(e) = self.services.queues.spool_new(&prepared).await {
             tracing::error!("spool write failed: {e}");
             self.error(
                 451,

@@ -3,6 +3,7 @@
 //! rate throttle to their protocol, and apply the outcome (delivery, retry
 //! with backoff, bounce, expiry), running `requeue_message` on the way.
 
+pub mod admin;
 pub mod deferred;
 pub mod name;
 pub mod schedule;
@@ -58,6 +59,7 @@ pub struct QueueManager {
     logger: Arc<Logger>,
     queues: Mutex<HashMap<String, Arc<ScheduledQueue>>>,
     timer: Timer,
+    rules: admin::AdminRules,
     throttles: Throttles,
     /// Messages that are due, waiting for a promotion worker.
     due: Mutex<std::collections::VecDeque<MessageRef>>,
@@ -124,6 +126,7 @@ impl QueueManager {
             logger,
             queues: Mutex::new(HashMap::new()),
             timer: Timer::new(),
+            rules: Default::default(),
             throttles: Throttles::default(),
             due: Mutex::new(std::collections::VecDeque::new()),
             due_ready: tokio::sync::Notify::new(),
@@ -160,6 +163,27 @@ impl QueueManager {
     /// How many messages wait in the timer for a later attempt.
     pub fn delayed_count(&self) -> usize {
         self.timer.len()
+    }
+
+    /// Save freshly accepted messages to the spool in one group commit
+    /// (those bound for the `null` queue are not kept).
+    pub async fn spool_new(
+        &self,
+        batch: &[(MessageRef, String)],
+    ) -> Result<(), crate::spool::SpoolError> {
+        let to_spool: Vec<crate::spool::NewMessage> = batch
+            .iter()
+            .filter(|(_, queue)| queue != "null")
+            .map(|(msg, _)| crate::spool::NewMessage {
+                id: msg.id,
+                meta: serde_json::to_vec(&msg.spooled_meta()).expect("meta serialises"),
+                data: msg.data().expect("in memory"),
+            })
+            .collect();
+        if to_spool.is_empty() {
+            return Ok(());
+        }
+        self.spool.put(to_spool).await
     }
 
     /// Find or create the scheduled queue `name`, asking the policy for its
@@ -236,7 +260,7 @@ impl QueueManager {
                 queue,
                 Response::new(400, &text),
             ));
-            self.wait_until(&msg, due);
+            self.wait_until(&msg, due, queue);
         } else {
             self.dispatch(msg);
         }
@@ -253,7 +277,7 @@ impl QueueManager {
     /// Persist the message's new state and park it in the timer until `due`.
     /// While it waits only its id, attempts and due time stay in memory: once
     /// the META record is on disk the envelope and meta are released too.
-    fn wait_until(self: &Arc<Self>, msg: &MessageRef, due: DateTime<Utc>) {
+    fn wait_until(self: &Arc<Self>, msg: &MessageRef, due: DateTime<Utc>, queue: &str) {
         let due_ms = due.timestamp_millis();
         msg.state().due = Some(due_ms);
         if due <= Utc::now() {
@@ -281,7 +305,13 @@ impl QueueManager {
             }
             Err(e) => tracing::error!(id = %msg.id, "cannot save meta: {e}"),
         }
-        self.timer.insert(due_ms, msg.clone());
+        self.timer
+            .insert(due_ms, msg.clone(), self.scheduled(queue));
+    }
+
+    /// The scheduled queue `name`, if it has been resolved.
+    fn scheduled(&self, name: &str) -> Option<Arc<ScheduledQueue>> {
+        self.queues.lock().get(name).cloned()
     }
 
     /// Bring back what a waiting message released.
@@ -345,7 +375,8 @@ impl QueueManager {
             if due > Utc::now() {
                 // its meta is on disk already
                 msg.shrink_meta(due.timestamp_millis(), Utc::now().timestamp_millis() + 1000);
-                self.timer.insert(due.timestamp_millis(), msg);
+                self.timer
+                    .insert(due.timestamp_millis(), msg, Some(q.clone()));
             } else {
                 self.dispatch(msg);
             }
@@ -437,6 +468,9 @@ impl QueueManager {
                 return;
             }
         };
+        if self.held_by_admin(&msg, &queue) {
+            return;
+        }
         let config = queue.config();
         if let Some(rate) = &config.max_message_rate {
             let key = format!("schedq-{queue_name}-message-rate");
@@ -588,7 +622,7 @@ impl QueueManager {
                 Response::new(400, &text),
             ));
             let due = self.constrained(&msg, due);
-            self.wait_until(&msg, due);
+            self.wait_until(&msg, due, &queue.name);
         }
     }
 
@@ -647,7 +681,7 @@ impl QueueManager {
             rec.site = rq.name.clone();
             self.logger.log(rec);
             let due = self.constrained(&item.msg, due);
-            self.wait_until(&item.msg, due);
+            self.wait_until(&item.msg, due, &item.queue);
         }
     }
 
@@ -812,7 +846,7 @@ impl QueueManager {
             self.expire(msg, queue, &text);
             return;
         }
-        self.wait_until(msg, due);
+        self.wait_until(msg, due, queue);
     }
 
     /// Log a TransientFailure, run `requeue_message`, then schedule the next
@@ -915,7 +949,8 @@ impl QueueManager {
         // the META record is on disk: the envelope can go at once
         msg.shrink_meta(due.timestamp_millis(), Utc::now().timestamp_millis() + 1000);
         msg.shrink();
-        self.timer.insert(due.timestamp_millis(), msg.clone());
+        self.timer
+            .insert(due.timestamp_millis(), msg.clone(), self.scheduled(queue));
     }
 
     fn log_pending(&self, record: &mut Option<LogRecord>) {
@@ -993,7 +1028,7 @@ impl QueueManager {
                 Err(e) => tracing::error!(id = %msg.id, queue = new_queue, "{e}"),
             }
         }
-        self.wait_until(msg, due);
+        self.wait_until(msg, due, &new_queue);
         Requeue::Done
     }
 

@@ -1,6 +1,7 @@
 //! One timer for every delayed message of every queue: a min-heap on due
 //! time, so waking up costs O(log n) per due message and nothing per queue.
 
+use super::ScheduledQueue;
 use crate::message::MessageRef;
 use parking_lot::Mutex;
 use std::cmp::{Ordering, Reverse};
@@ -13,6 +14,9 @@ struct Entry {
     due: i64,
     seq: u64,
     msg: MessageRef,
+    /// The scheduled queue it waits in (for summaries, suspensions and
+    /// admin bounces); `None` when the queue could not be resolved.
+    queue: Option<Arc<ScheduledQueue>>,
 }
 
 impl PartialEq for Entry {
@@ -50,11 +54,16 @@ impl Timer {
     }
 
     /// Schedule `msg` for `due` (unix milliseconds).
-    pub fn insert(&self, due: i64, msg: MessageRef) {
+    pub fn insert(&self, due: i64, msg: MessageRef, queue: Option<Arc<ScheduledQueue>>) {
         let seq = self.inner.seq.fetch_add(1, AtomicOrdering::Relaxed);
         let earliest = {
             let mut heap = self.inner.heap.lock();
-            heap.push(Reverse(Entry { due, seq, msg }));
+            heap.push(Reverse(Entry {
+                due,
+                seq,
+                msg,
+                queue,
+            }));
             heap.peek().is_some_and(|e| e.0.seq == seq)
         };
         if earliest {
@@ -64,6 +73,30 @@ impl Timer {
 
     pub fn len(&self) -> usize {
         self.inner.heap.lock().len()
+    }
+
+    /// How many messages wait, per scheduled queue name.
+    pub fn counts(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for e in self.inner.heap.lock().iter() {
+            if let Some(q) = &e.0.queue {
+                *counts.entry(q.name.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Take out every waiting message whose queue `matches`.
+    pub fn take_matching(&self, matches: impl Fn(&ScheduledQueue) -> bool) -> Vec<MessageRef> {
+        let mut taken = vec![];
+        self.inner.heap.lock().retain(|e| {
+            let hit = e.0.queue.as_deref().is_some_and(&matches);
+            if hit {
+                taken.push(e.0.msg.clone());
+            }
+            !hit
+        });
+        taken
     }
 
     /// Hand every message to `on_due` when its time comes; runs forever.

@@ -1,0 +1,294 @@
+//! Admin actions on queued mail (spec §10): bounce by criteria, suspend and
+//! resume scheduled queues, and a queue summary like `kcli queue-summary`.
+//! Rules live in memory, as KumoMTA's do; they lapse at their expiry.
+
+use super::name::QueueName;
+use super::{QueueManager, ScheduledQueue};
+use crate::log::{RecordType, Response};
+use crate::message::MessageRef;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sluice_common::duration;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which scheduled queues a rule applies to; no criteria means all.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Criteria {
+    pub domain: Option<String>,
+    pub tenant: Option<String>,
+    pub campaign: Option<String>,
+    pub routing_domain: Option<String>,
+    #[serde(default)]
+    pub queue_names: Vec<String>,
+}
+
+impl Criteria {
+    pub fn matches(&self, name: &str, parts: &QueueName) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref()
+                .is_none_or(|w| have.is_some_and(|h| h.eq_ignore_ascii_case(w)))
+        };
+        (self.queue_names.is_empty() || self.queue_names.iter().any(|q| q == name))
+            && eq(&self.domain, Some(&parts.domain))
+            && eq(&self.tenant, parts.tenant.as_deref())
+            && eq(&self.campaign, parts.campaign.as_deref())
+            && eq(&self.routing_domain, Some(parts.routing_domain()))
+    }
+}
+
+/// `POST /api/admin/bounce/v1` and `/api/admin/suspend/v1` bodies.
+#[derive(Debug, Deserialize)]
+pub struct RuleRequest {
+    #[serde(flatten)]
+    pub criteria: Criteria,
+    pub reason: String,
+    /// How long the rule stays (default five minutes).
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub duration: Option<Duration>,
+    #[serde(default)]
+    pub suppress_logging: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum RuleKind {
+    Bounce,
+    Suspend,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleInfo {
+    pub id: String,
+    pub kind: RuleKind,
+    #[serde(flatten)]
+    pub criteria: Criteria,
+    pub reason: String,
+    pub expires: DateTime<Utc>,
+    /// Messages bounced so far, or held by the suspension now.
+    pub messages: usize,
+}
+
+struct Rule {
+    info: RuleInfo,
+    suppress_logging: bool,
+    /// Messages that fell due while their queue was suspended.
+    parked: Vec<MessageRef>,
+}
+
+#[derive(Default)]
+pub struct AdminRules {
+    rules: parking_lot::Mutex<Vec<Rule>>,
+}
+
+impl AdminRules {
+    fn find(&self, kind: RuleKind, queue: &ScheduledQueue) -> Option<String> {
+        let now = Utc::now();
+        self.rules
+            .lock()
+            .iter()
+            .find(|r| {
+                r.info.kind == kind
+                    && r.info.expires > now
+                    && r.info.criteria.matches(&queue.name, &queue.parts)
+            })
+            .map(|r| r.info.id.clone())
+    }
+
+    pub fn list(&self, kind: RuleKind) -> Vec<RuleInfo> {
+        let now = Utc::now();
+        self.rules
+            .lock()
+            .iter()
+            .filter(|r| r.info.kind == kind && r.info.expires > now)
+            .map(|r| r.info.clone())
+            .collect()
+    }
+
+    fn is_suspended(&self, queue: &ScheduledQueue) -> bool {
+        self.find(RuleKind::Suspend, queue).is_some()
+    }
+}
+
+impl QueueManager {
+    /// Add a bounce rule and bounce every matching message now queued;
+    /// newly arriving matches are bounced when they are attempted.
+    pub fn admin_bounce(self: &Arc<Self>, req: RuleRequest) -> RuleInfo {
+        let id = self.add_rule(RuleKind::Bounce, &req);
+        let matches = |q: &ScheduledQueue| req.criteria.matches(&q.name, &q.parts);
+        let mut msgs = self.timer.take_matching(matches);
+        for rq in self.egress.ready_queues() {
+            for item in rq.take_matching(|item| {
+                let parts = QueueName::parse(&item.queue);
+                req.criteria.matches(&item.queue, &parts)
+            }) {
+                msgs.push(item.msg);
+            }
+        }
+        for msg in msgs {
+            self.bounce_by_rule(&msg, &id);
+        }
+        self.rule_info(&id).expect("just added")
+    }
+
+    /// Suspend matching scheduled queues: what falls due waits until the
+    /// suspension is deleted or expires.
+    pub fn admin_suspend(self: &Arc<Self>, req: RuleRequest) -> RuleInfo {
+        let id = self.add_rule(RuleKind::Suspend, &req);
+        let expires = self.rule_info(&id).expect("just added").expires;
+        let me = self.clone();
+        let rule = id.clone();
+        tokio::spawn(async move {
+            let wait = (expires - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            me.delete_rule(&rule);
+        });
+        self.rule_info(&id).expect("just added")
+    }
+
+    /// Delete a rule (a suspension's held messages are attempted at once).
+    pub fn delete_rule(self: &Arc<Self>, id: &str) -> Option<RuleInfo> {
+        let rule = {
+            let mut rules = self.rules.rules.lock();
+            let i = rules.iter().position(|r| r.info.id == id)?;
+            rules.remove(i)
+        };
+        for msg in rule.parked {
+            self.dispatch(msg);
+        }
+        Some(rule.info)
+    }
+
+    pub fn rules(&self) -> &AdminRules {
+        &self.rules
+    }
+
+    fn add_rule(&self, kind: RuleKind, req: &RuleRequest) -> String {
+        let duration = req.duration.unwrap_or(Duration::from_secs(300));
+        let id = uuid::Uuid::new_v4().to_string();
+        self.rules.rules.lock().push(Rule {
+            info: RuleInfo {
+                id: id.clone(),
+                kind,
+                criteria: req.criteria.clone(),
+                reason: req.reason.clone(),
+                expires: Utc::now() + chrono::TimeDelta::from_std(duration).unwrap_or_default(),
+                messages: 0,
+            },
+            suppress_logging: req.suppress_logging,
+            parked: vec![],
+        });
+        id
+    }
+
+    fn rule_info(&self, id: &str) -> Option<RuleInfo> {
+        let rules = self.rules.rules.lock();
+        let r = rules.iter().find(|r| r.info.id == id)?;
+        let mut info = r.info.clone();
+        if info.kind == RuleKind::Suspend {
+            info.messages = r.parked.len();
+        }
+        Some(info)
+    }
+
+    /// AdminBounce `551 5.7.1 Administrator bounced with reason: ...`.
+    fn bounce_by_rule(&self, msg: &MessageRef, id: &str) {
+        let (reason, quiet) = {
+            let mut rules = self.rules.rules.lock();
+            match rules.iter_mut().find(|r| r.info.id == id) {
+                Some(r) => {
+                    r.info.messages += 1;
+                    (r.info.reason.clone(), r.suppress_logging)
+                }
+                None => return,
+            }
+        };
+        if let Err(e) = self.restore(msg) {
+            tracing::error!(id = %msg.id, "cannot restore message meta from the spool: {e}");
+        }
+        if !quiet {
+            let queue = super::name::queue_name(msg).unwrap_or_default();
+            let text = format!("5.7.1 Administrator bounced with reason: {reason}");
+            self.logger.log(self.record(
+                RecordType::AdminBounce,
+                msg,
+                &queue,
+                Response::new(551, &text),
+            ));
+        }
+        let _ = self.spool.remove(msg.id);
+    }
+
+    /// At each attempt: `true` when an admin rule took the message (bounced,
+    /// or held for a suspended queue).
+    pub(super) fn held_by_admin(&self, msg: &MessageRef, queue: &ScheduledQueue) -> bool {
+        if let Some(id) = self.rules.find(RuleKind::Bounce, queue) {
+            self.bounce_by_rule(msg, &id);
+            return true;
+        }
+        if let Some(id) = self.rules.find(RuleKind::Suspend, queue) {
+            let reason = {
+                let mut rules = self.rules.rules.lock();
+                let Some(r) = rules.iter_mut().find(|r| r.info.id == id) else {
+                    return false;
+                };
+                r.parked.push(msg.clone());
+                r.info.reason.clone()
+            };
+            let text = format!("Context: AdminSuspended: {reason}. Held until resumed");
+            self.logger.log(self.record(
+                RecordType::Delayed,
+                msg,
+                &queue.name,
+                Response::new(400, &text),
+            ));
+            return true;
+        }
+        false
+    }
+
+    /// Scheduled queues with how many messages wait in each (biggest
+    /// first, at most `limit`), and ready queues with their backlog.
+    pub fn summary(&self, limit: usize) -> serde_json::Value {
+        let mut waiting = self.timer.counts();
+        for r in self.rules.rules.lock().iter() {
+            for msg in &r.parked {
+                if let Ok(q) = super::name::queue_name(msg) {
+                    *waiting.entry(q).or_default() += 1;
+                }
+            }
+        }
+        let queues: Vec<Arc<ScheduledQueue>> = self.queues.lock().values().cloned().collect();
+        let mut scheduled: Vec<serde_json::Value> = queues
+            .iter()
+            .map(|q| {
+                serde_json::json!({
+                    "name": q.name,
+                    "count": waiting.get(&q.name).copied().unwrap_or(0),
+                    "suspended": self.rules.is_suspended(q),
+                })
+            })
+            .collect();
+        scheduled.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+        let total_scheduled: usize = waiting.values().sum();
+        scheduled.truncate(limit);
+        let mut ready: Vec<serde_json::Value> = self
+            .egress
+            .ready_queues()
+            .iter()
+            .map(|rq| {
+                serde_json::json!({
+                    "name": rq.name,
+                    "count": rq.len(),
+                    "connections": rq.connection_count(),
+                })
+            })
+            .collect();
+        ready.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+        ready.truncate(limit);
+        serde_json::json!({
+            "scheduled_total": total_scheduled,
+            "scheduled": scheduled,
+            "ready": ready,
+        })
+    }
+}

@@ -342,9 +342,13 @@ struct ConnectionParams {
     pool_size: Option<usize>,
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     connect_timeout: Option<Duration>,
+    /// Pool tuning of KumoMTA's deadpool; accepted so its policies load,
+    /// unused by this pool (a dead channel is replaced on checkout).
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    #[allow(dead_code)]
     recycle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    #[allow(dead_code)]
     wait_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     publish_timeout: Option<Duration>,
@@ -460,7 +464,6 @@ async fn basic_publish(lua: Lua, params: Value) -> mlua::Result<()> {
                 format!("amqp.basic_publish: key '{}': {}", e.path(), e.inner()),
             )
         })?;
-    let _ = (p.connection.recycle_timeout, p.connection.wait_timeout);
     let publish_timeout = p.connection.publish_timeout.unwrap_or(PUBLISH_TIMEOUT);
     let pool = pool_for(&p.connection).map_err(mlua::Error::RuntimeError)?;
     let broker = redacted(&pool.uri);

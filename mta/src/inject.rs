@@ -167,11 +167,7 @@ pub async fn inject(queues: &Arc<QueueManager>, req: InjectRequest, peer: &str) 
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            let queue = crate::queue::name::queue_name(&msg)?;
-            if queue != "null" {
-                queues.resolve(&queue).await?;
-            }
-            Ok::<_, String>(queue)
+            queues.route(&msg).await
         }
         .await;
         match queued {

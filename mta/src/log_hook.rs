@@ -147,9 +147,6 @@ async fn prepare(
     if !wanted {
         return Ok(None);
     }
-    let queue = crate::queue::name::queue_name(&msg)?;
-    if queue != "null" {
-        queues.resolve(&queue).await?;
-    }
+    let queue = queues.route(&msg).await?;
     Ok(Some((msg, queue)))
 }

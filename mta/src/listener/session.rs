@@ -516,14 +516,12 @@ impl Session {
                     .message_event("smtp_server_message_received", Some(&msg), Some(&self.meta))
                     .await?;
             }
-            let queue = crate::queue::name::queue_name(&msg).map_err(EventError::Failed)?;
-            if queue != "null" {
-                self.services
-                    .queues
-                    .resolve(&queue)
-                    .await
-                    .map_err(EventError::Failed)?;
-            }
+            let queue = self
+                .services
+                .queues
+                .route(&msg)
+                .await
+                .map_err(EventError::Failed)?;
             out.push((msg, queue));
         }
         Ok(out)

@@ -60,12 +60,7 @@ impl QueueManager {
             )
             .await;
         let target = match result {
-            Ok(()) => match super::name::queue_name(msg) {
-                Ok(queue) if queue == "null" => Ok(queue),
-                Ok(queue) => self.resolve(&queue).await.map(|_| queue),
-                Err(e) => Err(e),
-            }
-            .map_err(|e| (450, e)),
+            Ok(()) => self.route(msg).await.map_err(|e| (450, e)),
             Err(EventError::Rejected { code, text }) => Err((code, text)),
             Err(EventError::Failed(e)) => Err((450, e)),
         };

@@ -165,6 +165,16 @@ impl QueueManager {
         self.timer.len()
     }
 
+    /// The queue a new message goes to by its envelope and meta, resolved
+    /// (so a policy error surfaces before the message is accepted).
+    pub async fn route(&self, msg: &Message) -> Result<String, String> {
+        let queue = name::queue_name(msg)?;
+        if queue != "null" {
+            self.resolve(&queue).await?;
+        }
+        Ok(queue)
+    }
+
     /// Save freshly accepted messages to the spool in one group commit
     /// (those bound for the `null` queue are not kept).
     pub async fn spool_new(

@@ -385,6 +385,18 @@ impl RawSmtp {
         self.command(&format!("{body}\r\n."))
     }
 
+    /// One message in a session of its own (greeting, EHLO, the
+    /// transaction, QUIT); asserts the 250 and returns its text.
+    pub fn send_message(port: u16, to: &str, body: &str) -> String {
+        let mut c = RawSmtp::connect(port);
+        c.reply();
+        c.command("EHLO test");
+        let (code, reply) = c.transaction("sender@example.com", to, body);
+        assert_eq!(code, 250, "{reply}");
+        c.command("QUIT");
+        reply
+    }
+
     /// True when the server has closed the connection.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];

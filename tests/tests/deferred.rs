@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use sluice_tests::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEFERRED: &str = "deferred_smtp_inject.kumomta.internal";
 
@@ -33,20 +33,10 @@ fn records_of_id<'a>(recs: &'a [Value], id: &str) -> Vec<&'a Value> {
     recs.iter().filter(|r| r["id"] == id).collect()
 }
 
-fn send_one(mta: &Mta, to: &str) -> (String, Instant) {
-    let mut c = RawSmtp::connect(mta.port);
-    c.reply();
-    c.command("EHLO test");
-    let (code, reply) = c.transaction(
-        "sender@example.com",
-        to,
-        "Subject: deferred\r\n\r\nhello\r\n",
-    );
-    let at = Instant::now();
-    assert_eq!(code, 250, "{reply}");
-    let id = reply.split("ids=").nth(1).unwrap().trim().to_string();
-    c.command("QUIT");
-    (id, at)
+/// Send one message; its id, from the 250 reply.
+fn send_one(mta: &Mta, to: &str) -> String {
+    let reply = RawSmtp::send_message(mta.port, to, "Subject: deferred\r\n\r\nhello\r\n");
+    reply.split("ids=").nth(1).unwrap().trim().to_string()
 }
 
 /// The client has its 250 while a 2-second handler is still running (with
@@ -58,7 +48,7 @@ fn client_gets_250_before_the_slow_handler_and_the_message_is_rebound() {
     let mta = Mta::start(&deferred_policy(
         "  kumo.sleep(2)\n  msg:set_meta('rebound_by', 'handler')\n  local f = io.open('{DIR}/handler-done', 'a') f:write('x') f:close()",
     ));
-    let (id, _) = send_one(&mta, "user@example.com");
+    let id = send_one(&mta, "user@example.com");
     assert!(
         !mta.path("handler-done").exists(),
         "the 250 came before the deferred-inject handler finished"
@@ -103,8 +93,8 @@ fn reject_bounces_and_an_error_retries_a_minute_later() {
     f:close()
   end"#,
     ));
-    let (refused, _) = send_one(&mta, "refused@example.com");
-    let (flaky, _) = send_one(&mta, "flaky@example.com");
+    let refused = send_one(&mta, "refused@example.com");
+    let flaky = send_one(&mta, "flaky@example.com");
     let recs = mta.wait_for_records(Duration::from_secs(20), "bounce and failure", |r| {
         count(r, "Bounce") == 1 && count(r, "TransientFailure") == 1
     });

@@ -125,6 +125,11 @@ pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
         }
         _ = wait_for_signal() => tracing::warn!("second signal: exiting now (undelivered mail is in the spool)"),
     }
+    match queues.spool_unspooled().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "deferred_spool messages written to the spool"),
+        Err(e) => tracing::error!("cannot spool deferred_spool messages at shutdown: {e}"),
+    }
     spool.flush().await.ok();
     logger.flush();
     Ok(())

@@ -178,7 +178,7 @@ pub async fn inject(queues: &Arc<QueueManager>, req: InjectRequest, peer: &str) 
             }
         }
     }
-    if let Err(e) = queues.spool_new(&accepted).await {
+    if let Err(e) = queues.admit(&accepted, false).await {
         for (msg, _) in &accepted {
             failed.extend(msg.recipients());
         }

@@ -101,9 +101,7 @@ impl Worker {
         if queued.is_empty() {
             return;
         }
-        if !self.deferred_spool
-            && let Err(e) = self.queues.spool_new(&queued).await
-        {
+        if let Err(e) = self.queues.admit(&queued, self.deferred_spool).await {
             tracing::error!(hook = %self.name, count = queued.len(), "log records dropped: spool write failed: {e}");
             return;
         }

@@ -95,6 +95,10 @@ pub struct MessageState {
     /// Envelope and meta were released while the message waits; the spool's
     /// latest META record has them.
     pub meta_shrunk: bool,
+    /// The spool holds this message. False only for a listener or log hook
+    /// with `deferred_spool` until the message is first delayed (or the
+    /// daemon shuts down): until then only memory has it.
+    pub spooled: bool,
 }
 
 #[derive(Debug)]
@@ -126,6 +130,7 @@ impl Message {
                 data: Some(Arc::new(data)),
                 data_len,
                 meta_shrunk: false,
+                spooled: false,
             }),
         })
     }
@@ -144,6 +149,7 @@ impl Message {
                 data: None,
                 data_len,
                 meta_shrunk: false,
+                spooled: true,
             }),
         })
     }
@@ -233,6 +239,14 @@ impl Message {
             s.meta_shrunk = false;
         }
         Ok(())
+    }
+
+    pub fn is_spooled(&self) -> bool {
+        self.state.lock().spooled
+    }
+
+    pub fn set_spooled(&self) {
+        self.state.lock().spooled = true;
     }
 
     pub fn is_meta_shrunk(&self) -> bool {

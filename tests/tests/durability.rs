@@ -218,3 +218,122 @@ fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
         "{duplicated_acked} of {before_crash_count} deliveries before the crash repeated"
     );
 }
+
+/// A deferred_spool listener in front of the given queue config.
+fn deferred_spool_policy(admin: u16, queue: &str, path_extra: &str) -> String {
+    policy_with_init(
+        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        "deferred_spool = true",
+        &format!(
+            "kumo.on('get_queue_config', function() return kumo.make_queue_config {{ {queue} }} end)\n\
+             kumo.on('get_egress_path_config', function() return kumo.make_egress_path {{ prohibited_hosts = {{}}, {path_extra} }} end)\n"
+        ),
+    )
+}
+
+fn spooled_count(admin: u16) -> f64 {
+    http_request(admin, "/metrics", None)["samples"]["message_count{}"]
+        .as_f64()
+        .expect("message_count gauge")
+}
+
+/// `deferred_spool = true` (spec §6.5): nothing is written at reception; a
+/// message is written when it is first delayed, so a delayed one survives
+/// kill -9 and is delivered after the restart.
+#[test]
+fn deferred_spool_writes_a_message_when_first_delayed() {
+    let admin = free_port();
+    let mut mta = Mta::start(&deferred_spool_policy(
+        admin,
+        "protocol = { maildir_path = '{DIR}/blocked/maildir' }, retry_interval = '2 seconds'",
+        "",
+    ));
+    std::fs::write(mta.path("blocked"), b"not a directory").unwrap();
+    for i in 0..10 {
+        RawSmtp::send_message(mta.port, "u@example.com", &format!("message {i}"));
+    }
+    mta.wait_for_records(Duration::from_secs(10), "10 first failures", |r| {
+        count(r, "TransientFailure") >= 10
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while spooled_count(admin) < 10.0 {
+        assert!(
+            Instant::now() < deadline,
+            "delayed messages are not spooled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    mta.kill9();
+    std::fs::remove_file(mta.path("blocked")).unwrap();
+    mta.spawn();
+    mta.wait_for_records(Duration::from_secs(15), "10 deliveries", |r| {
+        count(r, "Delivery") == 10
+    });
+    assert_eq!(mta.maildir_files("blocked/maildir").len(), 10);
+    assert_eq!(count(&mta.records(), "Reception"), 10);
+}
+
+/// `deferred_spool = true`: messages still in memory (queued behind a peer
+/// that never answers) are not in the spool, and a graceful shutdown writes
+/// them so that the next start delivers every one.
+#[test]
+fn deferred_spool_writes_pending_messages_at_graceful_shutdown() {
+    // a TCP peer that accepts and never says a word
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tarpit_port = tarpit.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in tarpit.incoming() {
+            held.push(s);
+        }
+    });
+    let admin = free_port();
+    let mut mta = Mta::prepare(&deferred_spool_policy(
+        admin,
+        &format!("protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{tarpit_port}' }} }} }}"),
+        "connection_limit = 1",
+    ));
+    // the delivery stuck on the tarpit does not hold the exit for long
+    mta.args = vec!["--drain-timeout".into(), "1s".into()];
+    mta.spawn();
+    for i in 0..10 {
+        RawSmtp::send_message(mta.port, "u@example.com", &format!("message {i}"));
+    }
+    assert_eq!(count(&mta.records(), "Reception"), 10);
+    assert_eq!(
+        spooled_count(admin),
+        0.0,
+        "deferred_spool writes nothing at reception"
+    );
+    mta.stop();
+    assert!(
+        mta.stderr().contains("deferred_spool messages written"),
+        "{}",
+        mta.stderr()
+    );
+    let maildir = mta.render(&deferred_spool_policy(
+        admin,
+        "protocol = { maildir_path = '{DIR}/maildir' }",
+        "",
+    ));
+    std::fs::write(&mta.policy_path, maildir).unwrap();
+    mta.spawn();
+    mta.wait_for_records(Duration::from_secs(15), "10 deliveries", |r| {
+        count(r, "Delivery") == 10
+    });
+    let bodies: Vec<String> = mta
+        .maildir_files("maildir")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for i in 0..10 {
+        assert_eq!(
+            bodies
+                .iter()
+                .filter(|b| b.contains(&format!("message {i}")))
+                .count(),
+            1,
+            "message {i} delivered once"
+        );
+    }
+}

@@ -572,9 +572,11 @@ impl Session {
         out
     }
 
-    /// Spool every message (one group commit), log Reception, queue, reply 250.
+    /// Spool every message (one group commit; not with `deferred_spool`),
+    /// log Reception, queue, reply 250.
     async fn commit(&mut self, prepared: Vec<(MessageRef, String)>) -> Result<Flow, ReadError> {
-        if let Err(e) = self.services.queues.spool_new(&prepared).await {
+        let deferred_spool = self.listener.config.deferred_spool;
+        if let Err(e) = self.services.queues.admit(&prepared, deferred_spool).await {
             tracing::error!("spool write failed: {e}");
             self.error(
                 451,

@@ -160,16 +160,15 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
             if let Err(e) = config.listen.parse::<std::net::SocketAddr>() {
                 return Err(located_error(
                     lua,
-                    format!("start_esmtp_listener: key 'listen': {:?} is not ip:port: {e}", config.listen),
+                    format!(
+                        "start_esmtp_listener: key 'listen': {:?} is not ip:port: {e}",
+                        config.listen
+                    ),
                 ));
             }
-            if config.deferred_spool {
-                return Err(located_error(
-                    lua,
-                    "start_esmtp_listener: key 'deferred_spool': not supported by this version of sluice-mta (messages are always spooled before the 250)",
-                ));
-            }
-            with_init(lua, "start_esmtp_listener", |init| init.listeners.push(config))
+            with_init(lua, "start_esmtp_listener", |init| {
+                init.listeners.push(config)
+            })
         })?,
     )?;
 

@@ -215,7 +215,7 @@ impl QueueManager {
                 Response::new(551, &text),
             ));
         }
-        let _ = self.spool.remove(msg.id);
+        self.forget(msg);
     }
 
     /// At each attempt: `true` when an admin rule took the message (bounced,

@@ -88,7 +88,7 @@ impl QueueManager {
         rec.delivery_protocol = Some(DELIVERY_PROTOCOL.into());
         self.logger.log(rec);
         if queue == "null" {
-            let _ = self.spool.remove(msg.id);
+            self.forget(msg);
             return;
         }
         msg.state().due = None;

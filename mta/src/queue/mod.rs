@@ -69,6 +69,9 @@ pub struct QueueManager {
     /// Delivery attempts started (promotions out of the scheduled queues).
     attempts: std::sync::atomic::AtomicU64,
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Accepted with `deferred_spool` and not yet written: the spool gets
+    /// them when first delayed, or at shutdown.
+    unspooled: Mutex<HashMap<crate::message::MessageId, MessageRef>>,
 }
 
 /// Why a message has no site to go to.
@@ -134,6 +137,7 @@ impl QueueManager {
             nodeid,
             attempts: std::sync::atomic::AtomicU64::new(0),
             lifecycle,
+            unspooled: Mutex::new(HashMap::new()),
         });
         for _ in 0..PROMOTION_WORKERS {
             tokio::spawn(Self::promotion_worker(qm.clone()));
@@ -175,25 +179,84 @@ impl QueueManager {
         Ok(queue)
     }
 
-    /// Save freshly accepted messages to the spool in one group commit
-    /// (those bound for the `null` queue are not kept).
-    pub async fn spool_new(
+    /// Take charge of freshly accepted messages before their 250: save them
+    /// to the spool in one group commit, or with `deferred_spool` only note
+    /// them, to be written when first delayed or at shutdown (spec §6.5).
+    /// Those bound for the `null` queue are not kept.
+    pub async fn admit(
         &self,
         batch: &[(MessageRef, String)],
+        deferred_spool: bool,
     ) -> Result<(), crate::spool::SpoolError> {
-        let to_spool: Vec<crate::spool::NewMessage> = batch
-            .iter()
-            .filter(|(_, queue)| queue != "null")
-            .map(|(msg, _)| crate::spool::NewMessage {
-                id: msg.id,
-                meta: serde_json::to_vec(&msg.spooled_meta()).expect("meta serialises"),
-                data: msg.data().expect("in memory"),
-            })
-            .collect();
-        if to_spool.is_empty() {
+        let kept = batch.iter().filter(|(_, queue)| queue != "null");
+        if deferred_spool {
+            let mut unspooled = self.unspooled.lock();
+            for (msg, _) in kept {
+                unspooled.insert(msg.id, msg.clone());
+            }
             return Ok(());
         }
-        self.spool.put(to_spool).await
+        let msgs: Vec<&MessageRef> = kept.map(|(msg, _)| msg).collect();
+        self.write_whole(&msgs).await
+    }
+
+    /// Write messages (body and meta) to the spool in one group commit.
+    async fn write_whole(&self, msgs: &[&MessageRef]) -> Result<(), crate::spool::SpoolError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut to_spool = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let data = msg.data().ok_or_else(|| {
+                crate::spool::SpoolError::Io(std::io::Error::other(format!(
+                    "message {} has no body in memory",
+                    msg.id
+                )))
+            })?;
+            to_spool.push(crate::spool::NewMessage {
+                id: msg.id,
+                meta: serde_json::to_vec(&msg.spooled_meta()).expect("meta serialises"),
+                data,
+            });
+        }
+        self.spool.put(to_spool).await?;
+        let mut unspooled = self.unspooled.lock();
+        for msg in msgs {
+            msg.set_spooled();
+            unspooled.remove(&msg.id);
+        }
+        Ok(())
+    }
+
+    /// Write a `deferred_spool` message now that it is being delayed; `false`
+    /// (logged) when the spool refused it, and it stays in memory only.
+    async fn spool_deferred(&self, msg: &MessageRef) -> bool {
+        match self.write_whole(&[msg]).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(id = %msg.id, "cannot spool a deferred_spool message; it stays in memory only: {e}");
+                false
+            }
+        }
+    }
+
+    /// At shutdown: write every `deferred_spool` message not yet in the
+    /// spool, so a restart resumes it. Returns how many were written.
+    pub async fn spool_unspooled(&self) -> Result<usize, crate::spool::SpoolError> {
+        let pending: Vec<MessageRef> = self.unspooled.lock().values().cloned().collect();
+        let refs: Vec<&MessageRef> = pending.iter().collect();
+        self.write_whole(&refs).await?;
+        Ok(pending.len())
+    }
+
+    /// The message reached its final disposition: drop it from the spool,
+    /// or from memory if it never got there.
+    pub(super) fn forget(&self, msg: &Message) {
+        if msg.is_spooled() {
+            let _ = self.spool.remove(msg.id);
+        } else {
+            self.unspooled.lock().remove(&msg.id);
+        }
     }
 
     /// Find or create the scheduled queue `name`, asking the policy for its
@@ -295,6 +358,18 @@ impl QueueManager {
             self.dispatch(msg.clone());
             return;
         }
+        if !msg.is_spooled() {
+            // first delay of a deferred_spool message: now it goes to disk
+            let (me, msg, queue) = (self.clone(), msg.clone(), queue.to_string());
+            tokio::spawn(async move {
+                if me.spool_deferred(&msg).await {
+                    me.wait_until(&msg, due, &queue);
+                } else {
+                    me.timer.insert(due_ms, msg.clone(), me.scheduled(&queue));
+                }
+            });
+            return;
+        }
         msg.shrink();
         let written = serde_json::to_vec(&msg.spooled_meta())
             .map_err(|e| e.to_string())
@@ -334,6 +409,9 @@ impl QueueManager {
     }
 
     fn save_meta(&self, msg: &Message) {
+        if !msg.is_spooled() {
+            return;
+        }
         match serde_json::to_vec(&msg.spooled_meta()) {
             Ok(meta) => {
                 let _ = self.spool.update_meta(msg.id, meta);
@@ -466,7 +544,7 @@ impl QueueManager {
         };
         if queue_name == "null" {
             // rebound to the null queue: silently removed (spec §1.5)
-            let _ = self.spool.remove(msg.id);
+            self.forget(&msg);
             return;
         }
         let queue = match self.resolve(&queue_name).await {
@@ -782,7 +860,7 @@ impl QueueManager {
             }
         }
         if transient.is_empty() {
-            let _ = self.spool.remove(msg.id);
+            self.forget(msg);
             return;
         }
         let failed: Vec<String> = transient.iter().map(|(r, _)| r.clone()).collect();
@@ -939,21 +1017,32 @@ impl QueueManager {
             state.num_attempts = attempts.saturating_add(1);
             state.due = Some(due.timestamp_millis());
         }
-        match serde_json::to_vec(&msg.spooled_meta())
-            .map_err(|e| e.to_string())
-            .and_then(|meta| {
-                self.spool
-                    .update_meta_acked(msg.id, meta)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(ack) => {
-                let _ = ack.await;
+        if !msg.is_spooled() {
+            // first delay of a deferred_spool message: now it goes to disk
+            self.spool_deferred(msg).await;
+        } else {
+            match serde_json::to_vec(&msg.spooled_meta())
+                .map_err(|e| e.to_string())
+                .and_then(|meta| {
+                    self.spool
+                        .update_meta_acked(msg.id, meta)
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok(ack) => {
+                    let _ = ack.await;
+                }
+                Err(e) => tracing::error!(id = %msg.id, "cannot save meta: {e}"),
             }
-            Err(e) => tracing::error!(id = %msg.id, "cannot save meta: {e}"),
         }
         self.log_pending(&mut record);
         if due <= Utc::now() {
             self.dispatch(msg.clone());
+            return;
+        }
+        if !msg.is_spooled() {
+            // the spool refused it: keep it whole in memory
+            self.timer
+                .insert(due.timestamp_millis(), msg.clone(), self.scheduled(queue));
             return;
         }
         // the META record is on disk: the envelope can go at once
@@ -1065,7 +1154,7 @@ impl QueueManager {
         let mut rec = self.record(kind, msg, queue, resp);
         rec.delivery_protocol = delivery_protocol;
         self.logger.log(rec);
-        let _ = self.spool.remove(msg.id);
+        self.forget(msg);
     }
 
     /// A log record with the message's common fields filled in.

@@ -1,0 +1,347 @@
+//! The renderer: a pure function from the fleet's custom resources to the
+//! generated policy file. Same input, same bytes (objects sorted, keys
+//! sorted, no timestamps). Every object gets a verdict; an invalid one is
+//! left out, and the rest still renders.
+
+pub mod lua;
+mod runtime;
+mod validate;
+
+use crate::crd::{EgressPath, EgressPool, QueuePolicy};
+use kube::ResourceExt;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The generated policy's file name in the ConfigMap (and so in the pod).
+pub const POLICY_FILE: &str = "sluice-generated.lua";
+/// Where the MTA pods mount Secrets: `{dir}/{secret}/{key}`.
+pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
+
+/// The fleet's objects (one namespace).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub queue_policies: Vec<QueuePolicy>,
+    pub egress_pools: Vec<EgressPool>,
+    pub egress_paths: Vec<EgressPath>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub secrets_dir: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            secrets_dir: DEFAULT_SECRETS_DIR.into(),
+        }
+    }
+}
+
+/// Which object a verdict is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Why an object was left out: a CamelCase reason and a message naming the
+/// field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// File name => content.
+    pub files: BTreeMap<String, String>,
+    /// SHA-256 (hex) of the generated policy file.
+    pub hash: String,
+    /// Every input object, `Ok` if it is part of the output.
+    pub verdicts: BTreeMap<ObjectKey, Result<(), Rejection>>,
+}
+
+impl Rendered {
+    pub fn rejected(&self) -> impl Iterator<Item = (&ObjectKey, &Rejection)> {
+        self.verdicts
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().err().map(|r| (k, r)))
+    }
+}
+
+pub fn key_of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
+    ObjectKey {
+        kind: match K::kind(&()).as_ref() {
+            "QueuePolicy" => "QueuePolicy",
+            "EgressPool" => "EgressPool",
+            _ => "EgressPath",
+        },
+        namespace: obj.namespace().unwrap_or_else(|| "default".into()),
+        name: obj.name_any(),
+    }
+}
+
+/// One accepted selector-bearing object, ready to sort.
+struct Ranked {
+    key: ObjectKey,
+    priority: i32,
+    /// The match lists, normalised (sorted; domains lower-cased).
+    selector: Vec<Vec<String>>,
+    entry: Value,
+}
+
+impl Ranked {
+    fn fields_set(&self) -> usize {
+        self.selector.iter().filter(|l| !l.is_empty()).count()
+    }
+    fn globs(&self) -> usize {
+        self.selector
+            .iter()
+            .filter(|l| l.iter().any(|p| p.contains('*')))
+            .count()
+    }
+    /// Precedence: priority, then more fields set, then fewer globbed
+    /// fields, then namespace/name.
+    fn order(&self, other: &Ranked) -> std::cmp::Ordering {
+        other
+            .priority
+            .cmp(&self.priority)
+            .then(other.fields_set().cmp(&self.fields_set()))
+            .then(self.globs().cmp(&other.globs()))
+            .then(self.key.cmp(&other.key))
+    }
+}
+
+/// Sort by precedence (first = wins); a later object with the same priority
+/// and selector as an earlier one conflicts and is rejected.
+fn rank(
+    mut items: Vec<Ranked>,
+    verdicts: &mut BTreeMap<ObjectKey, Result<(), Rejection>>,
+) -> Vec<Value> {
+    items.sort_by(|a, b| a.order(b));
+    let mut kept: Vec<Ranked> = Vec::with_capacity(items.len());
+    for item in items {
+        if let Some(winner) = kept
+            .iter()
+            .find(|k| k.priority == item.priority && k.selector == item.selector)
+        {
+            verdicts.insert(
+                item.key.clone(),
+                Err(Rejection {
+                    reason: "ConflictingMatch",
+                    message: format!(
+                        "spec.match: same match and priority as {}/{}, which takes precedence; change the match or the priority",
+                        winner.key.namespace, winner.key.name
+                    ),
+                }),
+            );
+            continue;
+        }
+        kept.push(item);
+    }
+    kept.into_iter().map(|k| k.entry).collect()
+}
+
+fn normalise(list: &[String], fold_case: bool) -> Vec<String> {
+    let mut out: Vec<String> = list
+        .iter()
+        .map(|s| {
+            if fold_case {
+                s.to_lowercase()
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A selector as a Lua table (only the lists that are set).
+fn selector_table(fields: &[(&str, &Vec<String>)]) -> Value {
+    let mut m = Map::new();
+    for (name, list) in fields {
+        if !list.is_empty() {
+            m.insert(name.to_string(), json!(list));
+        }
+    }
+    Value::Object(m)
+}
+
+/// Render the fleet's objects into the generated policy.
+pub fn render(inputs: &Inputs, options: &Options) -> Rendered {
+    let mut verdicts = BTreeMap::new();
+
+    // Pools first: queue policies refer to them.
+    let mut pools = inputs.egress_pools.clone();
+    pools.sort_by_key(key_of);
+    let mut pool_tables = Map::new();
+    let mut source_tables: BTreeMap<String, (Value, String)> = BTreeMap::new();
+    for pool in &pools {
+        let key = key_of(pool);
+        let verdict = validate::egress_pool(pool).and_then(|(pool_table, sources)| {
+            for (name, table) in &sources {
+                if let Some((existing, owner)) = source_tables.get(name)
+                    && existing != table
+                {
+                    return Err(Rejection {
+                        reason: "SourceConflict",
+                        message: format!(
+                            "spec.sources: source {name:?} is also defined, with other settings, by EgressPool {owner}"
+                        ),
+                    });
+                }
+            }
+            for (name, table) in sources {
+                source_tables
+                    .entry(name)
+                    .or_insert((table, key.name.clone()));
+            }
+            pool_tables.insert(key.name.clone(), pool_table);
+            Ok(())
+        });
+        verdicts.insert(key, verdict);
+    }
+
+    let mut policies = Vec::new();
+    let mut amqp = Vec::new();
+    for qp in &inputs.queue_policies {
+        let key = key_of(qp);
+        let constructor = format!("sluice.amqp.{}.{}", key.namespace, key.name);
+        match validate::queue_policy(qp, &constructor, options).and_then(|(config, publisher)| {
+            if let Some(pool) = &qp.spec.egress_pool
+                && !pool_tables.contains_key(pool)
+            {
+                let (reason, what) = if pools.iter().any(|p| &p.name_any() == pool) {
+                    ("EgressPoolNotAccepted", "is not accepted (see its status)")
+                } else {
+                    ("EgressPoolNotFound", "does not exist in this namespace")
+                };
+                return Err(Rejection {
+                    reason,
+                    message: format!("spec.egressPool: EgressPool {pool:?} {what}"),
+                });
+            }
+            Ok((config, publisher))
+        }) {
+            Ok((config, publisher)) => {
+                let s = &qp.spec.selector;
+                let mut entry = json!({
+                    "name": format!("{}/{}", key.namespace, key.name),
+                    "match": selector_table(&[
+                        ("domains", &normalise(&s.domains, true)),
+                        ("tenants", &normalise(&s.tenants, false)),
+                        ("campaigns", &normalise(&s.campaigns, false)),
+                        ("routing_domains", &normalise(&s.routing_domains, true)),
+                    ]),
+                    "config": config,
+                });
+                if let Some(r) = &qp.spec.requeue {
+                    entry["requeue"] = json!({
+                        "after_attempts": r.after_attempts,
+                        "queue": r.queue,
+                        "clear_scheduling": r.clear_scheduling,
+                    });
+                }
+                if let Some(p) = publisher {
+                    amqp.push((constructor, p));
+                }
+                policies.push(Ranked {
+                    key: key.clone(),
+                    priority: qp.spec.priority,
+                    selector: vec![
+                        normalise(&s.domains, true),
+                        normalise(&s.tenants, false),
+                        normalise(&s.campaigns, false),
+                        normalise(&s.routing_domains, true),
+                    ],
+                    entry,
+                });
+                verdicts.insert(key, Ok(()));
+            }
+            Err(rejection) => {
+                verdicts.insert(key, Err(rejection));
+            }
+        }
+    }
+    let policies = rank(policies, &mut verdicts);
+    // the publishers of policies that lost a conflict are not needed
+    amqp.retain(|(constructor, _)| {
+        policies
+            .iter()
+            .any(|p| p["config"]["protocol"]["custom_lua"]["constructor"] == *constructor)
+    });
+    amqp.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut paths = Vec::new();
+    for path in &inputs.egress_paths {
+        let key = key_of(path);
+        match validate::egress_path(path) {
+            Ok(config) => {
+                let s = &path.spec.selector;
+                let entry = json!({
+                    "name": format!("{}/{}", key.namespace, key.name),
+                    "match": selector_table(&[
+                        ("domains", &normalise(&s.domains, true)),
+                        ("sites", &normalise(&s.sites, true)),
+                        ("sources", &normalise(&s.sources, false)),
+                    ]),
+                    "config": config,
+                });
+                paths.push(Ranked {
+                    key: key.clone(),
+                    priority: path.spec.priority,
+                    selector: vec![
+                        normalise(&s.domains, true),
+                        normalise(&s.sites, true),
+                        normalise(&s.sources, false),
+                    ],
+                    entry,
+                });
+                verdicts.insert(key, Ok(()));
+            }
+            Err(rejection) => {
+                verdicts.insert(key, Err(rejection));
+            }
+        }
+    }
+    let mut paths = rank(paths, &mut verdicts);
+    // merged in order, so the one that takes precedence goes last
+    paths.reverse();
+
+    let sources: Map<String, Value> = source_tables
+        .into_iter()
+        .map(|(name, (table, _))| (name, table))
+        .collect();
+    let lua = runtime::policy_file(&runtime::Data {
+        queue_policies: &policies,
+        egress_pools: &Value::Object(pool_tables),
+        egress_sources: &Value::Object(sources),
+        egress_paths: &paths,
+        amqp_publishers: &amqp,
+    });
+    let hash = sha256_hex(lua.as_bytes());
+    Rendered {
+        files: BTreeMap::from([(POLICY_FILE.to_string(), lua)]),
+        hash,
+        verdicts,
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

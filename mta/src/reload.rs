@@ -21,6 +21,10 @@ pub struct ConfigStatus {
     pub epoch: u64,
     pub last_reload_error: Option<String>,
     pub last_reload_error_at: Option<String>,
+    /// SHA-256 of each policy file (relative to the policy's directory) as
+    /// of the last successful load, so an operator can tell which of its
+    /// generated files a pod runs.
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 pub type SharedStatus = Arc<parking_lot::Mutex<ConfigStatus>>;
@@ -34,6 +38,7 @@ impl ConfigStatus {
             epoch: policy.epoch(),
             last_reload_error: None,
             last_reload_error_at: None,
+            files: Default::default(),
         }))
     }
 }
@@ -46,24 +51,46 @@ const WATCHED_EXTENSIONS: &[&str] = &["lua", "json", "toml", "yaml", "yml"];
 /// `..data`/`..2026_...` directories, seen through the visible symlinks.
 pub fn fingerprint(policy: &Path) -> String {
     let mut hasher = Sha256::new();
-    let mut files = vec![policy.to_path_buf()];
-    if let Some(dir) = policy.parent() {
-        collect(dir, 0, &mut files);
-    }
-    files.sort();
-    files.dedup();
-    for f in files {
+    for f in policy_files(policy) {
         hasher.update(f.to_string_lossy().as_bytes());
         match std::fs::read(&f) {
             Ok(bytes) => hasher.update(&bytes),
             Err(e) => hasher.update(e.to_string().as_bytes()),
         }
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
+    hex(&hasher.finalize())
+}
+
+/// The policy file and the policy-like files beside it, sorted.
+fn policy_files(policy: &Path) -> Vec<PathBuf> {
+    let mut files = vec![policy.to_path_buf()];
+    if let Some(dir) = policy.parent() {
+        collect(dir, 0, &mut files);
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// SHA-256 of each policy file, by its path relative to the policy's directory.
+pub fn file_hashes(policy: &Path) -> std::collections::BTreeMap<String, String> {
+    let dir = policy.parent().unwrap_or(Path::new(""));
+    policy_files(policy)
+        .into_iter()
+        .filter_map(|f| {
+            let bytes = std::fs::read(&f).ok()?;
+            let name = f
+                .strip_prefix(dir)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .into_owned();
+            Some((name, hex(&Sha256::digest(&bytes))))
+        })
         .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
@@ -110,6 +137,9 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> Arc<Reloader> {
         let status = ConfigStatus::new(&policy);
+        if let Some(path) = &path {
+            status.lock().files = file_hashes(path);
+        }
         Arc::new(Reloader {
             path,
             embedded,
@@ -146,6 +176,9 @@ impl Reloader {
                 s.loaded_at = now_rfc3339();
                 s.last_reload_error = None;
                 s.last_reload_error_at = None;
+                if let Some(path) = &self.path {
+                    s.files = file_hashes(path);
+                }
                 tracing::info!(epoch, hash = %s.hash, "policy reloaded");
                 Ok(epoch)
             }

@@ -1,7 +1,10 @@
 //! sluice-operator: reconciles QueuePolicy, EgressPool and EgressPath into
 //! the policy the MTA pods hot-load.
 
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod manifests;
+pub mod metrics;
 pub mod render;
+pub mod status;

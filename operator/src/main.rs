@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use sluice_operator::{crdgen, manifests, render};
+use sluice_operator::{controller, crdgen, manifests, metrics, render};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +14,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller (in the cluster, or against $KUBECONFIG).
+    Run(RunArgs),
     /// Write the CRD manifests generated from the Rust types.
     Crdgen {
         /// Directory to write `<plural>.<group>.yaml` files into; stdout
@@ -39,9 +41,46 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The fleet's namespace: its objects, ConfigMap and MTA pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Name of the generated ConfigMap the MTA pods mount.
+    #[arg(long, default_value = "sluice-policy")]
+    configmap: String,
+    /// The MTA StatefulSet that owns the ConfigMap.
+    #[arg(long)]
+    fleet: Option<String>,
+    /// Label selector of the MTA pods.
+    #[arg(long, default_value = "app.kubernetes.io/component=mta")]
+    mta_selector: String,
+    /// The MTA pods' admin HTTP port (a pod's `sluice.dev/admin-port`
+    /// annotation overrides it).
+    #[arg(long, default_value_t = 8000)]
+    admin_port: u16,
+    /// Where the MTA pods mount Secrets (`DIR/<secret>/<key>`).
+    #[arg(long, default_value = render::DEFAULT_SECRETS_DIR)]
+    secrets_dir: String,
+    /// Quiet time that ends a burst of changes before rendering.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    debounce: std::time::Duration,
+    /// How often the MTA pods are asked which config they run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    poll_interval: std::time::Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    sluice_common::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
+        Command::Run(run) => run_command(run),
         Command::Crdgen { out } => crdgen_command(out),
         Command::Render {
             dir,
@@ -50,6 +89,61 @@ fn main() -> ExitCode {
             secrets_dir,
         } => render_command(&dir, out, &namespace, secrets_dir),
     }
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async move {
+        let metrics = std::sync::Arc::new(metrics::Metrics::default());
+        match metrics::serve(args.metrics_addr, metrics.clone()).await {
+            Ok(addr) => tracing::info!("metrics and health on http://{addr}"),
+            Err(e) => {
+                tracing::error!("cannot listen on {}: {e}", args.metrics_addr);
+                return ExitCode::FAILURE;
+            }
+        }
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("no Kubernetes API to talk to: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let config = controller::Config {
+            namespace: args.namespace,
+            configmap: args.configmap,
+            fleet: args.fleet,
+            mta_selector: args.mta_selector,
+            admin_port: args.admin_port,
+            secrets_dir: args.secrets_dir,
+            debounce: args.debounce,
+            poll_interval: args.poll_interval,
+        };
+        let controller = controller::Controller::new(client, config, metrics);
+        match controller.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn crdgen_command(out: Option<PathBuf>) -> ExitCode {

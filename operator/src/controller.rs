@@ -1,0 +1,543 @@
+//! The controller. The three kinds all render into one output (the fleet's
+//! ConfigMap), so it is keyed on the fleet: watches on the kinds feed one
+//! trigger, bursts are debounced into one render, and each pass
+//!
+//! 1. renders every object in the namespace (the pure `render`),
+//! 2. server-side-applies the ConfigMap when the rendered hash changed,
+//! 3. asks each MTA pod's admin API which generated file it runs,
+//! 4. writes each object's status (only when it changed) and an event on
+//!    each transition.
+
+use crate::crd::{EgressPath, EgressPool, PolicyStatus, QueuePolicy};
+use crate::metrics::Metrics;
+use crate::render::{self, Inputs, ObjectKey, POLICY_FILE, Rejection, Rendered};
+use crate::status;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const FIELD_MANAGER: &str = "sluice-operator";
+pub const STATUS_FIELD_MANAGER: &str = "sluice-operator/status";
+pub const HASH_ANNOTATION: &str = "sluice.dev/config-hash";
+/// A pod annotation naming its admin port, when not `--admin-port`.
+pub const ADMIN_PORT_ANNOTATION: &str = "sluice.dev/admin-port";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The fleet's namespace: objects, ConfigMap and pods all live in it.
+    pub namespace: String,
+    /// Name of the generated ConfigMap.
+    pub configmap: String,
+    /// The MTA StatefulSet that owns the ConfigMap (garbage collection).
+    pub fleet: Option<String>,
+    /// Label selector of the MTA pods.
+    pub mta_selector: String,
+    /// The MTA pods' admin HTTP port.
+    pub admin_port: u16,
+    pub secrets_dir: String,
+    /// Quiet time that ends a burst of changes.
+    pub debounce: Duration,
+    /// How often pods are asked which config they run.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the sluice.dev CRDs are not installed: {0} (kubectl apply --server-side -f crds/)")]
+    CrdsMissing(kube::Error),
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "client",
+            Error::CrdsMissing(_) => "crds_missing",
+        }
+    }
+}
+
+struct Stores {
+    queue_policies: Store<QueuePolicy>,
+    egress_pools: Store<EgressPool>,
+    egress_paths: Store<EgressPath>,
+}
+
+impl Stores {
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            queue_policies: self
+                .queue_policies
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+            egress_pools: self
+                .egress_pools
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+            egress_paths: self
+                .egress_paths
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+        }
+    }
+}
+
+/// How the fleet's pods stand with the rendered config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// Pods running the rendered policy file.
+    pub updated: usize,
+    /// Pods found by the selector.
+    pub total: usize,
+}
+
+pub struct Controller {
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    http: reqwest::Client,
+    /// The hash last applied to the ConfigMap.
+    applied: Option<String>,
+}
+
+/// Watch one kind into a store; every change of an object's generation
+/// (or an add or delete) pokes `trigger`. Status-only writes do not.
+fn watch<K>(
+    api: Api<K>,
+    trigger: tokio::sync::mpsc::Sender<()>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()));
+    let task = tokio::spawn(async move {
+        let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let changed = match event {
+                Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                    let uid = o.uid().unwrap_or_default();
+                    seen.insert(uid, o.meta().generation) != Some(o.meta().generation)
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&o.uid().unwrap_or_default());
+                    true
+                }
+                Ok(watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Init) => false,
+                Err(e) => {
+                    tracing::warn!("watch error (retrying): {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    false
+                }
+            };
+            if changed {
+                let _ = trigger.try_send(());
+            }
+        }
+    });
+    (reader, task)
+}
+
+impl Controller {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Controller {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Controller {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client builds"),
+            applied: None,
+        }
+    }
+
+    /// Run until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let ns = self.config.namespace.clone();
+        let qp: Api<QueuePolicy> = Api::namespaced(self.client.clone(), &ns);
+        qp.list(&ListParams::default().limit(1))
+            .await
+            .map_err(Error::CrdsMissing)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (queue_policies, t1) = watch(qp, tx.clone());
+        let (egress_pools, t2) = watch(Api::namespaced(self.client.clone(), &ns), tx.clone());
+        let (egress_paths, t3) = watch(Api::namespaced(self.client.clone(), &ns), tx);
+        let stores = Stores {
+            queue_policies,
+            egress_pools,
+            egress_paths,
+        };
+        for ready in [
+            stores.queue_policies.wait_until_ready().await,
+            stores.egress_pools.wait_until_ready().await,
+            stores.egress_paths.wait_until_ready().await,
+        ] {
+            ready.expect("the watch tasks run");
+        }
+        self.metrics
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(namespace = %ns, "watching QueuePolicy, EgressPool and EgressPath");
+        futures::pin_mut!(shutdown);
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = rx.recv() => {
+                    // debounce: a GitOps sync of many objects is one render
+                    loop {
+                        tokio::select! {
+                            Some(()) = rx.recv() => continue,
+                            _ = tokio::time::sleep(self.config.debounce) => break,
+                        }
+                    }
+                }
+                _ = poll.tick() => {}
+            }
+            let started = Instant::now();
+            self.metrics.reconciles.inc();
+            if let Err(e) = self.reconcile(&stores).await {
+                tracing::warn!("reconcile failed: {e}");
+                self.metrics
+                    .failures
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+            }
+            self.metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        for t in [t1, t2, t3] {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    /// One pass over the fleet.
+    async fn reconcile(&mut self, stores: &Stores) -> Result<(), Error> {
+        let inputs = stores.inputs();
+        let rendered = render::render(
+            &inputs,
+            &render::Options {
+                secrets_dir: self.config.secrets_dir.clone(),
+            },
+        );
+        let changed = self.apply_configmap(&rendered).await?;
+        if changed {
+            tracing::info!(hash = %rendered.hash, objects = rendered.verdicts.len(), "config rendered");
+        }
+        let rollout = self.rollout(&rendered.hash).await?;
+        self.metrics.pods_updated.set(rollout.updated as i64);
+        self.metrics.pods_total.set(rollout.total as i64);
+        let ns = &self.config.namespace;
+        for o in &inputs.queue_policies {
+            self.write_status(
+                Api::<QueuePolicy>::namespaced(self.client.clone(), ns),
+                o,
+                &rendered,
+                &rollout,
+                changed,
+            )
+            .await?;
+        }
+        for o in &inputs.egress_pools {
+            self.write_status(
+                Api::<EgressPool>::namespaced(self.client.clone(), ns),
+                o,
+                &rendered,
+                &rollout,
+                changed,
+            )
+            .await?;
+        }
+        for o in &inputs.egress_paths {
+            self.write_status(
+                Api::<EgressPath>::namespaced(self.client.clone(), ns),
+                o,
+                &rendered,
+                &rollout,
+                changed,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Server-side-apply the ConfigMap unless it already holds this hash;
+    /// `true` when it was written.
+    async fn apply_configmap(&mut self, rendered: &Rendered) -> Result<bool, Error> {
+        if self.applied.as_deref() == Some(rendered.hash.as_str()) {
+            return Ok(false);
+        }
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let current = api.get_opt(&self.config.configmap).await?;
+        let current_hash = current
+            .as_ref()
+            .and_then(|c| c.annotations().get(HASH_ANNOTATION).cloned());
+        if current_hash.as_deref() == Some(rendered.hash.as_str()) {
+            self.applied = Some(rendered.hash.clone());
+            return Ok(false);
+        }
+        let owner = self.owner_reference().await?;
+        let mut cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.config.configmap,
+                "namespace": self.config.namespace,
+                "labels": {
+                    "app.kubernetes.io/managed-by": FIELD_MANAGER,
+                    "app.kubernetes.io/part-of": "sluice",
+                },
+                "annotations": { HASH_ANNOTATION: rendered.hash },
+            },
+            "data": rendered.files,
+        });
+        if let Some(owner) = owner {
+            cm["metadata"]["ownerReferences"] = serde_json::json!([owner]);
+        }
+        api.patch(
+            &self.config.configmap,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(cm),
+        )
+        .await?;
+        self.metrics.configmap_writes.inc();
+        self.applied = Some(rendered.hash.clone());
+        Ok(true)
+    }
+
+    async fn owner_reference(&self) -> Result<Option<OwnerReference>, Error> {
+        let Some(fleet) = &self.config.fleet else {
+            return Ok(None);
+        };
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        Ok(match api.get_opt(fleet).await? {
+            Some(sts) => sts.controller_owner_ref(&()).map(|mut r| {
+                // the ConfigMap is the operator's; the StatefulSet only
+                // decides its lifetime
+                r.controller = Some(false);
+                r
+            }),
+            None => {
+                tracing::warn!(
+                    fleet,
+                    "the MTA StatefulSet does not exist; the ConfigMap gets no owner"
+                );
+                None
+            }
+        })
+    }
+
+    /// Ask every MTA pod which generated policy file it runs.
+    async fn rollout(&self, hash: &str) -> Result<Rollout, Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let pods = api
+            .list(&ListParams::default().labels(&self.config.mta_selector))
+            .await?;
+        let mut rollout = Rollout {
+            updated: 0,
+            total: 0,
+        };
+        for pod in pods.items {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            rollout.total += 1;
+            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                continue;
+            };
+            let port = pod
+                .annotations()
+                .get(ADMIN_PORT_ANNOTATION)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(self.config.admin_port);
+            match self.pod_file_hash(&ip, port).await {
+                Ok(Some(h)) if h == hash => rollout.updated += 1,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(pod = %pod.name_any(), "admin API not answering: {e}"),
+            }
+        }
+        Ok(rollout)
+    }
+
+    async fn pod_file_hash(&self, ip: &str, port: u16) -> Result<Option<String>, reqwest::Error> {
+        let url = format!("http://{ip}:{port}/api/admin/config/v1");
+        let bytes = self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(body["files"][POLICY_FILE].as_str().map(str::to_string))
+    }
+
+    async fn write_status<K>(
+        &self,
+        api: Api<K>,
+        obj: &K,
+        rendered: &Rendered,
+        rollout: &Rollout,
+        config_changed: bool,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + HasStatus + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let key = render::key_of(obj);
+        let verdict = rendered.verdicts.get(&key).cloned().unwrap_or(Ok(()));
+        let old = obj.status().cloned().unwrap_or_default();
+        let new = status::compute(
+            &old,
+            obj.meta().generation,
+            &verdict,
+            &rendered.hash,
+            rollout,
+        );
+        if new == old {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": new,
+        });
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+        self.publish_transitions(obj, &key, &old, &new, &verdict, config_changed)
+            .await;
+        Ok(())
+    }
+
+    async fn publish_transitions<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        key: &ObjectKey,
+        old: &PolicyStatus,
+        new: &PolicyStatus,
+        verdict: &Result<(), Rejection>,
+        config_changed: bool,
+    ) {
+        let mut events = Vec::new();
+        let was = |t: &str| status::condition(old, t).map(|c| c.status.clone());
+        let is = |t: &str| status::condition(new, t).map(|c| c.status.clone());
+        match verdict {
+            Err(r)
+                if was("Accepted") != is("Accepted")
+                    || status::condition(old, "Accepted").map(|c| &c.message)
+                        != Some(&r.message) =>
+            {
+                events.push(Event {
+                    type_: EventType::Warning,
+                    reason: "ConfigRejected".into(),
+                    note: Some(format!("{}: {}", r.reason, r.message)),
+                    action: "Render".into(),
+                    secondary: None,
+                });
+            }
+            Ok(()) if config_changed || was("Accepted").as_deref() != Some("True") => {
+                events.push(Event {
+                    type_: EventType::Normal,
+                    reason: "ConfigRendered".into(),
+                    note: Some(format!("part of config {}", short(&rendered_hash(new)))),
+                    action: "Render".into(),
+                    secondary: None,
+                });
+            }
+            _ => {}
+        }
+        if is("Ready").as_deref() == Some("True") && was("Ready").as_deref() != Some("True") {
+            events.push(Event {
+                type_: EventType::Normal,
+                reason: "RolloutComplete".into(),
+                note: Some(format!(
+                    "all MTA pods run config {} ({})",
+                    short(&rendered_hash(new)),
+                    new.pods.clone().unwrap_or_default()
+                )),
+                action: "Rollout".into(),
+                secondary: None,
+            });
+        }
+        let reference = obj.object_ref(&());
+        for event in events {
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(object = %key, "cannot publish event {}: {e}", event.reason);
+            }
+        }
+    }
+}
+
+fn rendered_hash(s: &PolicyStatus) -> String {
+    s.config_hash.clone().unwrap_or_default()
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// The three kinds share one status type.
+pub trait HasStatus {
+    fn status(&self) -> Option<&PolicyStatus>;
+}
+
+impl HasStatus for QueuePolicy {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for EgressPool {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for EgressPath {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}

@@ -1,0 +1,244 @@
+//! The real `sluice-operator run` against the stand-in API server, driven
+//! with a real kubectl: the generated ConfigMap, each object's status, the
+//! rollout read from a real sluice-mta's admin API, cross-references that
+//! heal, and a burst of objects rendered once.
+
+use serde_json::Value;
+use sluice_tests::kube::{ApiServer, Operator};
+use sluice_tests::*;
+use std::time::Duration;
+
+const POLICY_FILE: &str = "sluice-generated.lua";
+
+fn root_path(rel: &str) -> String {
+    workspace_root().join(rel).display().to_string()
+}
+
+fn configmap(api: &ApiServer) -> Option<Value> {
+    api.get_json(&["get", "configmap", "sluice-policy"])
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn is(obj: &Value, type_: &str, status: &str) -> bool {
+    condition(obj, type_).is_some_and(|c| c["status"] == status)
+}
+
+/// What `sluice-operator render` makes of the same files.
+fn offline_render(dir: &str) -> String {
+    let o = std::process::Command::new(binary("sluice-operator"))
+        .args(["render", "-f", dir])
+        .output()
+        .unwrap();
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A real MTA "pod": its policy requires the generated file, which the
+/// test copies from the ConfigMap as the kubelet would.
+fn start_mta(api: &ApiServer, admin: u16) -> Mta {
+    let mut mta = Mta::prepare(&policy_with_init(
+        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        "",
+        "require 'sluice-generated'",
+    ));
+    project(api, &mta);
+    mta.args = vec!["--reload-interval".into(), "300ms".into()];
+    mta.spawn();
+    mta
+}
+
+fn project(api: &ApiServer, mta: &Mta) {
+    let cm = configmap(api).expect("the ConfigMap exists");
+    let lua = cm["data"][POLICY_FILE].as_str().unwrap();
+    std::fs::write(mta.path(POLICY_FILE), lua).unwrap();
+}
+
+/// A Pod object for the MTA: selected by the operator, its admin port in
+/// an annotation, its IP in the status as the kubelet would report it.
+fn register_pod(api: &ApiServer, name: &str, admin: u16) {
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app.kubernetes.io/component: mta}}\n  \
+         annotations: {{sluice.dev/admin-port: \"{admin}\"}}\nspec:\n  containers: [{{name: mta, image: sluice-mta}}]\n"
+    );
+    let file = api.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, pod).unwrap();
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    api.kubectl_ok(&[
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running","podIP":"127.0.0.1"}}"#,
+    ]);
+}
+
+#[test]
+fn operator_renders_reports_status_and_follows_the_rollout() {
+    let api = ApiServer::start();
+    api.kubectl_ok(&["apply", "--server-side", "-f", &root_path("crds")]);
+    // the StatefulSet that owns the ConfigMap
+    let sts = api.dir.path().join("sts.yaml");
+    std::fs::write(
+        &sts,
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: sluice-mta}\nspec:\n  serviceName: sluice-mta\n  \
+         selector: {matchLabels: {app.kubernetes.io/component: mta}}\n  template:\n    metadata: {labels: {app.kubernetes.io/component: mta}}\n    \
+         spec: {containers: [{name: mta, image: sluice-mta}]}\n",
+    )
+    .unwrap();
+    api.kubectl_ok(&["apply", "-f", sts.to_str().unwrap()]);
+    let operator = Operator::start(&api, &["--fleet", "sluice-mta", "--debounce", "500ms"]);
+
+    // 1. the examples: one ConfigMap, byte-identical to the offline render
+    api.kubectl_ok(&["apply", "-f", &root_path("examples/operator")]);
+    api.wait_for("the ConfigMap", Duration::from_secs(20), |a| {
+        configmap(a).is_some()
+    });
+    let cm = configmap(&api).unwrap();
+    let lua = cm["data"][POLICY_FILE].as_str().unwrap().to_string();
+    assert_eq!(lua, offline_render(&root_path("examples/operator")));
+    let hash = cm["metadata"]["annotations"]["sluice.dev/config-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let owner = &cm["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("StatefulSet"), Some("sluice-mta"))
+    );
+
+    // 2. status: accepted, no MTA pods yet
+    api.wait_for("accepted queue policies", Duration::from_secs(20), |a| {
+        let list = a.get_json(&["get", "queuepolicies"]).unwrap();
+        let items = list["items"].as_array().unwrap();
+        items.len() == 6 && items.iter().all(|o| is(o, "Accepted", "True"))
+    });
+    let qp = api.get_json(&["get", "qp", "smarthost"]).unwrap();
+    assert_eq!(
+        qp["status"]["observedGeneration"],
+        qp["metadata"]["generation"]
+    );
+    assert_eq!(qp["status"]["configHash"], hash.as_str());
+    assert_eq!(condition(&qp, "Ready").unwrap()["reason"], "NoMtaPods");
+
+    // 3. a real MTA loads the ConfigMap: Ready, with kubectl wait
+    let admin = free_port();
+    let mut mta = start_mta(&api, admin);
+    register_pod(&api, "sluice-mta-0", admin);
+    api.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "queuepolicies,egresspools,egresspaths",
+        "--all",
+        "--timeout=30s",
+    ]);
+    let qp = api.get_json(&["get", "qp", "smarthost"]).unwrap();
+    assert_eq!(qp["status"]["pods"], "1/1");
+    let table = api.kubectl_ok(&["get", "qp"]);
+    assert!(
+        table.contains("READY") && table.contains("RolloutComplete"),
+        "{table}"
+    );
+    let writes = operator.metric("sluice_operator_configmap_writes_total{}");
+    assert_eq!(writes, 1.0);
+
+    // 4. an object naming a missing pool is left out, the rest keeps serving
+    api.kubectl_ok(&[
+        "apply",
+        "-f",
+        &root_path("examples/operator/invalid/unknown-pool.yaml"),
+    ]);
+    api.wait_for("the rejection", Duration::from_secs(20), |a| {
+        let o = a.get_json(&["get", "qp", "unknown-pool"]).unwrap();
+        condition(&o, "Accepted").is_some_and(|c| c["reason"] == "EgressPoolNotFound")
+    });
+    let rejected = api.get_json(&["get", "qp", "unknown-pool"]).unwrap();
+    assert!(is(&rejected, "Ready", "False"));
+    assert!(is(&rejected, "Stalled", "True"));
+    assert!(
+        condition(&rejected, "Accepted").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.egressPool: EgressPool \"nowhere\" does not exist"),
+        "{rejected}"
+    );
+    assert_eq!(
+        configmap(&api).unwrap()["metadata"]["annotations"]["sluice.dev/config-hash"],
+        hash.as_str()
+    );
+    assert!(is(
+        &api.get_json(&["get", "qp", "smarthost"]).unwrap(),
+        "Ready",
+        "True"
+    ));
+    let events = api.get_json(&["get", "events.v1.events.k8s.io"]).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "ConfigRejected" && e["regarding"]["name"] == "unknown-pool"),
+        "{events}"
+    );
+
+    // 5. the pool appears: the object heals by itself, a new config rolls out
+    let pool = api.dir.path().join("nowhere.yaml");
+    std::fs::write(
+        &pool,
+        "apiVersion: sluice.dev/v1alpha1\nkind: EgressPool\nmetadata: {name: nowhere}\nspec:\n  sources: [{name: nowhere-1}]\n",
+    )
+    .unwrap();
+    api.kubectl_ok(&["apply", "-f", pool.to_str().unwrap()]);
+    api.wait_for("a new config", Duration::from_secs(20), |a| {
+        configmap(a).unwrap()["metadata"]["annotations"]["sluice.dev/config-hash"] != hash.as_str()
+    });
+    let o = api.get_json(&["get", "qp", "unknown-pool"]).unwrap();
+    assert!(is(&o, "Accepted", "True"), "{o}");
+    api.wait_for("the rollout in progress", Duration::from_secs(10), |a| {
+        let o = a.get_json(&["get", "qp", "smarthost"]).unwrap();
+        is(&o, "Reconciling", "True") || is(&o, "Ready", "True")
+    });
+    project(&api, &mta);
+    api.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "qp",
+        "--all",
+        "--timeout=30s",
+    ]);
+
+    // 6. a burst of 40 objects is one render and one ConfigMap write
+    let before = operator.metric("sluice_operator_configmap_writes_total{}");
+    let burst: String = (0..40)
+        .map(|i| {
+            format!(
+                "---\napiVersion: sluice.dev/v1alpha1\nkind: QueuePolicy\nmetadata: {{name: burst-{i}}}\nspec:\n  match: {{domains: [burst-{i}.example.com]}}\n  maxAge: 1 day\n"
+            )
+        })
+        .collect();
+    let file = api.dir.path().join("burst.yaml");
+    std::fs::write(&file, burst).unwrap();
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    api.wait_for("the burst rendered", Duration::from_secs(30), |a| {
+        configmap(a).unwrap()["data"][POLICY_FILE]
+            .as_str()
+            .unwrap()
+            .contains("burst-39.example.com")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = operator.metric("sluice_operator_configmap_writes_total{}");
+    assert_eq!(after - before, 1.0, "one write for the burst");
+    assert_eq!(
+        operator.metric("sluice_operator_reconcile_failures_total{error=api}"),
+        0.0,
+        "{}",
+        operator.log()
+    );
+    mta.stop();
+}

@@ -161,8 +161,13 @@ end)
     assert!(!content.contains(PASSWORD), "{content}");
     assert_eq!(count(&recs, "Delivery"), 0);
 
+    // until the queue exists the broker would drop the message as
+    // unroutable, so the MTA is kept out with a wrong password meanwhile;
+    // the file is read at each attempt, as a rotated Secret would be
+    std::fs::write(&secret, "not-the-password\n").unwrap();
     let rabbit = Rabbit::start_on(port);
     rabbit.declare_queue("events", &[]);
+    std::fs::write(&secret, format!("{PASSWORD}\n")).unwrap();
     mta.wait_for_records(Duration::from_secs(30), "delivery", |r| {
         count(r, "Delivery") == 1
     });

@@ -198,8 +198,14 @@ fn operator_renders_reports_status_and_follows_the_rollout() {
     api.wait_for("a new config", Duration::from_secs(20), |a| {
         configmap(a).unwrap()["metadata"]["annotations"]["sluice.dev/config-hash"] != hash.as_str()
     });
-    let o = api.get_json(&["get", "qp", "unknown-pool"]).unwrap();
-    assert!(is(&o, "Accepted", "True"), "{o}");
+    // statuses are written right after the ConfigMap
+    api.wait_for("the healed object accepted", Duration::from_secs(10), |a| {
+        is(
+            &a.get_json(&["get", "qp", "unknown-pool"]).unwrap(),
+            "Accepted",
+            "True",
+        )
+    });
     api.wait_for("the rollout in progress", Duration::from_secs(10), |a| {
         let o = a.get_json(&["get", "qp", "smarthost"]).unwrap();
         is(&o, "Reconciling", "True") || is(&o, "Ready", "True")

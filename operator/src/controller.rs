@@ -464,12 +464,13 @@ impl Controller {
         let mut events = Vec::new();
         let was = |t: &str| status::condition(old, t).map(|c| c.status.clone());
         let is = |t: &str| status::condition(new, t).map(|c| c.status.clone());
+        // a new rejection, or a different reason for one
+        let rejected_before = status::condition(old, "Accepted")
+            .filter(|c| c.status == "False")
+            .map(|c| c.message.as_str());
+        let hash = new.config_hash.as_deref().unwrap_or_default();
         match verdict {
-            Err(r)
-                if was("Accepted") != is("Accepted")
-                    || status::condition(old, "Accepted").map(|c| &c.message)
-                        != Some(&r.message) =>
-            {
+            Err(r) if rejected_before != Some(r.message.as_str()) => {
                 events.push(Event {
                     type_: EventType::Warning,
                     reason: "ConfigRejected".into(),
@@ -482,7 +483,7 @@ impl Controller {
                 events.push(Event {
                     type_: EventType::Normal,
                     reason: "ConfigRendered".into(),
-                    note: Some(format!("part of config {}", short(&rendered_hash(new)))),
+                    note: Some(format!("part of config {}", status::short(hash))),
                     action: "Render".into(),
                     secondary: None,
                 });
@@ -495,7 +496,7 @@ impl Controller {
                 reason: "RolloutComplete".into(),
                 note: Some(format!(
                     "all MTA pods run config {} ({})",
-                    short(&rendered_hash(new)),
+                    status::short(hash),
                     new.pods.clone().unwrap_or_default()
                 )),
                 action: "Rollout".into(),
@@ -509,14 +510,6 @@ impl Controller {
             }
         }
     }
-}
-
-fn rendered_hash(s: &PolicyStatus) -> String {
-    s.config_hash.clone().unwrap_or_default()
-}
-
-fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
 }
 
 /// The three kinds share one status type.

@@ -12,7 +12,8 @@ pub fn condition<'a>(status: &'a PolicyStatus, type_: &str) -> Option<&'a Condit
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
-fn short(hash: &str) -> &str {
+/// The first 12 hex digits, for messages.
+pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 

@@ -11,7 +11,7 @@ use crate::crd::{EgressPath, EgressPool, QueuePolicy};
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The generated policy's file name in the ConfigMap (and so in the pod).
 pub const POLICY_FILE: &str = "sluice-generated.lua";
@@ -42,7 +42,7 @@ impl Default for Options {
 /// Which object a verdict is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub kind: &'static str,
+    pub kind: String,
     pub namespace: String,
     pub name: String,
 }
@@ -81,11 +81,7 @@ impl Rendered {
 
 pub fn key_of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
     ObjectKey {
-        kind: match K::kind(&()).as_ref() {
-            "QueuePolicy" => "QueuePolicy",
-            "EgressPool" => "EgressPool",
-            _ => "EgressPath",
-        },
+        kind: K::kind(&()).into_owned(),
         namespace: obj.namespace().unwrap_or_else(|| "default".into()),
         name: obj.name_any(),
     }
@@ -129,27 +125,27 @@ fn rank(
     verdicts: &mut BTreeMap<ObjectKey, Result<(), Rejection>>,
 ) -> Vec<Value> {
     items.sort_by(|a, b| a.order(b));
-    let mut kept: Vec<Ranked> = Vec::with_capacity(items.len());
+    // (priority, selector) => the object that took it first
+    let mut taken: HashMap<(i32, Vec<Vec<String>>), ObjectKey> = HashMap::new();
+    let mut kept: Vec<Value> = Vec::with_capacity(items.len());
     for item in items {
-        if let Some(winner) = kept
-            .iter()
-            .find(|k| k.priority == item.priority && k.selector == item.selector)
-        {
+        if let Some(winner) = taken.get(&(item.priority, item.selector.clone())) {
             verdicts.insert(
                 item.key.clone(),
                 Err(Rejection {
                     reason: "ConflictingMatch",
                     message: format!(
                         "spec.match: same match and priority as {}/{}, which takes precedence; change the match or the priority",
-                        winner.key.namespace, winner.key.name
+                        winner.namespace, winner.name
                     ),
                 }),
             );
             continue;
         }
-        kept.push(item);
+        taken.insert((item.priority, item.selector), item.key);
+        kept.push(item.entry);
     }
-    kept.into_iter().map(|k| k.entry).collect()
+    kept
 }
 
 fn normalise(list: &[String], fold_case: bool) -> Vec<String> {

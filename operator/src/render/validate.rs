@@ -3,7 +3,7 @@
 //! operator rejects exactly what the MTA would. Errors name the field.
 
 use super::{Options, Rejection};
-use crate::crd::{EgressPath, EgressPool, QueuePolicy, RefreshStrategy, TlsMode};
+use crate::crd::{EgressPath, EgressPool, QueuePolicy};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use sluice_common::{duration::parse_duration, egress, queue_config, throttle::ThrottleSpec};
@@ -250,28 +250,12 @@ pub fn egress_path(path: &EgressPath) -> Result<Value, Rejection> {
         "ehlo_domain",
         s.ehlo_domain.as_ref().map(|v| json!(v)),
     );
-    insert_some(
-        &mut m,
-        "enable_tls",
-        s.enable_tls.map(|t| {
-            json!(match t {
-                TlsMode::Opportunistic => "Opportunistic",
-                TlsMode::OpportunisticInsecure => "OpportunisticInsecure",
-                TlsMode::Required => "Required",
-                TlsMode::RequiredInsecure => "RequiredInsecure",
-                TlsMode::Disabled => "Disabled",
-            })
-        }),
-    );
+    // the CRD's enum variants are spelled as KumoMTA's
+    insert_some(&mut m, "enable_tls", s.enable_tls.map(|t| json!(t)));
     insert_some(
         &mut m,
         "refresh_strategy",
-        s.refresh_strategy.map(|r| {
-            json!(match r {
-                RefreshStrategy::Ttl => "Ttl",
-                RefreshStrategy::Epoch => "Epoch",
-            })
-        }),
+        s.refresh_strategy.map(|r| json!(r)),
     );
     if let Some(v) = &s.refresh_interval {
         m.insert(

@@ -1,5 +1,5 @@
 //! The admin HTTP listener (`kumo.start_http_listener`, spec §10): liveness,
-//! readiness, Prometheus metrics and the loaded config. Probes are open to
+//! readiness, `/healthz/live`, Prometheus metrics and the loaded config. Probes are open to
 //! everyone (the kubelet must reach them); everything else only to
 //! `trusted_hosts`, others get 403.
 
@@ -75,6 +75,13 @@ fn untrusted(state: &AdminState, peer: SocketAddr) -> Option<Response> {
                 .into_response(),
         )
     }
+}
+
+/// `GET /healthz/live`: the process answers, draining or not. For a
+/// Kubernetes liveness probe, which must not restart a pod that is only
+/// busy (draining, spool full): KumoMTA's check-liveness means "accepting".
+async fn alive() -> &'static str {
+    "alive\n"
 }
 
 async fn liveness(State(s): State<AdminState>) -> Response {
@@ -277,6 +284,7 @@ async fn queue_summary(
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/healthz/live", get(alive))
         .route("/api/check-liveness/v1", get(liveness))
         .route("/api/check-readiness/v1", get(readiness))
         .route("/metrics", get(metrics))

@@ -80,17 +80,29 @@ fn a_queue_policy_becomes_valid_when_its_pool_appears() {
     assert_eq!(with.rejected().count(), 0);
 }
 
-/// `crds/` is what `sluice-operator crdgen` prints today.
+/// `crds/` and the chart's copy are what `sluice-operator crdgen` prints
+/// today, and nothing else.
 #[test]
 fn committed_crds_are_fresh() {
-    for (name, yaml) in crdgen::crds() {
-        let path = root().join("crds").join(&name);
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == yaml,
-            "{} is stale: run `cargo run -p sluice-operator -- crdgen -o crds`",
-            path.display()
-        );
+    let generated = crdgen::crds();
+    for dir in ["crds", "charts/sluice/files/crds"] {
+        for (name, yaml) in &generated {
+            let path = root().join(dir).join(name);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                &committed == yaml,
+                "{} is stale: run `cargo run -p sluice-operator -- crdgen -o {dir}`",
+                path.display()
+            );
+        }
+        let mut present: Vec<String> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        present.sort();
+        let mut expected: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
+        expected.sort();
+        assert_eq!(present, expected, "{dir} holds files crdgen does not write");
     }
 }
 

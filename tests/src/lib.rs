@@ -3,6 +3,7 @@
 //! Python's smtplib, openssl), and read what a user would see: SMTP replies,
 //! log records and maildir files.
 
+pub mod chart;
 pub mod kube;
 pub mod rabbit;
 

@@ -33,6 +33,7 @@ fn metrics_config_and_probes_over_http() {
 
     assert_eq!(get(admin, "/api/check-liveness/v1")["status"], 200);
     assert_eq!(get(admin, "/api/check-readiness/v1")["status"], 200);
+    assert_eq!(get(admin, "/healthz/live")["status"], 200);
 
     let m = get(admin, "/metrics");
     assert_eq!(m["status"], 200, "{m}");
@@ -82,6 +83,7 @@ fn metrics_config_and_probes_over_http() {
 
     // a listener whose trusted_hosts leave loopback out: probes yes, admin no
     assert_eq!(get(other, "/api/check-liveness/v1")["status"], 200);
+    assert_eq!(get(other, "/healthz/live")["status"], 200);
     assert_eq!(get(other, "/metrics")["status"], 403);
     assert_eq!(get(other, "/api/admin/config/v1")["status"], 403);
 
@@ -99,6 +101,8 @@ fn metrics_config_and_probes_over_http() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(get(admin, "/api/check-liveness/v1")["status"], 503);
+    // the process still answers: a liveness probe must not kill the drain
+    assert_eq!(get(admin, "/healthz/live")["status"], 200);
     assert_eq!(get(admin, "/metrics")["samples"]["sluice_draining{}"], 1.0);
     busy.command("QUIT");
     mta.wait_exit(Duration::from_secs(15))

@@ -1,0 +1,344 @@
+//! The Helm chart, rendered by a real helm: lint, Kubernetes schemas, the
+//! reviewed snapshot, the closed values schema, the CRDs, secure defaults,
+//! and the wiring between the operator and the MTA pods.
+
+use serde_json::Value;
+use sluice_tests::chart::*;
+use sluice_tests::workspace_root;
+use std::process::Command;
+
+fn rendered(values: &str) -> Vec<Value> {
+    documents(&template(Some(values), &[]).unwrap_or_else(|e| panic!("{values}: {e}")))
+}
+
+#[test]
+fn lints_strict_with_every_values_set() {
+    for values in ci_values() {
+        let out = helm(&["lint", "--strict", ".", "-f", &values])
+            .unwrap_or_else(|e| panic!("helm lint --strict -f {values}: {e}"));
+        assert!(out.contains("0 chart(s) failed"), "{values}: {out}");
+    }
+}
+
+/// Every rendered object against Kubernetes' own schemas, strictly (an
+/// unknown field fails), for the oldest supported and the current version.
+/// Only the Prometheus Operator's ServiceMonitor has no schema there.
+#[test]
+fn every_manifest_validates_against_kubernetes_schemas() {
+    for values in ci_values() {
+        let yaml = template(Some(&values), &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rendered.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let o = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .args(["-k", "1.30", "-k", "1.35"])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate is installed (scripts/install-deps)");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{values}:\n{out}");
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                line.contains("kind ServiceMonitor with api version monitoring.coreos.com/v1"),
+                "{values}: {line}"
+            );
+        }
+    }
+}
+
+/// The rendered chart, reviewed like code: `cargo insta review` shows the
+/// diff of any template or default change. The CRDs are left out: they are
+/// compared with `crds/` below.
+#[test]
+fn rendered_output_matches_the_snapshot() {
+    for values in ci_values() {
+        let full = template(Some(&values), &[]).unwrap();
+        let yaml: Vec<&str> = full
+            .split("\n---\n")
+            .filter(|doc| !doc.contains("\nkind: CustomResourceDefinition\n"))
+            .collect();
+        let yaml = yaml.join("\n---\n");
+        let name = values
+            .trim_start_matches("ci/")
+            .trim_end_matches("-values.yaml")
+            .to_string();
+        insta::with_settings!({ snapshot_path => workspace_root().join("charts/sluice/ci/snapshots"), prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(name, yaml);
+        });
+    }
+}
+
+#[test]
+fn the_closed_values_schema_rejects_typos_and_bad_types() {
+    let cases = [
+        (
+            "mta.replcas=3",
+            "additional properties 'replcas' not allowed",
+        ),
+        (
+            "operatr.enabled=false",
+            "additional properties 'operatr' not allowed",
+        ),
+        (
+            "mta.listeners.smtp.deferedQueue=true",
+            "additional properties 'deferedQueue' not allowed",
+        ),
+        (
+            "mta.replicas=three",
+            "/mta/replicas': got string, want integer",
+        ),
+        (
+            "mta.listeners.smtp.containerPort=25",
+            "minimum: got 25, want 1,024",
+        ),
+        ("mta.spool.whenDeleted=Drop", "/mta/spool/whenDeleted"),
+    ];
+    for (set, expected) in cases {
+        let err = template(None, &[set]).expect_err(set);
+        assert!(err.contains(expected), "--set {set}: {err}");
+    }
+    let err = template(None, &["mta.listeners.smtp.tls=true"]).unwrap_err();
+    assert!(
+        err.contains("mta.listeners.smtp.tls is true: set mta.tls.secretName"),
+        "{err}"
+    );
+}
+
+/// values.schema.json and the README's table are generated from values.yaml.
+#[test]
+fn values_schema_and_readme_are_fresh() {
+    let o = Command::new("python3")
+        .arg(chart_dir().join("hack/values_doc.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The chart's CRDs are the repository's `crds/` plus Helm's labels and
+/// the keep annotation, and nothing with `crds.enabled=false`.
+#[test]
+fn crds_are_the_repository_crds() {
+    let docs = rendered("ci/default-values.yaml");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(workspace_root().join("crds")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let committed = documents(&text).remove(0);
+        let name = committed["metadata"]["name"].as_str().unwrap().to_string();
+        let mut chart = find(&docs, "CustomResourceDefinition", &name).clone();
+        let meta = chart["metadata"].as_object_mut().unwrap();
+        assert_eq!(
+            meta.remove("annotations").unwrap()["helm.sh/resource-policy"],
+            "keep"
+        );
+        assert_eq!(
+            meta.remove("labels").unwrap()["app.kubernetes.io/part-of"],
+            "sluice"
+        );
+        assert_eq!(
+            numbers_as_floats(chart),
+            numbers_as_floats(committed),
+            "{name} differs from crds/"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    let without = documents(&template(None, &["crds.enabled=false", "crds.keep=false"]).unwrap());
+    assert!(
+        without
+            .iter()
+            .all(|d| d["kind"] != "CustomResourceDefinition")
+    );
+    let unkept = documents(&template(None, &["crds.keep=false"]).unwrap());
+    assert!(
+        unkept
+            .iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .all(|d| d["metadata"]["annotations"].is_null())
+    );
+}
+
+/// Helm writes the committed `0.0` as `0`: the same number.
+fn numbers_as_floats(v: Value) -> Value {
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Secure defaults are set, not left to the user: every container non-root,
+/// read-only, unprivileged, no capabilities, seccomp RuntimeDefault.
+#[test]
+fn pods_are_secure_by_default() {
+    let docs = rendered("ci/default-values.yaml");
+    let workloads: Vec<&Value> = docs
+        .iter()
+        .filter(|d| ["Deployment", "StatefulSet"].contains(&d["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(workloads.len(), 2);
+    for w in workloads {
+        let pod = &w["spec"]["template"]["spec"];
+        let name = &w["metadata"]["name"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(pod["enableServiceLinks"], false, "{name}");
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+            assert!(c["image"].as_str().unwrap().ends_with(":0.1.0"), "{name}");
+        }
+    }
+}
+
+/// Selectors use name, instance and component only (they cannot change).
+#[test]
+fn selectors_use_only_stable_labels() {
+    for values in ci_values() {
+        for d in rendered(&values) {
+            let selector = match d["kind"].as_str().unwrap() {
+                "Deployment" | "StatefulSet" | "PodDisruptionBudget" => {
+                    d["spec"]["selector"]["matchLabels"].clone()
+                }
+                "Service" => d["spec"]["selector"].clone(),
+                _ => continue,
+            };
+            let keys: Vec<&str> = selector
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            assert_eq!(
+                keys,
+                [
+                    "app.kubernetes.io/component",
+                    "app.kubernetes.io/instance",
+                    "app.kubernetes.io/name"
+                ],
+                "{values}: {}",
+                d["metadata"]["name"]
+            );
+        }
+    }
+}
+
+/// The PodDisruptionBudget follows the fleet's size unless forced.
+#[test]
+fn disruption_budget_is_on_for_a_fleet() {
+    let has_pdb = |sets: &[&str]| {
+        documents(&template(None, sets).unwrap())
+            .iter()
+            .any(|d| d["kind"] == "PodDisruptionBudget")
+    };
+    assert!(!has_pdb(&[]));
+    assert!(has_pdb(&["mta.replicas=3"]));
+    assert!(!has_pdb(&[
+        "mta.replicas=3",
+        "podDisruptionBudget.enabled=false"
+    ]));
+    assert!(has_pdb(&["podDisruptionBudget.enabled=true"]));
+}
+
+/// What the operator is told matches what the chart gives the MTA pods:
+/// the generated ConfigMap is mounted, the fleet and selector name the
+/// StatefulSet and its pods, ports and the secrets directory agree.
+#[test]
+fn operator_and_mta_pods_agree() {
+    let docs = rendered("ci/deferred-queue-values.yaml");
+    let sts = find(&docs, "StatefulSet", "rel-sluice-mta");
+    let op = find(&docs, "Deployment", "rel-sluice-operator");
+    let args: Vec<&str> = op["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |flag: &str| {
+        let i = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("{flag}"));
+        args[i + 1]
+    };
+    assert_eq!(args[0], "run");
+    let pod = &sts["spec"]["template"];
+    let sources = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "policy")
+        .unwrap()["projected"]["sources"]
+        .as_array()
+        .unwrap();
+    let generated = sources
+        .iter()
+        .find(|s| s["configMap"]["name"] == arg("--configmap"))
+        .expect("the operator's ConfigMap is projected into the policy directory");
+    assert_eq!(generated["configMap"]["optional"], true);
+    assert!(
+        sources
+            .iter()
+            .any(|s| s["configMap"]["name"] == "mail-hooks")
+    );
+    assert_eq!(arg("--fleet"), sts["metadata"]["name"]);
+    for pair in arg("--mta-selector").split(',') {
+        let (k, v) = pair.split_once('=').unwrap();
+        assert_eq!(pod["metadata"]["labels"][k], v, "{pair}");
+    }
+    let mta = &pod["spec"]["containers"][0];
+    let admin = mta["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(arg("--admin-port"), admin.to_string());
+    assert_eq!(
+        pod["metadata"]["annotations"]["sluice.dev/admin-port"],
+        admin.to_string()
+    );
+    let secret_mount = mta["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "secret-rabbitmq")
+        .unwrap();
+    assert_eq!(
+        secret_mount["mountPath"],
+        format!("{}/rabbitmq", arg("--secrets-dir"))
+    );
+    // the Services point at ports the containers have
+    for svc in docs.iter().filter(|d| d["kind"] == "Service") {
+        let target_pod = if svc["metadata"]["name"] == "rel-sluice-operator-metrics" {
+            &op["spec"]["template"]["spec"]["containers"][0]
+        } else {
+            mta
+        };
+        for port in svc["spec"]["ports"].as_array().unwrap() {
+            let named = port["targetPort"].as_str().unwrap();
+            assert!(
+                target_pod["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == named),
+                "{}: no container port named {named}",
+                svc["metadata"]["name"]
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod chart;
 pub mod kube;
+pub mod projector;
 pub mod rabbit;
 
 use serde_json::Value;

@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use sluice_tests::kube::{ApiServer, Operator};
+use sluice_tests::projector::Projector;
 use sluice_tests::*;
 use std::time::Duration;
 
@@ -38,24 +39,29 @@ fn offline_render(dir: &str) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// A real MTA "pod": its policy requires the generated file, which the
-/// test copies from the ConfigMap as the kubelet would.
-fn start_mta(api: &ApiServer, admin: u16) -> Mta {
+/// A real MTA "pod": its policy directory is a projected volume kept in
+/// sync with the ConfigMap the way the kubelet writes it (`..data` swapped
+/// atomically), holding the pod's own init policy, which requires the
+/// generated file.
+fn start_mta(api: &ApiServer, admin: u16) -> (Mta, Projector) {
     let mut mta = Mta::prepare(&policy_with_init(
         &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
         "",
         "require 'sluice-generated'",
     ));
-    project(api, &mta);
+    let init = std::fs::read_to_string(&mta.policy_path).unwrap();
+    let projector = Projector::start(
+        api.port,
+        "default",
+        &["sluice-policy"],
+        [("init.lua".to_string(), init)].into(),
+        mta.path("policy"),
+        Duration::from_millis(300),
+    );
+    mta.policy_path = mta.path("policy/init.lua");
     mta.args = vec!["--reload-interval".into(), "300ms".into()];
     mta.spawn();
-    mta
-}
-
-fn project(api: &ApiServer, mta: &Mta) {
-    let cm = configmap(api).expect("the ConfigMap exists");
-    let lua = cm["data"][POLICY_FILE].as_str().unwrap();
-    std::fs::write(mta.path(POLICY_FILE), lua).unwrap();
+    (mta, projector)
 }
 
 /// A Pod object for the MTA: selected by the operator, its admin port in
@@ -129,7 +135,7 @@ fn operator_renders_reports_status_and_follows_the_rollout() {
 
     // 3. a real MTA loads the ConfigMap: Ready, with kubectl wait
     let admin = free_port();
-    let mut mta = start_mta(&api, admin);
+    let (mut mta, _projector) = start_mta(&api, admin);
     register_pod(&api, "sluice-mta-0", admin);
     api.kubectl_ok(&[
         "wait",
@@ -210,7 +216,7 @@ fn operator_renders_reports_status_and_follows_the_rollout() {
         let o = a.get_json(&["get", "qp", "smarthost"]).unwrap();
         is(&o, "Reconciling", "True") || is(&o, "Ready", "True")
     });
-    project(&api, &mta);
+    // the projector carries the new ConfigMap into the pod's directory
     api.kubectl_ok(&[
         "wait",
         "--for=condition=Ready",

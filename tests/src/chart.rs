@@ -61,6 +61,16 @@ pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendered chart"))
 }
 
+/// The entry called `name` of a Kubernetes list (containers, ports,
+/// volumes, volumeMounts...).
+pub fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no entry named {name} in {list}"))
+}
+
 /// The values files under `charts/sluice/ci/`, sorted.
 pub fn ci_values() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(chart_dir().join("ci"))

@@ -274,12 +274,7 @@ fn operator_and_mta_pods_agree() {
     };
     assert_eq!(args[0], "run");
     let pod = &sts["spec"]["template"];
-    let sources = pod["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "policy")
-        .unwrap()["projected"]["sources"]
+    let sources = named(&pod["spec"]["volumes"], "policy")["projected"]["sources"]
         .as_array()
         .unwrap();
     let generated = sources
@@ -298,12 +293,7 @@ fn operator_and_mta_pods_agree() {
         assert_eq!(pod["metadata"]["labels"][k], v, "{pair}");
     }
     let mta = &pod["spec"]["containers"][0];
-    let admin = mta["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "admin")
-        .unwrap()["containerPort"]
+    let admin = named(&mta["ports"], "admin")["containerPort"]
         .as_u64()
         .unwrap();
     assert_eq!(arg("--admin-port"), admin.to_string());
@@ -311,12 +301,7 @@ fn operator_and_mta_pods_agree() {
         pod["metadata"]["annotations"]["sluice.dev/admin-port"],
         admin.to_string()
     );
-    let secret_mount = mta["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "secret-rabbitmq")
-        .unwrap();
+    let secret_mount = named(&mta["volumeMounts"], "secret-rabbitmq");
     assert_eq!(
         secret_mount["mountPath"],
         format!("{}/rabbitmq", arg("--secrets-dir"))

@@ -80,12 +80,7 @@ impl Drop for Daemon {
 }
 
 fn port_named(container: &Value, name: &str) -> u16 {
-    container["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no container port named {name}"))["containerPort"]
+    named(&container["ports"], name)["containerPort"]
         .as_u64()
         .unwrap() as u16
 }
@@ -148,12 +143,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
         std::fs::create_dir_all(format!("{}{}", root.display(), m.path)).unwrap();
     }
     let mount_of = |volume: &str| -> PathBuf {
-        let m = container["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == volume)
-            .unwrap_or_else(|| panic!("volume {volume} is not mounted"));
+        let m = named(&container["volumeMounts"], volume);
         PathBuf::from(format!(
             "{}{}",
             root.display(),
@@ -161,12 +151,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
         ))
     };
     let policy_dir = mount_of("policy");
-    let policy_volume = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "policy")
-        .unwrap();
+    let policy_volume = named(&pod["volumes"], "policy");
     let generated = {
         let o = Command::new(binary("sluice-operator"))
             .args(["render", "-f"])

@@ -66,14 +66,17 @@ impl ApiServer {
         self.dir.path().join("kubeconfig")
     }
 
+    /// A kubectl for this stand-in that other threads can own.
+    pub fn client(&self) -> Kubectl {
+        Kubectl {
+            kubeconfig: self.kubeconfig(),
+            cache: self.dir.path().join("kube-cache"),
+        }
+    }
+
     /// Run kubectl against the stand-in.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(tool("kubectl"))
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("KUBECACHEDIR", self.dir.path().join("kube-cache"))
-            .output()
-            .unwrap()
+        self.client().run(args)
     }
 
     /// kubectl that must succeed; its stdout.
@@ -90,12 +93,7 @@ impl ApiServer {
 
     /// `kubectl get ... -o json`, or `None` when it is not there.
     pub fn get_json(&self, args: &[&str]) -> Option<Value> {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let o = self.kubectl(&all);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+        self.client().get_json(args)
     }
 
     /// Poll `get` until `check` holds.
@@ -105,6 +103,34 @@ impl ApiServer {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// kubectl with a stand-in's kubeconfig.
+#[derive(Clone)]
+pub struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(tool("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", &self.cache)
+            .output()
+            .unwrap()
+    }
+
+    /// `kubectl get ... -o json`, or `None` when it is not there.
+    pub fn get_json(&self, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let o = self.run(&all);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap())
     }
 }
 

@@ -1,14 +1,12 @@
 //! A kubelet-like projector: keeps a directory equal to a projected volume
 //! of ConfigMaps read from the API server, written the way the kubelet's
 //! atomic writer does it. The files live in a timestamped directory
-//! (`..<seconds>.<nanoseconds>`; the kubelet's is `..2026_11_22_10_00_00.123456789`),
-//! `..data` is a symlink to it that is
+//! (`..<seconds>.<nanoseconds>`; the kubelet's is
+//! `..2026_11_22_10_00_00.123456789`), `..data` is a symlink to it that is
 //! swapped with a rename, and each key is a symlink `key -> ..data/key`.
 
-use serde_json::Value;
+use crate::kube::{ApiServer, Kubectl};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,46 +65,6 @@ fn timestamp() -> String {
     format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
-/// `GET path` from the stand-in API server: the JSON body, or `None` on 404.
-pub fn api_get(port: u16, path: &str) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    serde_json::from_str(&body).ok()
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
 /// A projected volume kept in sync with ConfigMaps on the API server, every
 /// `period`, plus static files (e.g. the chart's own ConfigMap).
 pub struct Projector {
@@ -117,7 +75,7 @@ pub struct Projector {
 
 impl Projector {
     pub fn start(
-        api_port: u16,
+        api: &ApiServer,
         namespace: &str,
         configmaps: &[&str],
         fixed: BTreeMap<String, String>,
@@ -125,16 +83,15 @@ impl Projector {
         period: Duration,
     ) -> Projector {
         let stop = Arc::new(AtomicBool::new(false));
-        let paths: Vec<String> = configmaps
-            .iter()
-            .map(|n| format!("/api/v1/namespaces/{namespace}/configmaps/{n}"))
-            .collect();
+        let kubectl: Kubectl = api.client();
+        let namespace = namespace.to_string();
+        let names: Vec<String> = configmaps.iter().map(|n| n.to_string()).collect();
         let (d, s) = (dir.clone(), stop.clone());
         let sync = move || {
             let mut files = fixed.clone();
-            for p in &paths {
+            for name in &names {
                 // optional sources: a missing ConfigMap adds nothing
-                if let Some(cm) = api_get(api_port, p) {
+                if let Some(cm) = kubectl.get_json(&["get", "configmap", name, "-n", &namespace]) {
                     for (k, v) in cm["data"].as_object().into_iter().flatten() {
                         files.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
                     }

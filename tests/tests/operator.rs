@@ -51,7 +51,7 @@ fn start_mta(api: &ApiServer, admin: u16) -> (Mta, Projector) {
     ));
     let init = std::fs::read_to_string(&mta.policy_path).unwrap();
     let projector = Projector::start(
-        api.port,
+        api,
         "default",
         &["sluice-policy"],
         [("init.lua".to_string(), init)].into(),

@@ -216,7 +216,7 @@ pub enum MxListEntry {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct MaildirProtocol {
-    /// Path template, expanded per recipient (`{domain}`, `{local_part}`, `{meta.x}`...).
+    /// Path template, expanded per recipient (`{{ domain }}`, `{{ local_part }}`, `{{ meta.x }}`...).
     pub maildir_path: String,
     pub dir_mode: Option<u32>,
     pub file_mode: Option<u32>,

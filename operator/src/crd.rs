@@ -43,7 +43,7 @@ pub struct QueueMatch {
     group = "sluice.dev",
     version = "v1alpha1",
     kind = "QueuePolicy",
-    doc = "How the scheduled queues it matches behave: egress pool, retries, expiry, rate and delivery protocol.",
+    doc = "How the scheduled queues it matches behave: egress pool, retries, expiry, rate and delivery protocol. An edit applies to existing queues when the MTA pods reload.",
     namespaced,
     shortname = "qp",
     category = "sluice",
@@ -132,8 +132,8 @@ pub struct MxHost {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MaildirProtocol {
-    /// Directory on the MTA pod; `{domain}`, `{local_part}` and
-    /// `{meta.NAME}` are expanded per recipient.
+    /// Directory on the MTA pod; `{{ domain }}`, `{{ local_part }}` and
+    /// `{{ meta.NAME }}` are expanded per recipient (KumoMTA's template syntax).
     #[x_kube(validation = Rule::new("self.size() > 0").message("must not be empty"))]
     pub path: String,
 }

@@ -58,7 +58,9 @@ async fn queue_config_follows_the_matching_queue_policy() {
         .await
         .unwrap();
     match &maildir.protocol {
-        Protocol::Maildir(m) => assert_eq!(m.maildir_path, "/var/spool/sluice/maildir/{domain}"),
+        Protocol::Maildir(m) => {
+            assert_eq!(m.maildir_path, "/var/spool/sluice/maildir/{{ domain }}")
+        }
         other => panic!("{other:?}"),
     }
 

@@ -96,6 +96,45 @@ impl ApiServer {
         self.client().get_json(args)
     }
 
+    /// `kubectl apply` of one object.
+    pub fn apply_json(&self, object: &Value) -> String {
+        let file = self.dir.path().join(format!(
+            "{}-{}.json",
+            object["kind"].as_str().unwrap(),
+            object["metadata"]["name"].as_str().unwrap()
+        ));
+        std::fs::write(&file, object.to_string()).unwrap();
+        self.kubectl_ok(&["apply", "-f", file.to_str().unwrap()])
+    }
+
+    /// A running Pod object, as the StatefulSet controller and the kubelet
+    /// would make it: `labels` and `annotations` (JSON objects), an IP
+    /// (127.0.0.1: each pod's ports differ instead), phase Running.
+    pub fn register_pod(&self, namespace: &str, name: &str, labels: &Value, annotations: &Value) {
+        self.apply_json(&serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                "annotations": annotations,
+            },
+            "spec": {"containers": [{"name": "mta", "image": "sluice-mta"}]},
+        }));
+        self.kubectl_ok(&[
+            "-n",
+            namespace,
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","podIP":"127.0.0.1"}}"#,
+        ]);
+    }
+
     /// Poll `get` until `check` holds.
     pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
@@ -149,14 +188,28 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(api: &ApiServer, extra: &[&str]) -> Operator {
+        let mut args: Vec<String> = ["run", "--namespace", "default", "--poll-interval", "1s"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(["--metrics-addr".into(), "127.0.0.1:{METRICS_PORT}".into()]);
+        Operator::spawn(api, &args, &[])
+    }
+
+    /// `sluice-operator` with exactly `args` (`{METRICS_PORT}` replaced by
+    /// a free port) and `env`.
+    pub fn spawn(api: &ApiServer, args: &[String], env: &[(&str, &str)]) -> Operator {
         let metrics_port = free_port();
         let log = api.dir.path().join(format!("operator-{metrics_port}.log"));
         let child = Command::new(binary("sluice-operator"))
-            .args(["run", "--namespace", "default", "--poll-interval", "1s"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(extra)
+            .args(
+                args.iter()
+                    .map(|a| a.replace("{METRICS_PORT}", &metrics_port.to_string())),
+            )
             .env("KUBECONFIG", api.kubeconfig())
             .env("RUST_LOG", "info,sluice_operator=debug")
+            .envs(env.iter().copied())
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(Stdio::null())
             .spawn()

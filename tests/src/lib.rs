@@ -4,7 +4,9 @@
 //! log records and maildir files.
 
 pub mod chart;
+pub mod fleet;
 pub mod kube;
+pub mod pod;
 pub mod projector;
 pub mod rabbit;
 
@@ -223,22 +225,7 @@ impl Mta {
 
     /// Every log record written so far, in file order.
     pub fn records(&self) -> Vec<Value> {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(self.path("logs")) {
-            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
-            Err(_) => return vec![],
-        };
-        files.sort();
-        let mut out = vec![];
-        for f in files {
-            let text = std::fs::read_to_string(f).unwrap();
-            for line in text.lines() {
-                // a line being written right now may be incomplete
-                if let Ok(v) = serde_json::from_str(line) {
-                    out.push(v);
-                }
-            }
-        }
-        out
+        log_records(&self.path("logs"))
     }
 
     pub fn records_of(&self, kind: &str) -> Vec<Value> {
@@ -276,6 +263,26 @@ impl Mta {
     pub fn maildir_files(&self, rel: &str) -> Vec<PathBuf> {
         maildir_files(&self.path(rel))
     }
+}
+
+/// Every log record in the segments under `dir`, in file order.
+pub fn log_records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => return vec![],
+    };
+    files.sort();
+    let mut out = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for line in text.lines() {
+            // a line being written right now may be incomplete
+            if let Ok(v) = serde_json::from_str(line) {
+                out.push(v);
+            }
+        }
+    }
+    out
 }
 
 pub fn maildir_files(dir: &Path) -> Vec<PathBuf> {
@@ -627,25 +634,37 @@ impl Drop for Dnsmasq {
 /// the MTA's directory (a file, not a pipe: a pipe read only at the end
 /// would fill up and stall the clients).
 pub fn start_injection(mta: &Mta, total: usize) -> Child {
-    Command::new("python3")
-        .arg(workspace_root().join("tests/clients/smtp_send.py"))
-        .args([
-            "--port",
-            &mta.port.to_string(),
-            "--count",
-            &total.to_string(),
-            "--concurrency",
-            "20",
-        ])
-        .args(["--per-connection", "20", "--size", "2000"])
-        .stdout(std::fs::File::create(mta.path("client.jsonl")).unwrap())
-        .spawn()
-        .unwrap()
+    smtp_send(mta.port, total, &[], &mta.path("client.jsonl"))
 }
 
 /// The client's outcome for every message of `start_injection`.
 pub fn injection_results(mta: &Mta) -> Vec<Value> {
-    std::fs::read_to_string(mta.path("client.jsonl"))
+    read_jsonl(&mta.path("client.jsonl"))
+}
+
+/// tests/clients/smtp_send.py sending `total` 2 KB messages to `port`
+/// from 20 concurrent clients (20 per connection), with `extra` options;
+/// one JSON line per message into `out`.
+pub fn smtp_send(port: u16, total: usize, extra: &[&str], out: &Path) -> Child {
+    Command::new("python3")
+        .arg(workspace_root().join("tests/clients/smtp_send.py"))
+        .args(["--port", &port.to_string(), "--count", &total.to_string()])
+        .args([
+            "--concurrency",
+            "20",
+            "--per-connection",
+            "20",
+            "--size",
+            "2000",
+        ])
+        .args(extra)
+        .stdout(std::fs::File::create(out).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -9,43 +9,11 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_tests::chart::*;
+use sluice_tests::pod::{self, files_under, relocate, under};
 use sluice_tests::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Mount {
-    path: String,
-    read_only: bool,
-}
-
-/// Rewrites every occurrence of a mount path (longest first, one pass, so
-/// a relocated path is never relocated again) to the same path under `root`.
-fn relocate(text: &str, mounts: &[Mount], root: &Path) -> String {
-    let mut paths: Vec<&str> = mounts.iter().map(|m| m.path.as_str()).collect();
-    paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let mut out = String::new();
-    let mut rest = text;
-    'scan: while !rest.is_empty() {
-        for p in &paths {
-            if rest.starts_with(p) {
-                out.push_str(&format!("{}{p}", root.display()));
-                rest = &rest[p.len()..];
-                continue 'scan;
-            }
-        }
-        let c = rest.chars().next().unwrap();
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out
-}
-
-fn under<'a>(path: &str, mounts: &'a [Mount]) -> Option<&'a Mount> {
-    mounts
-        .iter()
-        .find(|m| path == m.path || path.starts_with(&format!("{}/", m.path)))
-}
 
 /// Every string value in `v` that is an absolute path.
 fn absolute_paths(v: &Value, out: &mut Vec<(String, String)>, key: &str) {
@@ -54,17 +22,6 @@ fn absolute_paths(v: &Value, out: &mut Vec<(String, String)>, key: &str) {
         Value::Array(a) => a.iter().for_each(|x| absolute_paths(x, out, key)),
         Value::Object(o) => o.iter().for_each(|(k, x)| absolute_paths(x, out, k)),
         _ => {}
-    }
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else {
-            out.push(p);
-        }
     }
 }
 
@@ -104,15 +61,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     let chart_cm = find(&docs, "ConfigMap", "rel-sluice-mta");
     let pod = &sts["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let mounts: Vec<Mount> = container["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Mount {
-            path: m["mountPath"].as_str().unwrap().to_string(),
-            read_only: m["readOnly"] == true,
-        })
-        .collect();
+    let mounts = pod::mounts(container);
     let root_dir = tempfile::tempdir().unwrap();
     let root = root_dir.path();
     let stderr_dir = tempfile::tempdir().unwrap();
@@ -139,17 +88,8 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     }
 
     // lay out each volume at its mount, as the kubelet would
-    for m in &mounts {
-        std::fs::create_dir_all(format!("{}{}", root.display(), m.path)).unwrap();
-    }
-    let mount_of = |volume: &str| -> PathBuf {
-        let m = named(&container["volumeMounts"], volume);
-        PathBuf::from(format!(
-            "{}{}",
-            root.display(),
-            m["mountPath"].as_str().unwrap()
-        ))
-    };
+    pod::lay_out(&mounts, root);
+    let mount_of = |volume: &str| pod::mount_of(container, volume, root);
     let policy_dir = mount_of("policy");
     let policy_volume = named(&pod["volumes"], "policy");
     let generated = {
@@ -190,32 +130,12 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     .unwrap();
 
     // the container's args and env
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let a = a.as_str().unwrap();
-            if a.starts_with('/') {
-                assert!(under(a, &mounts).is_some(), "argument {a} is on no mount");
-            }
-            relocate(a, &mounts, root)
-        })
-        .collect();
     let mut cmd = Command::new(binary("sluice-mta"));
-    cmd.args(&args)
+    cmd.args(pod::args(container, &mounts, root))
+        .envs(pod::env(container, "rel-sluice-mta-0"))
         .current_dir(root)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_file).unwrap());
-    for e in container["env"].as_array().unwrap() {
-        let name = e["name"].as_str().unwrap();
-        let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
-            (Value::String(v), _) => v.clone(),
-            (_, Value::String(f)) if f == "metadata.name" => "rel-sluice-mta-0".into(),
-            _ => panic!("env {name}: {e}"),
-        };
-        cmd.env(name, value);
-    }
     assert!(
         container["env"]
             .as_array()

@@ -57,6 +57,7 @@ fn start_mta(api: &ApiServer, admin: u16) -> (Mta, Projector) {
         [("init.lua".to_string(), init)].into(),
         mta.path("policy"),
         Duration::from_millis(300),
+        str::to_string,
     );
     mta.policy_path = mta.path("policy/init.lua");
     mta.args = vec!["--reload-interval".into(), "300ms".into()];
@@ -65,24 +66,14 @@ fn start_mta(api: &ApiServer, admin: u16) -> (Mta, Projector) {
 }
 
 /// A Pod object for the MTA: selected by the operator, its admin port in
-/// an annotation, its IP in the status as the kubelet would report it.
+/// an annotation.
 fn register_pod(api: &ApiServer, name: &str, admin: u16) {
-    let pod = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app.kubernetes.io/component: mta}}\n  \
-         annotations: {{sluice.dev/admin-port: \"{admin}\"}}\nspec:\n  containers: [{{name: mta, image: sluice-mta}}]\n"
-    );
-    let file = api.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&file, pod).unwrap();
-    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
-    api.kubectl_ok(&[
-        "patch",
-        "pod",
+    api.register_pod(
+        "default",
         name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"phase":"Running","podIP":"127.0.0.1"}}"#,
-    ]);
+        &serde_json::json!({"app.kubernetes.io/component": "mta"}),
+        &serde_json::json!({"sluice.dev/admin-port": admin.to_string()}),
+    );
 }
 
 #[test]

@@ -62,6 +62,9 @@ pub fn queue_policy(
 ) -> Result<(Value, Option<Value>), Rejection> {
     let s = &qp.spec;
     let mut m = Map::new();
+    // the generated file changes only through a reload, which bumps the
+    // epoch: an edited object then applies at once, not after the 60 s Ttl
+    m.insert("refresh_strategy".into(), json!("Epoch"));
     insert_some(
         &mut m,
         "egress_pool",

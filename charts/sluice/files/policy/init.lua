@@ -12,6 +12,9 @@ local kumo = require 'kumo'
 local settings = require 'sluice-settings'
 
 kumo.on('init', function()
+  if settings.dns then
+    kumo.dns.configure_resolver(settings.dns)
+  end
   kumo.define_spool { name = 'data', path = settings.spool_dir }
   kumo.define_spool { name = 'meta', path = settings.spool_dir }
   if settings.log_dir then

@@ -1,0 +1,417 @@
+//! The whole loop on one machine, as the Helm chart deploys it: the
+//! stand-in API server with the CRDs; the real `sluice-operator run` with
+//! the chart's Deployment args; MTA pods that are real `sluice-mta`
+//! processes started with the chart's StatefulSet args and env, each in a
+//! mount namespace of its own where its volumes are bind-mounted at the
+//! chart's paths (as a container runtime mounts them), the policy volume
+//! kept in sync with the ConfigMaps by a kubelet-like projector; dnsmasq as
+//! the pods' name server. The pods differ only in their ports, as on a
+//! cluster they differ in their IPs.
+
+use crate::chart::{self, documents, find, named};
+use crate::kube::{ApiServer, Operator};
+use crate::pod::{self, Mount};
+use crate::projector::Projector;
+use crate::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NAMESPACE: &str = chart::NAMESPACE;
+/// The smart host's name, answered by the fleet's dnsmasq with 127.0.0.1.
+pub const SMART_HOST: &str = "smart.host.local";
+const VALUES: &str = "tests/e2e/values.yaml";
+/// The chart's log mount (mta.logs), where the pods' records are.
+const LOG_DIR: &str = "/var/log/sluice";
+
+pub struct Fleet {
+    pub pods: Vec<MtaPod>,
+    pub operator: Operator,
+    pub api: ApiServer,
+    pub dns: Dnsmasq,
+}
+
+impl Fleet {
+    /// The chart installed with tests/e2e/values.yaml: two MTA pods, the
+    /// operator, the user's hooks ConfigMap; `secrets` are
+    /// `(secret, key, value)` files the kubelet would mount.
+    pub fn start(secrets: &[(&str, &str, &str)]) -> Fleet {
+        let dns = Dnsmasq::start(&[&format!("--host-record={SMART_HOST},127.0.0.1")]);
+        let api = ApiServer::start();
+        api.kubectl_ok(&["apply", "--server-side", "-f", &root_path("crds")]);
+        // as `helm install --create-namespace` would
+        api.kubectl_ok(&["create", "namespace", NAMESPACE]);
+        api.kubectl_ok(&[
+            "apply",
+            "-n",
+            NAMESPACE,
+            "-f",
+            &root_path("tests/e2e/hooks.yaml"),
+        ]);
+
+        let renders: Vec<Vec<Value>> = (0..2).map(|_| render(dns.port)).collect();
+        let sts = find(&renders[0], "StatefulSet", "rel-sluice-mta");
+        api.apply_json(sts);
+        let deployment = find(&renders[0], "Deployment", "rel-sluice-operator");
+        let operator = start_operator(&api, deployment);
+
+        let pods = renders
+            .iter()
+            .enumerate()
+            .map(|(i, docs)| {
+                let pod = MtaPod::start(&api, docs, &format!("rel-sluice-mta-{i}"), secrets);
+                pod.register(&api, docs);
+                pod
+            })
+            .collect();
+        let fleet = Fleet {
+            pods,
+            operator,
+            api,
+            dns,
+        };
+        // the operator's first ConfigMap (no objects yet), on every pod
+        fleet.wait_rollout(None);
+        fleet
+    }
+
+    /// The config hash on the operator's ConfigMap now.
+    pub fn config_hash(&self) -> String {
+        self.generated().expect("the operator's ConfigMap").0
+    }
+
+    /// `kubectl apply -n mail -f <file>` of a file in tests/e2e with its
+    /// `{PLACEHOLDERS}` filled in.
+    pub fn apply_fixture(&self, file: &str, vars: &[(&str, String)]) {
+        let mut text = std::fs::read_to_string(root_path(&format!("tests/e2e/{file}"))).unwrap();
+        for (k, v) in vars {
+            text = text.replace(&format!("{{{k}}}"), v);
+        }
+        assert!(
+            !text.contains("{"),
+            "unfilled placeholder in {file}: {text}"
+        );
+        let path = self.api.dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    /// kubectl in the release's namespace; must succeed.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", NAMESPACE];
+        all.extend(args);
+        self.api.kubectl_ok(&all)
+    }
+
+    pub fn get(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-n", NAMESPACE];
+        all.extend(args);
+        self.api
+            .get_json(&all)
+            .unwrap_or_else(|| panic!("kubectl get {args:?} found nothing"))
+    }
+
+    /// The operator's ConfigMap: (its config hash annotation, the policy).
+    pub fn generated(&self) -> Option<(String, String)> {
+        let cm =
+            self.api
+                .get_json(&["-n", NAMESPACE, "get", "configmap", "rel-sluice-generated"])?;
+        Some((
+            cm["metadata"]["annotations"]["sluice.dev/config-hash"]
+                .as_str()?
+                .to_string(),
+            cm["data"]["sluice-generated.lua"].as_str()?.to_string(),
+        ))
+    }
+
+    /// Waits until the operator has written a config other than `previous`
+    /// and every pod reports running it on its admin API; its hash.
+    pub fn wait_rollout(&self, previous: Option<&str>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((hash, _)) = self.generated()
+                && Some(hash.as_str()) != previous
+                && self
+                    .pods
+                    .iter()
+                    .all(|p| p.running_hash().as_deref() == Some(&hash))
+            {
+                return hash;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no rollout: operator log:\n{}",
+                self.operator.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `kubectl wait --for=condition=Ready` on every object of the three kinds.
+    pub fn wait_ready(&self) {
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "queuepolicies,egresspools,egresspaths",
+            "--all",
+            "--timeout=30s",
+        ]);
+    }
+}
+
+pub fn root_path(rel: &str) -> String {
+    workspace_root().join(rel).display().to_string()
+}
+
+/// The chart rendered for one pod: free ports, dnsmasq as its name server.
+fn render(dns_port: u16) -> Vec<Value> {
+    let sets = [
+        format!("mta.listeners.smtp.containerPort={}", free_port()),
+        format!("mta.listeners.submission.containerPort={}", free_port()),
+        format!("mta.admin.containerPort={}", free_port()),
+        format!("mta.dns.nameservers[0]=127.0.0.1:{dns_port}"),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let yaml = chart::template(Some(&root_path(VALUES)), &sets).unwrap();
+    documents(&yaml)
+}
+
+/// The operator with its Deployment's args and env (its metrics on a free
+/// loopback port instead of the pod's 0.0.0.0:8080).
+fn start_operator(api: &ApiServer, deployment: &Value) -> Operator {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let at = args.iter().position(|a| a == "--metrics-addr").unwrap();
+    args[at + 1] = "127.0.0.1:{METRICS_PORT}".into();
+    let env = named(&container["env"], "POD_NAMESPACE");
+    assert_eq!(
+        env["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    Operator::spawn(api, &args, &[("POD_NAMESPACE", NAMESPACE)])
+}
+
+/// One MTA pod of the StatefulSet.
+pub struct MtaPod {
+    pub name: String,
+    pub root: tempfile::TempDir,
+    pub smtp: u16,
+    pub submission: u16,
+    pub admin: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    mounts: Vec<Mount>,
+    child: Option<Child>,
+    _projector: Projector,
+}
+
+impl MtaPod {
+    fn start(
+        api: &ApiServer,
+        docs: &[Value],
+        name: &str,
+        secrets: &[(&str, &str, &str)],
+    ) -> MtaPod {
+        let sts = find(docs, "StatefulSet", "rel-sluice-mta");
+        let spec = &sts["spec"]["template"]["spec"];
+        let container = &spec["containers"][0];
+        let port = |name: &str| {
+            named(&container["ports"], name)["containerPort"]
+                .as_u64()
+                .unwrap() as u16
+        };
+        let root = tempfile::tempdir().unwrap();
+        let mounts = pod::mounts(container);
+        pod::lay_out(&mounts, root.path());
+
+        // the policy volume: the chart's ConfigMap (this pod's render), the
+        // others from the API server, as the kubelet projects them
+        let chart_cm = find(docs, "ConfigMap", "rel-sluice-mta");
+        let mut fixed = BTreeMap::new();
+        let mut from_api = vec![];
+        for source in named(&spec["volumes"], "policy")["projected"]["sources"]
+            .as_array()
+            .unwrap()
+        {
+            let cm = source["configMap"]["name"].as_str().unwrap();
+            if cm == "rel-sluice-mta" {
+                for (k, v) in chart_cm["data"].as_object().unwrap() {
+                    fixed.insert(k.clone(), v.as_str().unwrap().to_string());
+                }
+            } else {
+                from_api.push(cm);
+            }
+        }
+        let projector = Projector::start(
+            api,
+            NAMESPACE,
+            &from_api,
+            fixed,
+            pod::mount_of(container, "policy", root.path()),
+            Duration::from_millis(300),
+            str::to_string,
+        );
+        for (secret, key, value) in secrets {
+            let dir = pod::mount_of(container, &format!("secret-{secret}"), root.path());
+            std::fs::write(dir.join(key), value).unwrap();
+        }
+        let mut pod = MtaPod {
+            name: name.to_string(),
+            smtp: port("smtp"),
+            submission: port("submission"),
+            admin: port("admin"),
+            args: container["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect(),
+            mounts,
+            env: pod::env(container, name),
+            root,
+            child: None,
+            _projector: projector,
+        };
+        pod.spawn();
+        pod
+    }
+
+    /// The Pod object, with the StatefulSet template's labels and
+    /// annotations (the admin port among them).
+    fn register(&self, api: &ApiServer, docs: &[Value]) {
+        let template = &find(docs, "StatefulSet", "rel-sluice-mta")["spec"]["template"];
+        api.register_pod(
+            NAMESPACE,
+            &self.name,
+            &template["metadata"]["labels"],
+            &template["metadata"]["annotations"],
+        );
+    }
+
+    /// Starts the container's process in a mount namespace with its
+    /// volumes at their mount paths, and waits for its startup probe
+    /// (`/api/check-liveness/v1`: accepting mail).
+    pub fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("stderr.log"))
+            .unwrap();
+        // parents before the mounts nested in them; a mount that would hide
+        // the pod's root (the /tmp emptyDir, when the root is under /tmp) last
+        let root = self.root.path().to_path_buf();
+        let mut paths: Vec<&str> = self.mounts.iter().map(|m| m.path.as_str()).collect();
+        paths.sort_by_key(|p| (root.starts_with(p), p.len()));
+        let mut script = String::from("set -e\n");
+        for p in paths {
+            script.push_str(&format!(
+                "mkdir -p '{p}'\nmount --bind '{}{p}' '{p}'\n",
+                self.root.path().display()
+            ));
+        }
+        script.push_str("exec \"$@\"\n");
+        let child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "pod",
+            ])
+            .arg(binary("sluice-mta"))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("unshare runs (util-linux)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok()
+                && http_request(self.admin, "/api/check-liveness/v1", None)["status"] == 200;
+            if up {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status}: {}", self.name, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never started: {}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, as an OOM kill or a node failure would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A path inside the pod's file system.
+    pub fn path(&self, abs: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("{}{abs}", self.root.path().display()))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        log_records(&self.path(LOG_DIR))
+    }
+
+    /// Polls the pod's log until `cond` holds; the records then.
+    pub fn wait_for_records(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.records();
+            if cond(&recs) {
+                return recs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what} ({} records)\n{}",
+                self.name,
+                recs.len(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The hash of the generated policy the pod runs, from its admin API.
+    pub fn running_hash(&self) -> Option<String> {
+        let config = http_json(self.admin, "/api/admin/config/v1", None);
+        config["files"]["sluice-generated.lua"]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+impl Drop for MtaPod {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -19,9 +19,7 @@ SESSIONS=${SESSIONS:-50}
 RUNS=${RUNS:-1}
 PORT=2525
 
-scripts/install-deps
-cargo build --release -p sluice-mta -q
-BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
+build_mta
 
 WORK=$(mktemp -d /var/tmp/sluice-bench.XXXXXX)
 trap 'pkill -f "$WORK/policy.lua" 2>/dev/null || true; stop_postfix; rm -rf "$WORK"' EXIT

@@ -38,3 +38,17 @@ stop_postfix() {
   postsuper -d ALL >/dev/null 2>&1 || true
   postsuper -d ALL hold >/dev/null 2>&1 || true
 }
+
+# One row of the summary table bench/run prints (a no-op when a script runs
+# alone): result <what> <sluice> <peer> <unit> <higher|lower is better> <peer name>
+result() {
+  [ -n "${RESULTS:-}" ] || return 0
+  printf '%s|%s|%s|%s|%s|%s\n' "$@" >> "$RESULTS"
+}
+
+# Install the peers and tools, build the release sluice-mta; sets BIN.
+build_mta() {
+  scripts/install-deps
+  cargo build --release -p sluice-mta -q
+  BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
+}

@@ -21,9 +21,7 @@ SESSIONS_LIST=${SESSIONS_LIST:-"50 200"}
 PORT=2525
 SINK=2600
 
-scripts/install-deps
-cargo build --release -p sluice-mta -q
-BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
+build_mta
 
 WORK=$(mktemp -d /var/tmp/sluice-relay.XXXXXX)
 trap 'pkill -f "$WORK/policy.lua" 2>/dev/null || true; pkill -f "smtp-sink.*:$SINK" 2>/dev/null || true; stop_postfix; rm -rf "$WORK"' EXIT
@@ -92,5 +90,6 @@ for size in $SIZES; do
     read -r p_rate p_cpu < "$WORK/p.out"
     printf "%-8s %-9s %-12s %10s %12s\n" "$size" "$sessions" sluice-mta "$s_rate" "$s_cpu" "$size" "$sessions" postfix "$p_rate" "$p_cpu"
     awk -v s="$s_rate" -v p="$p_rate" 'BEGIN { printf "                      ratio %.2fx\n", s / p }'
+    result "relay, $((size / 1024)) KB, $sessions sessions" "$s_rate" "$p_rate" "msg/s" higher Postfix
   done
 done

@@ -384,21 +384,8 @@ impl MtaPod {
         what: &str,
         cond: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let recs = self.records();
-            if cond(&recs) {
-                return recs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out waiting for {what} ({} records)\n{}",
-                self.name,
-                recs.len(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("{}: {what}", self.name);
+        poll_records(timeout, &what, || self.records(), cond, || self.stderr())
     }
 
     /// The hash of the generated policy the pod runs, from its admin API.

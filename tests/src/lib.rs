@@ -242,26 +242,38 @@ impl Mta {
         what: &str,
         cond: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let recs = self.records();
-            if cond(&recs) {
-                return recs;
-            }
-            if Instant::now() > deadline {
-                let kinds: Vec<String> = recs.iter().map(|r| r["type"].to_string()).collect();
-                panic!(
-                    "timed out waiting for {what}; records: {kinds:?}\nstderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_records(timeout, what, || self.records(), cond, || self.stderr())
     }
 
     /// Files delivered into the maildir at `rel` (its `new/` directory).
     pub fn maildir_files(&self, rel: &str) -> Vec<PathBuf> {
         maildir_files(&self.path(rel))
+    }
+}
+
+/// Polls `records` until `cond` holds; panics after `timeout` with the
+/// record types seen and `stderr()`.
+pub fn poll_records(
+    timeout: Duration,
+    what: &str,
+    records: impl Fn() -> Vec<Value>,
+    cond: impl Fn(&[Value]) -> bool,
+    stderr: impl Fn() -> String,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let recs = records();
+        if cond(&recs) {
+            return recs;
+        }
+        if Instant::now() > deadline {
+            let kinds: Vec<String> = recs.iter().map(|r| r["type"].to_string()).collect();
+            panic!(
+                "timed out waiting for {what}; records: {kinds:?}\nstderr:\n{}",
+                stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -78,7 +78,7 @@ impl Fleet {
 
     /// The config hash on the operator's ConfigMap now.
     pub fn config_hash(&self) -> String {
-        self.generated().expect("the operator's ConfigMap").0
+        self.generated_hash().expect("the operator's ConfigMap")
     }
 
     /// `kubectl apply -n mail -f <file>` of a file in tests/e2e with its
@@ -112,17 +112,14 @@ impl Fleet {
             .unwrap_or_else(|| panic!("kubectl get {args:?} found nothing"))
     }
 
-    /// The operator's ConfigMap: (its config hash annotation, the policy).
-    pub fn generated(&self) -> Option<(String, String)> {
+    /// The config hash annotation on the operator's ConfigMap, once written.
+    fn generated_hash(&self) -> Option<String> {
         let cm =
             self.api
                 .get_json(&["-n", NAMESPACE, "get", "configmap", "rel-sluice-generated"])?;
-        Some((
-            cm["metadata"]["annotations"]["sluice.dev/config-hash"]
-                .as_str()?
-                .to_string(),
-            cm["data"]["sluice-generated.lua"].as_str()?.to_string(),
-        ))
+        cm["metadata"]["annotations"]["sluice.dev/config-hash"]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// Waits until the operator has written a config other than `previous`
@@ -130,7 +127,7 @@ impl Fleet {
     pub fn wait_rollout(&self, previous: Option<&str>) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some((hash, _)) = self.generated()
+            if let Some(hash) = self.generated_hash()
                 && Some(hash.as_str()) != previous
                 && self
                     .pods
@@ -181,12 +178,7 @@ fn render(dns_port: u16) -> Vec<Value> {
 /// loopback port instead of the pod's 0.0.0.0:8080).
 fn start_operator(api: &ApiServer, deployment: &Value) -> Operator {
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let mut args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let mut args = pod::plain_args(container);
     let at = args.iter().position(|a| a == "--metrics-addr").unwrap();
     args[at + 1] = "127.0.0.1:{METRICS_PORT}".into();
     let env = named(&container["env"], "POD_NAMESPACE");
@@ -255,7 +247,6 @@ impl MtaPod {
             fixed,
             pod::mount_of(container, "policy", root.path()),
             Duration::from_millis(300),
-            str::to_string,
         );
         for (secret, key, value) in secrets {
             let dir = pod::mount_of(container, &format!("secret-{secret}"), root.path());
@@ -266,12 +257,7 @@ impl MtaPod {
             smtp: port("smtp"),
             submission: port("submission"),
             admin: port("admin"),
-            args: container["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string())
-                .collect(),
+            args: pod::plain_args(container),
             mounts,
             env: pod::env(container, name),
             root,

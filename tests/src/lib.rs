@@ -537,6 +537,11 @@ impl Sink {
             .collect()
     }
 
+    /// How many copies of each `X-Test-Seq` the sink received.
+    pub fn seqs(&self) -> std::collections::HashMap<u64, usize> {
+        seq_counts(self.messages())
+    }
+
     /// Sessions that have ended, from smtp-sink's own counters.
     pub fn sessions(&self) -> usize {
         let text = std::fs::read_to_string(self.dir.path().join("counters")).unwrap_or_default();
@@ -685,18 +690,29 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 
 /// How many copies of each `X-Test-Seq` are in the maildir at `rel`.
 pub fn delivered_seqs(mta: &Mta, rel: &str) -> std::collections::HashMap<u64, usize> {
-    let mut delivered = std::collections::HashMap::new();
-    for f in mta.maildir_files(rel) {
-        let body = std::fs::read_to_string(&f).unwrap_or_default();
-        if let Some(seq) = body
+    seq_counts(
+        mta.maildir_files(rel)
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default()),
+    )
+}
+
+/// How many copies of each `X-Test-Seq` (smtp_send.py's header) are among
+/// `messages`.
+pub fn seq_counts(
+    messages: impl IntoIterator<Item = String>,
+) -> std::collections::HashMap<u64, usize> {
+    let mut seqs = std::collections::HashMap::new();
+    for m in messages {
+        if let Some(seq) = m
             .lines()
             .find_map(|l| l.strip_prefix("X-Test-Seq: "))
             .and_then(|s| s.trim().parse::<u64>().ok())
         {
-            *delivered.entry(seq).or_default() += 1;
+            *seqs.entry(seq).or_default() += 1;
         }
     }
-    delivered
+    seqs
 }
 
 /// An HTTP request with Python's urllib to 127.0.0.1:`port`: a GET, or a

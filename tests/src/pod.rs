@@ -70,14 +70,22 @@ pub fn mount_of(container: &Value, volume: &str, root: &Path) -> PathBuf {
     ))
 }
 
-/// The container's args, each absolute path on a mount and relocated.
-pub fn args(container: &Value, mounts: &[Mount], root: &Path) -> Vec<String> {
+/// The container's args as they are (for a process that sees the mounts
+/// at their paths).
+pub fn plain_args(container: &Value) -> Vec<String> {
     container["args"]
         .as_array()
         .unwrap()
         .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The container's args, each absolute path on a mount and relocated.
+pub fn args(container: &Value, mounts: &[Mount], root: &Path) -> Vec<String> {
+    plain_args(container)
+        .iter()
         .map(|a| {
-            let a = a.as_str().unwrap();
             if a.starts_with('/') {
                 assert!(under(a, mounts).is_some(), "argument {a} is on no mount");
             }

@@ -66,9 +66,7 @@ fn timestamp() -> String {
 }
 
 /// A projected volume kept in sync with ConfigMaps on the API server, every
-/// `period`, plus static files (e.g. the chart's own ConfigMap). `map` is
-/// applied to each ConfigMap value as it is written (e.g. relocating paths
-/// into a pod's root).
+/// `period`, plus static files (e.g. the chart's own ConfigMap).
 pub struct Projector {
     pub dir: PathBuf,
     stop: Arc<AtomicBool>,
@@ -83,7 +81,6 @@ impl Projector {
         fixed: BTreeMap<String, String>,
         dir: PathBuf,
         period: Duration,
-        map: impl Fn(&str) -> String + Send + 'static,
     ) -> Projector {
         let stop = Arc::new(AtomicBool::new(false));
         let kubectl: Kubectl = api.client();
@@ -96,7 +93,7 @@ impl Projector {
                 // optional sources: a missing ConfigMap adds nothing
                 if let Some(cm) = kubectl.get_json(&["get", "configmap", name, "-n", &namespace]) {
                     for (k, v) in cm["data"].as_object().into_iter().flatten() {
-                        files.insert(k.clone(), map(v.as_str().unwrap_or_default()));
+                        files.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
                     }
                 }
             }

@@ -8,7 +8,6 @@ use serde_json::Value;
 use sluice_tests::fleet::*;
 use sluice_tests::rabbit::Rabbit;
 use sluice_tests::*;
-use std::collections::HashMap;
 use std::time::Duration;
 
 fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
@@ -24,21 +23,6 @@ fn deliveries(records: &[Value]) -> Vec<&Value> {
 
 fn event_secs(r: &Value) -> f64 {
     rfc3339_secs(r["event_time"].as_str().unwrap())
-}
-
-/// How many copies of each `X-Test-Seq` the sink holds.
-fn sink_seqs(sink: &Sink) -> HashMap<u64, usize> {
-    let mut seqs = HashMap::new();
-    for m in sink.messages() {
-        if let Some(seq) = m
-            .lines()
-            .find_map(|l| l.strip_prefix("X-Test-Seq: "))
-            .and_then(|s| s.trim().parse().ok())
-        {
-            *seqs.entry(seq).or_default() += 1;
-        }
-    }
-    seqs
 }
 
 /// Scenario 1: `kubectl apply -f examples/operator` rolls out to both pods
@@ -139,8 +123,44 @@ fn fleet_with_sink(fixtures: &[(&str, Vec<(&str, String)>)]) -> (Fleet, Sink) {
     (fleet, sink)
 }
 
-fn rated_delivery_times(pod: &MtaPod) -> Vec<f64> {
-    let mut times: Vec<f64> = deliveries(&pod.records())
+/// Sends `n` messages for `domain` into each pod at once (on the port
+/// `port_of` picks), the i-th pod's numbered from `seq_offset + i * n`;
+/// asserts every one got a 250 and returns each pod's client results.
+fn send_to_each(
+    fleet: &Fleet,
+    port_of: impl Fn(&MtaPod) -> u16,
+    n: usize,
+    domain: &str,
+    seq_offset: usize,
+) -> Vec<Vec<Value>> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |i: usize| dir.path().join(format!("{i}.jsonl"));
+    let clients: Vec<_> = fleet
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let offset = (seq_offset + i * n).to_string();
+            let args = ["--domain", domain, "--seq-offset", &offset];
+            smtp_send(port_of(pod), n, &args, &out(i))
+        })
+        .collect();
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            c.wait().unwrap();
+            let results = read_jsonl(&out(i));
+            assert_eq!(results.len(), n);
+            assert!(results.iter().all(|r| r["code"] == 250), "{results:?}");
+            results
+        })
+        .collect()
+}
+
+/// Delivery times of rated.test messages in `records`, in order.
+fn rated_delivery_times(records: &[Value]) -> Vec<f64> {
+    let mut times: Vec<f64> = deliveries(records)
         .into_iter()
         .filter(|d| d["queue"] == "rated.test")
         .map(event_secs)
@@ -153,36 +173,21 @@ fn rated_delivery_times(pod: &MtaPod) -> Vec<f64> {
 /// their deliveries; each pod's delivery rate past the throttle's initial
 /// burst of `limit` (a GCRA allows `limit` at once, then one every 1/limit s).
 fn delivery_rates(fleet: &Fleet, limit: usize, n: usize, seq_offset: usize) -> Vec<f64> {
-    let dir = tempfile::tempdir().unwrap();
     let already: Vec<usize> = fleet
         .pods
         .iter()
-        .map(|p| rated_delivery_times(p).len())
+        .map(|p| rated_delivery_times(&p.records()).len())
         .collect();
-    let clients: Vec<_> = fleet
-        .pods
-        .iter()
-        .enumerate()
-        .map(|(i, pod)| {
-            let offset = (seq_offset + i * n).to_string();
-            let args = ["--domain", "rated.test", "--seq-offset", &offset];
-            smtp_send(pod.smtp, n, &args, &dir.path().join(format!("{i}.jsonl")))
-        })
-        .collect();
-    for (i, mut c) in clients.into_iter().enumerate() {
-        c.wait().unwrap();
-        let results = read_jsonl(&dir.path().join(format!("{i}.jsonl")));
-        assert!(results.iter().all(|r| r["code"] == 250), "{results:?}");
-    }
+    send_to_each(fleet, |p| p.smtp, n, "rated.test", seq_offset);
     fleet
         .pods
         .iter()
         .zip(already)
         .map(|(pod, already)| {
-            pod.wait_for_records(Duration::from_secs(60), "the batch delivered", |_| {
-                rated_delivery_times(pod).len() == already + n
+            let recs = pod.wait_for_records(Duration::from_secs(60), "the batch delivered", |r| {
+                rated_delivery_times(r).len() == already + n
             });
-            let times = &rated_delivery_times(pod)[already..];
+            let times = &rated_delivery_times(&recs)[already..];
             (n - limit) as f64 / (times[n - 1] - times[0])
         })
         .collect()
@@ -216,7 +221,7 @@ fn an_edited_max_message_rate_reaches_the_pods_and_the_delivery_rate_follows() {
         assert!((9.75..20.25).contains(rate), "15/s measured {fast:?}");
     }
     eprintln!("rates: 3/s -> {slow:?}, 15/s -> {fast:?}; applied in {applied:?}");
-    let seqs = sink_seqs(&sink);
+    let seqs = sink.seqs();
     assert_eq!(seqs.len(), 2 * (21 + 105));
     assert!(seqs.values().all(|&n| n == 1));
 }
@@ -318,33 +323,14 @@ fn after_the_third_failure_the_requeue_rule_hands_mail_to_the_smart_host() {
 fn a_deferred_queue_listener_answers_at_once_and_delivers_everything() {
     const PER_POD: usize = 300;
     let (fleet, sink) = fleet_with_sink(&[("deferred-inject.yaml", vec![])]);
-    let dir = tempfile::tempdir().unwrap();
     for pod in &fleet.pods {
         std::fs::write(pod.path("/tmp/hold"), "").unwrap();
     }
-    let clients: Vec<_> = fleet
-        .pods
+    let mut latencies: Vec<f64> = send_to_each(&fleet, |p| p.submission, PER_POD, "sink.test", 0)
         .iter()
-        .enumerate()
-        .map(|(i, pod)| {
-            let offset = (i * PER_POD).to_string();
-            let args = ["--domain", "sink.test", "--seq-offset", &offset];
-            smtp_send(
-                pod.submission,
-                PER_POD,
-                &args,
-                &dir.path().join(format!("{i}.jsonl")),
-            )
-        })
+        .flatten()
+        .map(|r| r["ms"].as_f64().unwrap())
         .collect();
-    let mut latencies = vec![];
-    for (i, mut c) in clients.into_iter().enumerate() {
-        c.wait().unwrap();
-        let results = read_jsonl(&dir.path().join(format!("{i}.jsonl")));
-        assert_eq!(results.len(), PER_POD);
-        assert!(results.iter().all(|r| r["code"] == 250), "{results:?}");
-        latencies.extend(results.iter().map(|r| r["ms"].as_f64().unwrap()));
-    }
     for pod in &fleet.pods {
         let recs = pod.records();
         assert_eq!(count(&recs, "Reception"), PER_POD);
@@ -379,7 +365,7 @@ fn a_deferred_queue_listener_answers_at_once_and_delivers_everything() {
             .iter()
             .all(|m| m.contains("X-Content-Check: deferred"))
     );
-    let seqs = sink_seqs(&sink);
+    let seqs = sink.seqs();
     assert_eq!(seqs.len(), 2 * PER_POD);
     latencies.sort_by(f64::total_cmp);
     eprintln!(
@@ -426,7 +412,7 @@ fn a_pod_killed_during_injection_loses_nothing_it_accepted() {
     fleet.pods[1].spawn();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let missing = loop {
-        let seqs = sink_seqs(&sink);
+        let seqs = sink.seqs();
         let missing: Vec<u64> = accepted
             .iter()
             .copied()
@@ -444,7 +430,7 @@ fn a_pod_killed_during_injection_loses_nothing_it_accepted() {
         accepted.len(),
         &missing[..missing.len().min(20)]
     );
-    let seqs = sink_seqs(&sink);
+    let seqs = sink.seqs();
     let duplicates = seqs.values().filter(|&&n| n > 1).count();
     eprintln!(
         "killed after {} accepted; all delivered, {duplicates} duplicates (in flight at the kill)",

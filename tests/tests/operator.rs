@@ -57,7 +57,6 @@ fn start_mta(api: &ApiServer, admin: u16) -> (Mta, Projector) {
         [("init.lua".to_string(), init)].into(),
         mta.path("policy"),
         Duration::from_millis(300),
-        str::to_string,
     );
     mta.policy_path = mta.path("policy/init.lua");
     mta.args = vec!["--reload-interval".into(), "300ms".into()];

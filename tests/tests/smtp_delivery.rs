@@ -335,8 +335,10 @@ fn starttls_to_a_tls_peer_with_a_generated_certificate() {
         );
         assert!(d["tls_cipher"].as_str().unwrap().starts_with("TLS"), "{d}");
     }
-    let received = receiver.wait_for_records(Duration::from_secs(10), "receptions", |r| {
-        count(r, "Reception") == 3
+    // the maildir is written after the Reception is logged: wait for the
+    // receiver's own deliveries before counting its files
+    let received = receiver.wait_for_records(Duration::from_secs(10), "maildir deliveries", |r| {
+        count(r, "Reception") == 3 && count(r, "Delivery") == 3
     });
     for r in received.iter().filter(|r| r["type"] == "Reception") {
         assert!(r["tls_cipher"].is_string(), "{r}");

@@ -1,14 +1,17 @@
 //! The admin HTTP listener (`kumo.start_http_listener`, spec §10): liveness,
-//! readiness, `/healthz/live`, Prometheus metrics and the loaded config. Probes are open to
-//! everyone (the kubelet must reach them); everything else only to
-//! `trusted_hosts`, others get 403.
+//! readiness, `/healthz/live`, Prometheus metrics, the loaded config and the
+//! admin endpoints. Probes are open to everyone (the kubelet must reach
+//! them). Everything else, as in KumoMTA, needs a client in `trusted_hosts`
+//! or HTTP Basic credentials that the policy's
+//! `http_server_validate_auth_basic` event accepts; others get 401.
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::queue::QueueManager;
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ipnet::IpNet;
@@ -52,29 +55,81 @@ pub struct AdminState {
     pub lifecycle: Arc<Lifecycle>,
     pub queues: Arc<QueueManager>,
     pub reloader: Arc<crate::reload::Reloader>,
+    pub policy: Arc<crate::policy::Policy>,
+    /// Each ESMTP listener's relay policy, for `/api/admin/config/v1`.
+    pub listeners: Arc<Vec<crate::listener::relay::RelayReport>>,
     pub trusted: Arc<Vec<IpNet>>,
 }
 
-/// `None` when `peer` may use admin endpoints, else the 403 to send.
-fn untrusted(state: &AdminState, peer: SocketAddr) -> Option<Response> {
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(peer.ip()),
-        v4 => v4,
-    };
-    if state.trusted.iter().any(|n| n.contains(&ip)) {
-        None
-    } else {
-        Some(
-            (
-                StatusCode::FORBIDDEN,
-                format!("{ip} is not a trusted host\n"),
-            )
-                .into_response(),
-        )
+/// Lets a request through to a non-probe endpoint: from `trusted_hosts`, or
+/// with HTTP Basic credentials the policy accepts; else 401 (and 500 when
+/// the policy's check itself fails).
+async fn authorize(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ip = crate::listener::config::canonical(peer.ip());
+    if s.trusted.iter().any(|n| n.contains(&ip)) {
+        return next.run(request).await;
     }
+    let refuse = |reason: &str, text: String| {
+        s.metrics
+            .admin_refused_total
+            .with_label_values(&[reason])
+            .inc();
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                axum::http::header::WWW_AUTHENTICATE,
+                "Basic realm=\"sluice\"",
+            )],
+            text,
+        )
+            .into_response()
+    };
+    let Some((user, password)) = basic_credentials(request.headers()) else {
+        return refuse(
+            "unauthenticated",
+            format!("{ip} is not a trusted host: HTTP Basic credentials are required\n"),
+        );
+    };
+    match s.policy.validate_auth_basic(&user, &password).await {
+        Ok(true) => next.run(request).await,
+        Ok(false) => refuse("bad_credentials", "invalid credentials\n".into()),
+        Err(e) => {
+            tracing::error!("http_server_validate_auth_basic: {e}");
+            s.metrics
+                .admin_refused_total
+                .with_label_values(&["error"])
+                .inc();
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the credentials could not be checked\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `Authorization: Basic base64(user:password)`.
+fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// `GET /healthz/live`: the process answers, draining or not. For a
@@ -106,13 +161,7 @@ async fn readiness(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(forbidden) = untrusted(&s, peer) {
-        return forbidden;
-    }
+async fn metrics(State(s): State<AdminState>) -> Response {
     s.metrics.scheduled.set(s.queues.delayed_count() as i64);
     s.metrics.ready.set(
         s.queues
@@ -134,25 +183,15 @@ async fn metrics(
         .into_response()
 }
 
-async fn config(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(forbidden) = untrusted(&s, peer) {
-        return forbidden;
-    }
+async fn config(State(s): State<AdminState>) -> Response {
     let status = s.reloader.status.lock().clone();
-    axum::Json(status).into_response()
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    body["listeners"] = serde_json::to_value(s.listeners.as_ref()).unwrap_or_default();
+    axum::Json(body).into_response()
 }
 
 /// `POST /api/admin/bump-config-epoch`: reload the policy now.
-async fn bump_config_epoch(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(forbidden) = untrusted(&s, peer) {
-        return forbidden;
-    }
+async fn bump_config_epoch(State(s): State<AdminState>) -> Response {
     match s.reloader.reload().await {
         Ok(epoch) => axum::Json(serde_json::json!({ "epoch": epoch })).into_response(),
         Err(e) => unprocessable(e),
@@ -180,9 +219,6 @@ async fn inject(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(forbidden) = untrusted(&s, peer) {
-        return forbidden;
-    }
     if s.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n").into_response();
     }
@@ -202,14 +238,10 @@ async fn inject(
 async fn rules(
     kind: crate::queue::admin::RuleKind,
     s: AdminState,
-    peer: SocketAddr,
     method: axum::http::Method,
     body: axum::body::Bytes,
 ) -> Response {
     use crate::queue::admin::{RuleKind, RuleRequest};
-    if let Some(forbidden) = untrusted(&s, peer) {
-        return forbidden;
-    }
     match method {
         axum::http::Method::GET => axum::Json(s.queues.rules().list(kind)).into_response(),
         axum::http::Method::DELETE => {
@@ -242,27 +274,18 @@ async fn rules(
 
 async fn bounce(
     State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: axum::http::Method,
     body: axum::body::Bytes,
 ) -> Response {
-    rules(crate::queue::admin::RuleKind::Bounce, s, peer, method, body).await
+    rules(crate::queue::admin::RuleKind::Bounce, s, method, body).await
 }
 
 async fn suspend(
     State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: axum::http::Method,
     body: axum::body::Bytes,
 ) -> Response {
-    rules(
-        crate::queue::admin::RuleKind::Suspend,
-        s,
-        peer,
-        method,
-        body,
-    )
-    .await
+    rules(crate::queue::admin::RuleKind::Suspend, s, method, body).await
 }
 
 #[derive(serde::Deserialize)]
@@ -273,20 +296,13 @@ struct SummaryQuery {
 /// `GET /api/admin/queue-summary/v1?limit=N`.
 async fn queue_summary(
     State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::extract::Query(q): axum::extract::Query<SummaryQuery>,
 ) -> Response {
-    if let Some(forbidden) = untrusted(&s, peer) {
-        return forbidden;
-    }
     axum::Json(s.queues.summary(q.limit.unwrap_or(1000))).into_response()
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz/live", get(alive))
-        .route("/api/check-liveness/v1", get(liveness))
-        .route("/api/check-readiness/v1", get(readiness))
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/admin/config/v1", get(config))
         .route("/api/inject/v1", axum::routing::post(inject))
@@ -303,6 +319,15 @@ pub fn router(state: AdminState) -> Router {
             "/api/admin/bump-config-epoch",
             axum::routing::post(bump_config_epoch),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ));
+    Router::new()
+        .route("/healthz/live", get(alive))
+        .route("/api/check-liveness/v1", get(liveness))
+        .route("/api/check-readiness/v1", get(readiness))
+        .merge(guarded)
         .with_state(state)
 }
 

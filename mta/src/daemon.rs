@@ -77,11 +77,34 @@ pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
         metrics.clone(),
     );
     tokio::spawn(reloader.clone().watch(options.reload_interval));
+    // the ESMTP listeners are made (not yet bound) first, so the admin API
+    // can report their relay policy from its first request
+    if init.listeners.is_empty() {
+        tracing::warn!("the policy starts no ESMTP listener");
+    }
+    let auth_offered = policy.has_handler("smtp_server_auth_plain");
+    let mut listeners = vec![];
+    let mut reports = vec![];
+    for spec in init.listeners {
+        let listener = Arc::new(Listener::new(spec)?);
+        let report = crate::listener::relay::RelayReport::new(listener.spec(), auth_offered);
+        if let Some(w) = &report.warning {
+            tracing::warn!(listener = %report.listen, "{w}");
+        }
+        metrics
+            .relay_private_ranges
+            .with_label_values(&[&report.listen])
+            .set(report.relay_private_ranges.len() as i64);
+        reports.push(report);
+        listeners.push(listener);
+    }
     let admin = crate::admin::AdminState {
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         queues: queues.clone(),
         reloader: reloader.clone(),
+        policy: policy.clone(),
+        listeners: Arc::new(reports),
         trusted: Arc::new(vec![]),
     };
     for config in &init.http_listeners {
@@ -93,17 +116,13 @@ pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
         tracing::info!("HTTP listener on {addr}");
     }
 
-    if init.listeners.is_empty() {
-        tracing::warn!("the policy starts no ESMTP listener");
-    }
     let services = Arc::new(Services {
         policy: policy.clone(),
         queues: queues.clone(),
         lifecycle: lifecycle.clone(),
         metrics: metrics.clone(),
     });
-    for config in init.listeners {
-        let listener = Arc::new(Listener::new(config)?);
+    for listener in listeners {
         let socket = listener.bind().await?;
         tracing::info!("ESMTP listener on {}", socket.local_addr()?);
         tokio::spawn(listener.serve(socket, services.clone()));

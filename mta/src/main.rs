@@ -64,7 +64,14 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             for l in &init.listeners {
-                sluice_mta::listener::Listener::new(l.clone())?;
+                let listener = sluice_mta::listener::Listener::new(l.clone())?;
+                let report = sluice_mta::listener::relay::RelayReport::new(
+                    listener.spec(),
+                    policy.has_handler("smtp_server_auth_plain"),
+                );
+                if let Some(w) = report.warning {
+                    eprintln!("warning: listener {}: {w}", report.listen);
+                }
             }
             println!(
                 "{}: OK ({} listener(s), {} spool(s), {} log config(s))",

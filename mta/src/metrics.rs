@@ -27,6 +27,20 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     config_info: IntGaugeVec,
     latency: Histogram,
+    /// Per ESMTP listener (`listen` address, a handful): how many of its
+    /// relay_hosts entries a masquerading proxy can impersonate.
+    pub relay_private_ranges: IntGaugeVec,
+    /// Sessions closed because the PROXY header they owed was missing or
+    /// broken, by `reason` (read, missing, malformed).
+    pub proxy_refused_total: IntCounterVec,
+    /// Admin API requests refused, by `reason` (unauthenticated, bad_credentials, error).
+    pub admin_refused_total: IntCounterVec,
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,6 +93,25 @@ impl Metrics {
         .expect("valid");
         r.register(Box::new(latency.clone())).expect("unique");
         Metrics {
+            relay_private_ranges: gauge_vec(
+                &r,
+                "sluice_listener_relay_private_ranges",
+                "relay_hosts entries of a listener that overlap private ranges (relaying by \
+                 address alone, which a masquerading proxy defeats)",
+                &["listener"],
+            ),
+            proxy_refused_total: counter_vec(
+                &r,
+                "sluice_proxy_protocol_refused_total",
+                "Sessions closed for a missing or malformed PROXY protocol header",
+                &["reason"],
+            ),
+            admin_refused_total: counter_vec(
+                &r,
+                "sluice_admin_refused_total",
+                "Admin API requests refused",
+                &["reason"],
+            ),
             connections_total: counter_vec(
                 &r,
                 "total_connection_count",

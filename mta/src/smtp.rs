@@ -49,8 +49,14 @@ pub type Params = Vec<(String, Option<String>)>;
 pub enum Command {
     Ehlo(String),
     Helo(String),
-    MailFrom { address: String, params: Params },
-    RcptTo { address: String, params: Params },
+    MailFrom {
+        address: String,
+        params: Params,
+    },
+    RcptTo {
+        address: String,
+        params: Params,
+    },
     Data,
     Rset,
     Noop,
@@ -59,7 +65,11 @@ pub enum Command {
     Vrfy,
     Expn,
     Help,
-    Auth,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
     Unknown(String),
 }
 
@@ -173,7 +183,15 @@ pub fn parse_command(line: &str) -> Result<Command, SyntaxError> {
         "VRFY" => Command::Vrfy,
         "EXPN" => Command::Expn,
         "HELP" => Command::Help,
-        "AUTH" => Command::Auth,
+        "AUTH" => {
+            let mut words = arg.split_ascii_whitespace();
+            let mechanism = words.next().ok_or(BAD_SYNTAX)?.to_ascii_uppercase();
+            let initial = words.next().map(str::to_string);
+            if words.next().is_some() {
+                return Err(BAD_SYNTAX);
+            }
+            Command::Auth { mechanism, initial }
+        }
         _ => Command::Unknown(verb),
     })
 }

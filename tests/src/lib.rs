@@ -5,6 +5,7 @@
 
 pub mod chart;
 pub mod fleet;
+pub mod haproxy;
 pub mod kube;
 pub mod pod;
 pub mod projector;
@@ -719,8 +720,16 @@ pub fn seq_counts(
 /// POST of the JSON `post`. Returns `{"status", "body"}`; for `/metrics`
 /// also `"samples"`, as Prometheus' own text-format parser read them.
 pub fn http_request(port: u16, path: &str, post: Option<&str>) -> Value {
+    http_request_as(port, path, post, None)
+}
+
+/// [`http_request`] with HTTP Basic credentials (`user:password`).
+pub fn http_request_as(port: u16, path: &str, post: Option<&str>, user: Option<&str>) -> Value {
     let url = format!("http://127.0.0.1:{port}{path}");
     let mut args = vec![url.as_str()];
+    if let Some(user) = user {
+        args.extend(["--user", user]);
+    }
     if path == "/metrics" {
         args.push("--metrics");
     }

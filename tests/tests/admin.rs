@@ -81,11 +81,16 @@ fn metrics_config_and_probes_over_http() {
         "{samples}"
     );
 
-    // a listener whose trusted_hosts leave loopback out: probes yes, admin no
+    // a listener whose trusted_hosts leave loopback out: probes yes, admin
+    // only with credentials, and this policy checks none (KumoMTA's 401)
     assert_eq!(get(other, "/api/check-liveness/v1")["status"], 200);
     assert_eq!(get(other, "/healthz/live")["status"], 200);
-    assert_eq!(get(other, "/metrics")["status"], 403);
-    assert_eq!(get(other, "/api/admin/config/v1")["status"], 403);
+    assert_eq!(get(other, "/metrics")["status"], 401);
+    let refused = get(other, "/api/admin/config/v1");
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["www_authenticate"], "Basic realm=\"sluice\"");
+    let refused = http_request_as(other, "/metrics", None, Some("ops:guess"));
+    assert_eq!(refused["status"], 401, "no handler accepts anything");
 
     // draining: probes say so while a transaction keeps the daemon alive
     let mut busy = RawSmtp::connect(mta.port);
@@ -120,6 +125,9 @@ fn queueing_policy(admin: u16, other: u16) -> String {
         ),
         "",
         r#"
+kumo.on('http_server_validate_auth_basic', function(user, password)
+  return user == 'ops' and password == 's3cret'
+end)
 kumo.on('get_queue_config', function(domain)
   if domain == 'held.example' then
     return kumo.make_queue_config { retry_interval = '1 hour', protocol = { maildir_path = '/proc/sluice-cannot-write' } }
@@ -196,19 +204,49 @@ fn inject_summary_suspend_resume_and_bounce_over_http() {
     ] {
         assert!(body.contains(want), "{want} in {body}");
     }
-    // a malformed request says what is wrong; untrusted peers are refused
+    // a malformed request says what is wrong
     let bad = http_request(admin, "/api/inject/v1", Some(r#"{"envelope_sender": 5}"#));
     assert_eq!(bad["status"], 422);
     assert!(
         bad["body"].as_str().unwrap().contains("envelope_sender"),
         "{bad}"
     );
-    let refused = http_request(
-        other,
-        "/api/inject/v1",
-        Some(&inject_body(&["x@example.com"])),
+    // where the address is not trusted, inject, bounce and suspend need the
+    // credentials http_server_validate_auth_basic accepts: 401 without or
+    // with wrong ones, and nothing happens
+    let one = inject_body(&["x@example.com"]);
+    let suspend = r#"{"domain": "nowhere.example", "reason": "r", "duration": "1m"}"#;
+    for (path, body) in [
+        ("/api/inject/v1", one.as_str()),
+        ("/api/admin/bounce/v1", suspend),
+        ("/api/admin/suspend/v1", suspend),
+    ] {
+        for user in [None, Some("ops:wrong"), Some("intruder:s3cret")] {
+            let r = http_request_as(other, path, Some(body), user);
+            assert_eq!(r["status"], 401, "{path} as {user:?}: {r}");
+        }
+    }
+    assert!(
+        http_json(admin, "/api/admin/suspend/v1", None)
+            .as_array()
+            .unwrap()
+            .is_empty()
     );
-    assert_eq!(refused["status"], 403);
+    let r = http_request_as(other, "/api/inject/v1", Some(&one), Some("ops:s3cret"));
+    assert_eq!(r["status"], 200, "{r}");
+    let r = http_request_as(
+        other,
+        "/api/admin/bounce/v1",
+        Some(suspend),
+        Some("ops:s3cret"),
+    );
+    assert_eq!(r["status"], 200, "{r}");
+    let r = http_request_as(other, "/api/admin/bounce/v1", None, Some("ops:s3cret"));
+    let rules: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(rules[0]["domain"], "nowhere.example", "{rules}");
+    mta.wait_for_records(Duration::from_secs(10), "the credentialed injection", |r| {
+        count(r, "Delivery") == 3
+    });
 
     // five more wait in held.example; the summary counts them
     let held: Vec<String> = (1..=5).map(|i| format!("h{i}@held.example")).collect();
@@ -244,7 +282,7 @@ fn inject_summary_suspend_resume_and_bounce_over_http() {
     });
     assert_eq!(
         count(&recs, "Delivery"),
-        2,
+        3,
         "nothing delivered while suspended"
     );
     assert_eq!(summary_count(admin, "example.com"), (2, true));
@@ -268,9 +306,9 @@ fn inject_summary_suspend_resume_and_bounce_over_http() {
         text(&o)
     );
     mta.wait_for_records(Duration::from_secs(10), "delivered after resume", |r| {
-        count(r, "Delivery") == 4
+        count(r, "Delivery") == 5
     });
-    assert_eq!(mta.maildir_files("maildir").len(), 4);
+    assert_eq!(mta.maildir_files("maildir").len(), 5);
 
     // bounce held.example: the six waiting, and one arriving afterwards
     let bounce = http_json(
@@ -295,4 +333,54 @@ fn inject_summary_suspend_resume_and_bounce_over_http() {
         );
     }
     assert_eq!(summary_count(admin, "held.example"), (0, false));
+}
+
+/// `/api/admin/config/v1` says who may relay through each listener, and a
+/// listener relaying for private ranges by address alone is warned about
+/// at start, in the log and in a metric (a masquerading proxy would let the
+/// whole internet relay through it).
+#[test]
+fn each_listeners_relay_policy_is_reported_and_private_ranges_warned_about() {
+    let admin = free_port();
+    let mta = Mta::start(&policy_with_init(
+        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        "relay_hosts = { '127.0.0.1', '10.0.0.0/8', '192.168.1.0/24' }, \
+         peer = { ['127.0.0.9'] = { require_proxy_protocol = true, relay_hosts = { '203.0.113.0/24' } } }",
+        "",
+    ));
+    let config = http_json(admin, "/api/admin/config/v1", None);
+    let listener = &config["listeners"][0];
+    assert_eq!(listener["listen"], format!("127.0.0.1:{}", mta.port));
+    assert_eq!(
+        listener["relay_hosts"],
+        serde_json::json!(["127.0.0.1/32", "10.0.0.0/8", "192.168.1.0/24"])
+    );
+    assert_eq!(
+        listener["relay_private_ranges"],
+        serde_json::json!(["10.0.0.0/8", "192.168.1.0/24"])
+    );
+    assert_eq!(listener["auth_offered"], false);
+    assert_eq!(listener["peer"][0]["peer"], "127.0.0.9/32");
+    assert_eq!(listener["peer"][0]["require_proxy_protocol"], true);
+    assert_eq!(
+        listener["peer"][0]["relay_hosts"],
+        serde_json::json!(["203.0.113.0/24"])
+    );
+    let warning = listener["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("externalTrafficPolicy: Cluster"),
+        "{warning}"
+    );
+    let m = http_request(admin, "/metrics", None);
+    let gauge = format!(
+        "sluice_listener_relay_private_ranges{{listener=127.0.0.1:{}}}",
+        mta.port
+    );
+    assert_eq!(m["samples"][gauge.as_str()], 2.0, "{m}");
+    assert!(
+        mta.stderr()
+            .contains("relays for private ranges 10.0.0.0/8, 192.168.1.0/24"),
+        "{}",
+        mta.stderr()
+    );
 }

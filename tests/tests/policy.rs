@@ -82,6 +82,22 @@ const BROKEN: &[(&str, &[&str])] = &[
         &["broken.lua:2:", "'listen'", "nowhere"],
     ),
     (
+        "kumo.on('init', function()\n  kumo.start_esmtp_listener { peer = { ['10.0.0.0/8'] = { relay_hostz = {} } } }\nend)\n",
+        &["broken.lua:2:", "peer['10.0.0.0/8']", "relay_hostz"],
+    ),
+    (
+        "kumo.on('init', function()\n  kumo.start_esmtp_listener { via = { ['10.1.0.1'] = { listen = '10.1.0.1:25' } } }\nend)\n",
+        &[
+            "broken.lua:2:",
+            "via['10.1.0.1']",
+            "'listen' can only be set for the whole listener",
+        ],
+    ),
+    (
+        "kumo.on('init', function()\n  kumo.start_esmtp_listener { peer = { ['10.0.0.300'] = {} } }\nend)\n",
+        &["broken.lua:2:", "key 'peer'", "10.0.0.300"],
+    ),
+    (
         "kumo.on('init', function() end)\nkumo.on('init', function() end)\n",
         &[
             "broken.lua:2:",

@@ -64,6 +64,66 @@ pub struct EsmtpListenerConfig {
     /// Extra connection meta set for every session on this listener.
     #[serde(default)]
     pub meta: Map<String, Value>,
+    /// The client must open with a PROXY protocol header (v1 or v2), whose
+    /// addresses then replace the connection's: set it only in a `peer`
+    /// block naming the proxies, as KumoMTA advises, since any client that
+    /// may send the header chooses the address relay control sees.
+    #[serde(default)]
+    pub require_proxy_protocol: bool,
+}
+
+/// A listener's parameters: the base set from `start_esmtp_listener`, and
+/// the `via` (local address) and `peer` (client address) blocks that
+/// override it, each already merged and validated at `init` so a session
+/// only picks one. `configs[v * (peer.len() + 1) + p]` is the base with via
+/// block `v - 1` (none when 0) and then peer block `p - 1` applied.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub via: Vec<IpNet>,
+    pub peer: Vec<IpNet>,
+    pub configs: Vec<std::sync::Arc<EsmtpListenerConfig>>,
+}
+
+impl ListenerSpec {
+    /// A listener without `via` or `peer` blocks.
+    pub fn single(config: EsmtpListenerConfig) -> Self {
+        ListenerSpec {
+            via: vec![],
+            peer: vec![],
+            configs: vec![std::sync::Arc::new(config)],
+        }
+    }
+
+    pub fn base(&self) -> &EsmtpListenerConfig {
+        &self.configs[0]
+    }
+
+    /// The index of the parameters for a session from `peer` to `local`:
+    /// the most specific (longest prefix) `via` and `peer` entries win.
+    pub fn select(&self, local: IpAddr, peer: IpAddr) -> usize {
+        let v = longest_match(&self.via, local);
+        let p = longest_match(&self.peer, peer);
+        v * (self.peer.len() + 1) + p
+    }
+}
+
+/// 1 + the index of the longest prefix in `nets` containing `ip`, or 0.
+fn longest_match(nets: &[IpNet], ip: IpAddr) -> usize {
+    let ip = canonical(ip);
+    nets.iter()
+        .enumerate()
+        .filter(|(_, n)| n.contains(&ip))
+        .max_by_key(|(_, n)| n.prefix_len())
+        .map(|(i, _)| i + 1)
+        .unwrap_or(0)
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -154,10 +214,7 @@ impl EsmtpListenerConfig {
     }
 
     pub fn may_relay(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-            v4 => v4,
-        };
+        let peer = canonical(peer);
         self.relay_hosts.iter().any(|net| net.contains(&peer))
     }
 }

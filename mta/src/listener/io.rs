@@ -124,6 +124,17 @@ impl Conn {
         }
     }
 
+    /// Read exactly `n` bytes (the binary PROXY header); what follows stays
+    /// buffered for the SMTP dialogue.
+    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadError> {
+        while self.buf.len() - self.pos < n {
+            self.fill().await?;
+        }
+        let out = self.buf[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        Ok(out)
+    }
+
     /// Read a DATA body up to the lone `.`; dot-unstuffed, CRLF line endings.
     pub async fn read_data(
         &mut self,

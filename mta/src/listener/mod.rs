@@ -1,22 +1,36 @@
-//! The ESMTP server (spec §6): accept loop, connection limit, TLS setup.
+//! The ESMTP server (spec §6): accept loop, connection limit, TLS setup,
+//! and the parameters each session runs with.
 
+pub mod auth;
 pub mod config;
 mod io;
+mod proxy;
+pub mod relay;
 mod session;
 
 use crate::policy::Policy;
 use crate::queue::QueueManager;
-use config::EsmtpListenerConfig;
+use config::{EsmtpListenerConfig, ListenerSpec};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 pub struct Listener {
-    config: Arc<EsmtpListenerConfig>,
-    hostname: String,
-    tls: TlsAcceptor,
+    spec: ListenerSpec,
+    /// Host name and TLS acceptor of each of `spec.configs`.
+    hostnames: Vec<String>,
+    acceptors: Vec<TlsAcceptor>,
     sessions: Arc<Semaphore>,
+    auth_failures: auth::Failures,
+}
+
+/// What one session runs with.
+pub struct Params {
+    pub config: Arc<EsmtpListenerConfig>,
+    pub hostname: String,
+    pub acceptor: TlsAcceptor,
 }
 
 /// What a session needs from the rest of the daemon.
@@ -26,6 +40,12 @@ pub struct Services {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
+
+type TlsKey = (
+    Option<std::path::PathBuf>,
+    Option<std::path::PathBuf>,
+    String,
+);
 
 fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
@@ -58,21 +78,60 @@ fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsA
 }
 
 impl Listener {
-    pub fn new(config: EsmtpListenerConfig) -> anyhow::Result<Listener> {
-        let hostname = config.hostname();
-        let tls = load_tls(&config, &hostname)?;
+    pub fn new(spec: ListenerSpec) -> anyhow::Result<Listener> {
+        let mut hostnames = vec![];
+        let mut acceptors: Vec<TlsAcceptor> = vec![];
+        // one acceptor per distinct certificate (and, self-signed, host name)
+        let mut made: Vec<(TlsKey, TlsAcceptor)> = vec![];
+        for config in &spec.configs {
+            let hostname = config.hostname();
+            let key = (
+                config.tls_certificate.clone(),
+                config.tls_private_key.clone(),
+                hostname.clone(),
+            );
+            let acceptor = match made.iter().find(|(k, _)| *k == key) {
+                Some((_, a)) => a.clone(),
+                None => {
+                    let a = load_tls(config, &hostname)?;
+                    made.push((key, a.clone()));
+                    a
+                }
+            };
+            hostnames.push(hostname);
+            acceptors.push(acceptor);
+        }
         Ok(Listener {
-            sessions: Arc::new(Semaphore::new(config.max_connections)),
-            config: Arc::new(config),
-            hostname,
-            tls,
+            sessions: Arc::new(Semaphore::new(spec.base().max_connections)),
+            spec,
+            hostnames,
+            acceptors,
+            auth_failures: auth::Failures::default(),
         })
     }
 
+    pub fn spec(&self) -> &ListenerSpec {
+        &self.spec
+    }
+
+    /// The parameters for a session from `peer` to `local`.
+    pub fn params(&self, local: Option<SocketAddr>, peer: SocketAddr) -> Params {
+        let local = local
+            .map(|l| l.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let i = self.spec.select(local, peer.ip());
+        Params {
+            config: self.spec.configs[i].clone(),
+            hostname: self.hostnames[i].clone(),
+            acceptor: self.acceptors[i].clone(),
+        }
+    }
+
     pub async fn bind(&self) -> anyhow::Result<TcpListener> {
-        TcpListener::bind(&self.config.listen)
+        let listen = &self.spec.base().listen;
+        TcpListener::bind(listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.config.listen))
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener, services: Arc<Services>) {
@@ -102,12 +161,12 @@ impl Listener {
                     Err(_) => {
                         use tokio::io::AsyncWriteExt;
                         let mut stream = stream;
+                        let hostname = &me.hostnames[0];
                         let line = if services.lifecycle.is_draining() {
-                            format!("421 4.3.2 {} is shutting down. Try later\r\n", me.hostname)
+                            format!("421 4.3.2 {hostname} is shutting down. Try later\r\n")
                         } else {
                             format!(
-                                "421 4.3.2 {} too many concurrent sessions. Try later\r\n",
-                                me.hostname
+                                "421 4.3.2 {hostname} too many concurrent sessions. Try later\r\n"
                             )
                         };
                         let _ = stream.write_all(line.as_bytes()).await;

@@ -4,8 +4,9 @@ use super::{
     EVENT_SITES_KEY, EVENTS_KEY, MULTI_HANDLER_EVENTS, Phase, Rejection, SpoolDefinition,
     caller_location, located_error,
 };
-use crate::listener::config::EsmtpListenerConfig;
+use crate::listener::config::{EsmtpListenerConfig, ListenerSpec};
 use crate::log::LocalLogConfig;
+use ipnet::IpNet;
 use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
 use serde::de::DeserializeOwned;
 use sluice_common::egress::{EgressPathConfig, EgressPool, EgressSource};
@@ -117,6 +118,87 @@ fn with_init<R>(
     }
 }
 
+/// `start_esmtp_listener{...}` with its `via` and `peer` blocks (cidr maps
+/// of parameter overrides) merged into one validated config per combination,
+/// so a block that would fail for a session fails here, at `init`.
+fn listener_spec(lua: &Lua, params: Table) -> mlua::Result<ListenerSpec> {
+    const WHAT: &str = "start_esmtp_listener";
+    let blocks = |key: &str| -> mlua::Result<Vec<(IpNet, Table)>> {
+        let mut out = vec![];
+        let Some(map) = params.get::<Option<Table>>(key)? else {
+            return Ok(out);
+        };
+        for pair in map.pairs::<String, Table>() {
+            let (cidr, overrides) =
+                pair.map_err(|e| located_error(lua, format!("{WHAT}: key '{key}': {e}")))?;
+            let net = sluice_common::egress::parse_cidr(&cidr)
+                .map_err(|e| located_error(lua, format!("{WHAT}: key '{key}': {e}")))?;
+            if overrides.contains_key("listen")? {
+                return Err(located_error(
+                    lua,
+                    format!(
+                        "{WHAT}: {key}['{cidr}']: 'listen' can only be set for the whole listener"
+                    ),
+                ));
+            }
+            out.push((net, overrides));
+        }
+        // the same order whatever Lua's table order was
+        out.sort_by_key(|(net, _)| *net);
+        Ok(out)
+    };
+    let via = blocks("via")?;
+    let peer = blocks("peer")?;
+    let merged = |layers: &[(&str, &IpNet, &Table)]| -> mlua::Result<EsmtpListenerConfig> {
+        let table = lua.create_table()?;
+        for pair in params.pairs::<Value, Value>() {
+            let (k, v) = pair?;
+            let key = k
+                .as_string()
+                .and_then(|s| s.to_str().ok().map(|s| s.to_string()));
+            if !matches!(key.as_deref(), Some("via" | "peer")) {
+                table.set(k, v)?;
+            }
+        }
+        let mut what = WHAT.to_string();
+        for (key, net, overrides) in layers {
+            for pair in overrides.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                table.set(k, v)?;
+            }
+            what.push_str(&format!(" {key}['{net}']"));
+        }
+        from_table(lua, &what, Value::Table(table))
+    };
+    let mut configs = vec![];
+    for v in std::iter::once(None).chain(via.iter().map(Some)) {
+        for p in std::iter::once(None).chain(peer.iter().map(Some)) {
+            let layers: Vec<(&str, &IpNet, &Table)> =
+                [v.map(|v| ("via", v)), p.map(|p| ("peer", p))]
+                    .into_iter()
+                    .flatten()
+                    .map(|(key, (net, t))| (key, net, t))
+                    .collect();
+            configs.push(std::sync::Arc::new(merged(&layers)?));
+        }
+    }
+    let base = &configs[0];
+    if let Err(e) = base.listen.parse::<std::net::SocketAddr>() {
+        return Err(located_error(
+            lua,
+            format!(
+                "{WHAT}: key 'listen': {:?} is not ip:port: {e}",
+                base.listen
+            ),
+        ));
+    }
+    Ok(ListenerSpec {
+        via: via.into_iter().map(|(n, _)| n).collect(),
+        peer: peer.into_iter().map(|(n, _)| n).collect(),
+        configs,
+    })
+}
+
 pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     let kumo = lua.create_table()?;
 
@@ -155,19 +237,10 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
 
     kumo.set(
         "start_esmtp_listener",
-        lua.create_function(|lua, params: Value| {
-            let config: EsmtpListenerConfig = from_table(lua, "start_esmtp_listener", params)?;
-            if let Err(e) = config.listen.parse::<std::net::SocketAddr>() {
-                return Err(located_error(
-                    lua,
-                    format!(
-                        "start_esmtp_listener: key 'listen': {:?} is not ip:port: {e}",
-                        config.listen
-                    ),
-                ));
-            }
+        lua.create_function(|lua, params: Table| {
+            let spec = listener_spec(lua, params)?;
             with_init(lua, "start_esmtp_listener", |init| {
-                init.listeners.push(config)
+                init.listeners.push(spec)
             })
         })?,
     )?;

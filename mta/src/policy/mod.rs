@@ -12,7 +12,7 @@ pub use lua_connection::LuaConnection;
 
 pub use lua_message::{ConnMeta, LuaConnMeta, LuaMessage};
 
-use crate::listener::config::EsmtpListenerConfig;
+use crate::listener::config::ListenerSpec;
 use crate::log::LocalLogConfig;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 use parking_lot::Mutex;
@@ -153,7 +153,7 @@ impl ResolverDefinition {
 /// What the `init` event configured.
 #[derive(Debug, Default, Clone)]
 pub struct InitConfig {
-    pub listeners: Vec<EsmtpListenerConfig>,
+    pub listeners: Vec<ListenerSpec>,
     pub spools: Vec<SpoolDefinition>,
     pub logs: Vec<LocalLogConfig>,
     pub resolver: Option<ResolverDefinition>,
@@ -408,14 +408,7 @@ impl Policy {
                 (lua.create_userdata(LuaMessage(msg.clone()))?, hook).into_lua_multi(lua)
             })
             .await?;
-        match result.and_then(|v| v.into_iter().next()) {
-            None | Some(Value::Nil) | Some(Value::Boolean(false)) => Ok(false),
-            Some(Value::Boolean(true)) => Ok(true),
-            Some(other) => Err(EventError::Failed(format!(
-                "should_enqueue_log_record returned a {}, not a boolean",
-                other.type_name()
-            ))),
-        }
+        boolean("should_enqueue_log_record", result)
     }
 
     /// Call every handler of `event` in order until one returns a value
@@ -581,6 +574,44 @@ impl Policy {
         .map(|_| ())
     }
 
+    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)`: whether
+    /// the credentials are good; `false` when no handler answers.
+    pub async fn auth_plain_event(
+        &self,
+        authz: &str,
+        authc: &str,
+        password: &str,
+        conn: &ConnMeta,
+    ) -> Result<bool, EventError> {
+        let event = "smtp_server_auth_plain";
+        let lua = self.checkout()?;
+        let result = self
+            .call_handlers(&lua, event, |lua| {
+                let meta = lua.create_userdata(LuaConnMeta(conn.clone()))?;
+                (authz, authc, password, meta).into_lua_multi(lua)
+            })
+            .await?;
+        boolean(event, result)
+    }
+
+    /// `http_server_validate_auth_basic(user, password)`: whether an admin
+    /// API client's HTTP Basic credentials are good; `false` without a handler.
+    pub async fn validate_auth_basic(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<bool, EventError> {
+        let event = "http_server_validate_auth_basic";
+        if !self.has_handler(event) {
+            return Ok(false);
+        }
+        let lua = self.checkout()?;
+        let result = self
+            .call_handlers(&lua, event, |lua| (user, password).into_lua_multi(lua))
+            .await?;
+        boolean(event, result)
+    }
+
     /// `smtp_server_mail_from(sender, conn_meta)` / `smtp_server_rcpt_to(rcpt, conn_meta)`.
     pub async fn address_event(
         &self,
@@ -625,6 +656,19 @@ impl Policy {
                 message: e.to_string(),
             })?;
         Ok(init)
+    }
+}
+
+/// A handler's answer as a boolean: nothing or `nil` is `false`, anything
+/// but a boolean is an error naming the event.
+fn boolean(event: &str, result: Option<MultiValue>) -> Result<bool, EventError> {
+    match result.and_then(|v| v.into_iter().next()) {
+        None | Some(Value::Nil) | Some(Value::Boolean(false)) => Ok(false),
+        Some(Value::Boolean(true)) => Ok(true),
+        Some(other) => Err(EventError::Failed(format!(
+            "{event} returned a {}, not a boolean",
+            other.type_name()
+        ))),
     }
 }
 

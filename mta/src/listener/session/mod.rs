@@ -1,19 +1,21 @@
-//! One ESMTP session (spec §6.2): the command state machine, limits, relay
-//! control, STARTTLS, and the DATA commit path (policy, spool, queue, 250).
+//! One ESMTP session (spec §6.2): the PROXY header where required, the
+//! command state machine, limits, relay control and STARTTLS. AUTH is in
+//! `auth`, DATA and the commit path in `data`.
+
+mod auth;
+mod data;
 
 use super::io::{Conn, Line, ReadError};
-use super::{Listener, Services};
-use crate::listener::config::{BatchHandling, InvalidLineEndings};
+use super::{Listener, Params, Services};
+use crate::listener::config::EsmtpListenerConfig;
 use crate::log::{LogRecord, PeerAddress, RecordType, Response};
-use crate::message::{Message, MessageId, MessageRef, split_address};
 use crate::policy::{ConnMeta, EventError};
-use crate::queue::deferred::DEFERRED_QUEUE;
 use crate::smtp::{Command, parse_command};
-use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 /// Consecutive errors after which the session is closed (as Postfix's
 /// smtpd_hard_error_limit).
@@ -27,12 +29,20 @@ struct Transaction {
 
 struct Session {
     conn: Conn,
+    /// The client: the socket's peer, or the one a PROXY header named.
     peer: SocketAddr,
     listener: Arc<Listener>,
+    /// This session's parameters (base, `via` and `peer` blocks applied).
+    config: Arc<EsmtpListenerConfig>,
+    hostname: String,
+    acceptor: TlsAcceptor,
     services: Arc<Services>,
     meta: ConnMeta,
     ehlo: Option<String>,
     tls: Option<(String, String)>,
+    /// The authorization identity, once AUTH succeeded.
+    authz: Option<String>,
+    auth_failures: u32,
     tx: Option<Transaction>,
     accepted_rcpts: usize,
     errors: usize,
@@ -51,37 +61,71 @@ pub async fn run(
     services: Arc<Services>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let meta = ConnMeta::default();
-    for (k, v) in &listener.config.meta {
-        meta.set(k, v.clone());
-    }
-    meta.set("received_from", json!(peer.to_string()));
-    if let Some(local) = local {
-        meta.set("received_via", json!(local.to_string()));
-    }
-    meta.set("hostname", json!(listener.hostname));
-    meta.set("reception_protocol", json!("ESMTP"));
-    let mut s = Session {
-        conn: Conn::new(Box::new(stream), listener.config.client_timeout),
-        peer,
-        listener,
-        services,
-        meta,
-        ehlo: None,
-        tls: None,
-        tx: None,
-        accepted_rcpts: 0,
-        errors: 0,
-    };
-    let lifecycle = s.services.lifecycle.clone();
+    let lifecycle = services.lifecycle.clone();
     let _busy = lifecycle.session();
-    let metrics = s.services.metrics.clone();
+    let metrics = services.metrics.clone();
     metrics
         .connections_total
         .with_label_values(&["esmtp_listener"])
         .inc();
     let open = metrics.connections.with_label_values(&["esmtp_listener"]);
     open.inc();
+    let params = listener.params(local, peer);
+    let mut conn = Conn::new(Box::new(stream), params.config.client_timeout);
+    let (peer, local, params) = if params.config.require_proxy_protocol {
+        match super::proxy::read_header(&mut conn).await {
+            // the real client and the address it reached: parameters again
+            Ok(Some(p)) => (
+                p.source,
+                Some(p.destination),
+                listener.params(Some(p.destination), p.source),
+            ),
+            Ok(None) => (peer, local, params),
+            Err(e) => {
+                tracing::warn!(%peer, "session refused: {e}");
+                metrics
+                    .proxy_refused_total
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                open.dec();
+                return;
+            }
+        }
+    } else {
+        (peer, local, params)
+    };
+    let Params {
+        config,
+        hostname,
+        acceptor,
+    } = params;
+    let meta = ConnMeta::default();
+    for (k, v) in &config.meta {
+        meta.set(k, v.clone());
+    }
+    meta.set("received_from", json!(peer.to_string()));
+    if let Some(local) = local {
+        meta.set("received_via", json!(local.to_string()));
+    }
+    meta.set("hostname", json!(hostname));
+    meta.set("reception_protocol", json!("ESMTP"));
+    let mut s = Session {
+        conn,
+        peer,
+        listener,
+        config,
+        hostname,
+        acceptor,
+        services,
+        meta,
+        ehlo: None,
+        tls: None,
+        authz: None,
+        auth_failures: 0,
+        tx: None,
+        accepted_rcpts: 0,
+        errors: 0,
+    };
     if let Err(e) = s.serve().await {
         tracing::debug!(peer = %s.peer, "session ended: {e}");
     }
@@ -94,7 +138,7 @@ pub async fn run(
 
 impl Session {
     fn hostname(&self) -> &str {
-        &self.listener.hostname
+        &self.hostname
     }
 
     /// Send a reply; every 4xx/5xx except `421 4.3.2` is logged as a Rejection.
@@ -107,7 +151,7 @@ impl Session {
 
     fn log_rejection(&self, code: u16, text: &str, command: Option<&str>) {
         let mut resp = Response::new(code, text);
-        resp.command = command.map(str::to_string);
+        resp.command = command.map(auth::redact);
         let mut rec = LogRecord::new(RecordType::Rejection, String::new(), resp);
         if let Some(tx) = &self.tx {
             rec.sender = tx.sender.clone();
@@ -139,7 +183,7 @@ impl Session {
             self.conn.flush().await?;
             return Ok(());
         }
-        let banner = format!("{} {}", self.hostname(), self.listener.config.banner);
+        let banner = format!("{} {}", self.hostname(), self.config.banner);
         self.conn.reply(220, &banner);
         loop {
             let lifecycle = self.services.lifecycle.clone();
@@ -242,10 +286,12 @@ impl Session {
                         "ENHANCEDSTATUSCODES".to_string(),
                         "8BITMIME".to_string(),
                         "SMTPUTF8".to_string(),
-                        format!("SIZE {}", self.listener.config.max_message_size),
+                        format!("SIZE {}", self.config.max_message_size),
                     ];
                     if self.tls.is_none() {
                         lines.push("STARTTLS".to_string());
+                    } else if self.auth_offered() {
+                        lines.push("AUTH PLAIN LOGIN".to_string());
                     }
                     self.ok(250, &lines.join("\n"));
                 } else {
@@ -263,17 +309,15 @@ impl Session {
                     // pipelined plaintext after STARTTLS: a command injection attempt
                     return Ok(Flow::Close);
                 };
-                let acceptor = self.listener.tls.clone();
-                let tls = match tokio::time::timeout(
-                    self.listener.config.client_timeout,
-                    acceptor.accept(plain),
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return Err(ReadError::Io(e)),
-                    Err(_) => return Err(ReadError::Timeout),
-                };
+                let acceptor = self.acceptor.clone();
+                let tls =
+                    match tokio::time::timeout(self.config.client_timeout, acceptor.accept(plain))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return Err(ReadError::Io(e)),
+                        Err(_) => return Err(ReadError::Timeout),
+                    };
                 let (_, conn) = tls.get_ref();
                 let version = conn
                     .protocol_version()
@@ -308,7 +352,7 @@ impl Session {
                                 self.error(501, "5.5.4 invalid SIZE parameter", Some(line));
                                 return Ok(Flow::Continue);
                             }
-                            Some(size) if size > self.listener.config.max_message_size => {
+                            Some(size) if size > self.config.max_message_size => {
                                 self.error(552, "5.3.4 message too big", Some(line));
                                 return Ok(Flow::Continue);
                             }
@@ -335,11 +379,11 @@ impl Session {
                     self.error(503, "5.5.0 MAIL FROM must be issued first", Some(line));
                     return Ok(Flow::Continue);
                 };
-                if tx.recipients.len() >= self.listener.config.max_recipients_per_message {
+                if tx.recipients.len() >= self.config.max_recipients_per_message {
                     self.error(452, "4.5.3 too many recipients", Some(line));
                     return Ok(Flow::Continue);
                 }
-                if self.accepted_rcpts >= self.listener.config.max_messages_per_connection {
+                if self.accepted_rcpts >= self.config.max_messages_per_connection {
                     self.error(
                         451,
                         "4.5.3 too many recipients on this connection; reconnect",
@@ -347,7 +391,7 @@ impl Session {
                     );
                     return Ok(Flow::Continue);
                 }
-                if !self.listener.config.may_relay(self.peer.ip()) {
+                if self.authz.is_none() && !self.config.may_relay(self.peer.ip()) {
                     let text = format!("5.7.1 relaying not permitted for {}", self.peer);
                     self.error(550, &text, Some(line));
                     return Ok(Flow::Continue);
@@ -376,8 +420,8 @@ impl Session {
                 self.ok(221, &format!("{} closing connection", self.hostname()));
                 return Ok(Flow::Close);
             }
-            Command::Auth => {
-                self.error(524, "5.7.11 AUTH is not available", Some(line));
+            Command::Auth { mechanism, initial } => {
+                return self.auth(&mechanism, initial, line).await;
             }
             Command::Vrfy | Command::Expn | Command::Help | Command::Unknown(_) => {
                 self.error(502, "5.5.1 Command unimplemented", Some(line));
@@ -396,233 +440,4 @@ impl Session {
             Flow::Continue
         }
     }
-
-    async fn data(&mut self, line: &str) -> Result<Flow, ReadError> {
-        let rcpts_ok = self.tx.as_ref().is_some_and(|t| !t.recipients.is_empty());
-        if !rcpts_ok {
-            let text = if self.tx.is_none() {
-                "5.5.0 MAIL FROM must be issued first"
-            } else {
-                "5.5.0 RCPT TO must be issued first"
-            };
-            self.error(503, text, Some(line));
-            return Ok(Flow::Continue);
-        }
-        self.ok(354, "Send body; end with CRLF.CRLF");
-        let cfg = self.listener.config.clone();
-        let body = self
-            .conn
-            .read_data(cfg.max_message_size, cfg.line_length_hard_limit)
-            .await?;
-        if body.too_big {
-            self.error(552, "5.3.4 message too big", Some("DATA"));
-            self.tx = None;
-            return Ok(Flow::Continue);
-        }
-        if body.line_too_long {
-            self.error(500, "5.2.3 line too long", Some("DATA"));
-            self.tx = None;
-            return Ok(Flow::Continue);
-        }
-        if body.bare_line_ending && cfg.invalid_line_endings == InvalidLineEndings::Deny {
-            self.error(
-                552,
-                "5.6.0 message contains bare CR or LF line endings, which are not permitted",
-                Some("DATA"),
-            );
-            self.tx = None;
-            return Ok(Flow::Continue);
-        }
-        let tx = self.tx.take().expect("checked above");
-        let processing = tokio::time::timeout(
-            cfg.data_processing_timeout,
-            self.prepare_messages(&tx, body.data),
-        )
-        .await;
-        let prepared = match processing {
-            Err(_) => {
-                let text = format!(
-                    "4.4.5 data_processing_timeout exceeded ({})",
-                    sluice_common::duration::format_duration(cfg.data_processing_timeout)
-                );
-                self.error(451, &text, Some("DATA"));
-                return Ok(Flow::Continue);
-            }
-            Ok(Err(e)) => {
-                self.tx = Some(tx);
-                let flow = self.reject(&e, "DATA");
-                self.tx = None;
-                return Ok(flow);
-            }
-            Ok(Ok(prepared)) => prepared,
-        };
-        self.commit(prepared).await
-    }
-
-    /// Split the transaction, add trace headers, run the policy events and
-    /// resolve every message's queue; nothing is spooled yet.
-    async fn prepare_messages(
-        &self,
-        tx: &Transaction,
-        data: Vec<u8>,
-    ) -> Result<Vec<(MessageRef, String)>, EventError> {
-        let policy = &self.services.policy;
-        let batches: Vec<Vec<String>> = match self.listener.config.batch_handling {
-            BatchHandling::BifurcateAlways => {
-                tx.recipients.iter().map(|r| vec![r.clone()]).collect()
-            }
-            BatchHandling::BatchByDomain => {
-                let mut by_domain: Vec<(String, Vec<String>)> = vec![];
-                for r in &tx.recipients {
-                    let d = split_address(r).1.to_ascii_lowercase();
-                    match by_domain.iter_mut().find(|(k, _)| *k == d) {
-                        Some((_, list)) => list.push(r.clone()),
-                        None => by_domain.push((d, vec![r.clone()])),
-                    }
-                }
-                by_domain.into_iter().map(|(_, l)| l).collect()
-            }
-        };
-        let base_meta = self.meta.snapshot();
-        // smtp_server_data sees the whole transaction once
-        let whole = Message::new(
-            MessageId::new(),
-            tx.sender.clone(),
-            tx.recipients.clone(),
-            base_meta.clone(),
-            data,
-        );
-        policy
-            .message_event("smtp_server_data", Some(&whole), Some(&self.meta))
-            .await?;
-        let data = whole.data().expect("in memory");
-        let mut out = vec![];
-        for rcpts in batches {
-            let id = MessageId::new();
-            let mut body = self.trace_headers(id, &rcpts);
-            body.extend_from_slice(&data);
-            let msg = Message::new(
-                id,
-                tx.sender.clone(),
-                rcpts,
-                whole.state().meta.clone(),
-                body,
-            );
-            if self.listener.config.deferred_queue {
-                // the policy runs later, off the client's clock (spec §6.4)
-                msg.set_meta("queue", DEFERRED_QUEUE.into());
-            } else {
-                policy
-                    .message_event("smtp_server_message_received", Some(&msg), Some(&self.meta))
-                    .await?;
-            }
-            let queue = self
-                .services
-                .queues
-                .route(&msg)
-                .await
-                .map_err(EventError::Failed)?;
-            out.push((msg, queue));
-        }
-        Ok(out)
-    }
-
-    fn trace_headers(&self, id: MessageId, rcpts: &[String]) -> Vec<u8> {
-        let trace = &self.listener.config.trace_headers;
-        let mut out = Vec::with_capacity(512);
-        if trace.supplemental_header {
-            let mut obj = serde_json::Map::new();
-            obj.insert("_@_".into(), json!("\\_/"));
-            obj.insert("recipient".into(), json!(rcpts.first()));
-            obj.insert("id".into(), json!(id.to_string()));
-            let meta = self.meta.snapshot();
-            for name in &trace.include_meta_names {
-                if let Some(v) = meta.get(name) {
-                    obj.insert(name.clone(), v.clone());
-                }
-            }
-            let encoded = base64::engine::general_purpose::STANDARD
-                .encode(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default());
-            out.extend_from_slice(format!("{}: {encoded}\r\n", trace.header_name).as_bytes());
-        }
-        if trace.received_header {
-            let with = match &self.tls {
-                Some(_) => "ESMTPS",
-                None => "ESMTP",
-            };
-            let tls = match &self.tls {
-                Some((cipher, version)) => format!(" tls {version}:{cipher}"),
-                None => String::new(),
-            };
-            let rcpt = match rcpts {
-                [one] => format!("\r\n\tfor <{one}>"),
-                _ => String::new(),
-            };
-            out.extend_from_slice(
-                format!(
-                    "Received: from {} ({})\r\n\tby {} (Sluice) with {with}{tls} id {id}{rcpt};\r\n\t{}\r\n",
-                    self.ehlo.as_deref().unwrap_or("unknown"),
-                    self.peer.ip(),
-                    self.hostname(),
-                    chrono::Utc::now().to_rfc2822(),
-                )
-                .as_bytes(),
-            );
-        }
-        out
-    }
-
-    /// Spool every message (one group commit; not with `deferred_spool`),
-    /// log Reception, queue, reply 250.
-    async fn commit(&mut self, prepared: Vec<(MessageRef, String)>) -> Result<Flow, ReadError> {
-        let deferred_spool = self.listener.config.deferred_spool;
-        if let Err(e) = self.services.queues.admit(&prepared, deferred_spool).await {
-            tracing::error!("spool write failed: {e}");
-            self.error(
-                451,
-                "4.4.5 unable to spool the message, try again later",
-                Some("DATA"),
-            );
-            return Ok(Flow::Continue);
-        }
-        let ids: Vec<String> = prepared.iter().map(|(m, _)| m.id.to_string()).collect();
-        // the 250 goes out before anything is queued, so no delivery can
-        // happen for a message whose client never saw its 250
-        self.ok(250, &ids_reply(&ids));
-        let sent = self.conn.flush().await;
-        let queues = self.services.queues.clone();
-        for (msg, queue) in prepared {
-            let mut rec =
-                queues.record(RecordType::Reception, &msg, &queue, Response::new(250, ""));
-            rec.peer_address = Some(self.peer_address());
-            rec.reception_protocol = Some("ESMTP".into());
-            if let Some((cipher, version)) = &self.tls {
-                rec.tls_cipher = Some(cipher.clone());
-                rec.tls_protocol_version = Some(version.clone());
-            }
-            queues.log(rec);
-            if queue != "null" {
-                queues.insert(msg, &queue);
-            }
-        }
-        // spooled messages are queued even if the client has gone
-        sent?;
-        Ok(Flow::Continue)
-    }
-}
-
-/// `OK ids=...`, kept under RFC 5321's 512-octet reply limit: a transaction
-/// with many recipients lists the first ids and how many more there are.
-fn ids_reply(ids: &[String]) -> String {
-    let mut out = String::from("OK ids=");
-    for (i, id) in ids.iter().enumerate() {
-        if out.len() + id.len() + 20 > 500 {
-            out.push_str(&format!("(+{} more)", ids.len() - i));
-            break;
-        }
-        out.push_str(id);
-        out.push(' ');
-    }
-    out.truncate(out.trim_end().len());
-    out
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub mta_selector: String,
     /// The MTA pods' admin HTTP port.
     pub admin_port: u16,
+    /// The admin API's credentials, when it requires them.
+    pub admin_auth: Option<crate::admin_auth::AdminAuth>,
     pub secrets_dir: String,
     /// Quiet time that ends a burst of changes.
     pub debounce: Duration,
@@ -372,6 +374,14 @@ impl Controller {
         let pods = api
             .list(&ListParams::default().labels(&self.config.mta_selector))
             .await?;
+        let credentials = match &self.config.admin_auth {
+            Some(auth) => {
+                let secrets = Api::namespaced(self.client.clone(), &self.config.namespace);
+                let owner = async { self.owner_reference().await.ok().flatten() };
+                crate::admin_auth::credentials(&secrets, auth, owner).await?
+            }
+            None => None,
+        };
         let mut rollout = Rollout {
             updated: 0,
             total: 0,
@@ -389,7 +399,7 @@ impl Controller {
                 .get(ADMIN_PORT_ANNOTATION)
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(self.config.admin_port);
-            match self.pod_file_hash(&ip, port).await {
+            match self.pod_file_hash(&ip, port, credentials.as_ref()).await {
                 Ok(Some(h)) if h == hash => rollout.updated += 1,
                 Ok(_) => {}
                 Err(e) => tracing::debug!(pod = %pod.name_any(), "admin API not answering: {e}"),
@@ -398,16 +408,18 @@ impl Controller {
         Ok(rollout)
     }
 
-    async fn pod_file_hash(&self, ip: &str, port: u16) -> Result<Option<String>, reqwest::Error> {
+    async fn pod_file_hash(
+        &self,
+        ip: &str,
+        port: u16,
+        credentials: Option<&crate::admin_auth::Credentials>,
+    ) -> Result<Option<String>, reqwest::Error> {
         let url = format!("http://{ip}:{port}/api/admin/config/v1");
-        let bytes = self
-            .http
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
+        let mut request = self.http.get(url);
+        if let Some(c) = credentials {
+            request = request.basic_auth(&c.username, Some(&c.password));
+        }
+        let bytes = request.send().await?.error_for_status()?.bytes().await?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         Ok(body["files"][POLICY_FILE].as_str().map(str::to_string))
     }

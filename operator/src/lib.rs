@@ -1,6 +1,7 @@
 //! sluice-operator: reconciles QueuePolicy, EgressPool and EgressPath into
 //! the policy the MTA pods hot-load.
 
+pub mod admin_auth;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use sluice_operator::{controller, crdgen, manifests, metrics, render};
+use sluice_operator::{admin_auth, controller, crdgen, manifests, metrics, render};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,6 +59,13 @@ struct RunArgs {
     /// annotation overrides it).
     #[arg(long, default_value_t = 8000)]
     admin_port: u16,
+    /// A kubernetes.io/basic-auth Secret (username, password) holding the
+    /// admin API's credentials, sent to the pods with every poll.
+    #[arg(long)]
+    admin_secret: Option<String>,
+    /// Create --admin-secret with a random password when it does not exist.
+    #[arg(long, requires = "admin_secret")]
+    create_admin_secret: bool,
     /// Where the MTA pods mount Secrets (`DIR/<secret>/<key>`).
     #[arg(long, default_value = render::DEFAULT_SECRETS_DIR)]
     secrets_dir: String,
@@ -121,6 +128,10 @@ fn run_command(args: RunArgs) -> ExitCode {
             fleet: args.fleet,
             mta_selector: args.mta_selector,
             admin_port: args.admin_port,
+            admin_auth: args.admin_secret.map(|secret| admin_auth::AdminAuth {
+                secret,
+                create: args.create_admin_secret,
+            }),
             secrets_dir: args.secrets_dir,
             debounce: args.debounce,
             poll_interval: args.poll_interval,

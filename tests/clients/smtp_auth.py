@@ -18,11 +18,13 @@ p.add_argument("--mechanism", default="PLAIN", choices=["PLAIN", "LOGIN"])
 p.add_argument("--no-tls", action="store_true")
 p.add_argument("--attempts", type=int, default=1)
 p.add_argument("--to", default="someone@elsewhere.example")
-p.add_argument("--source", default="127.0.0.1")
+p.add_argument("--source", help="local address to connect from")
+p.add_argument("--host", default="127.0.0.1")
 args = p.parse_args()
 
 out = {"closed": False}
-s = smtplib.SMTP("127.0.0.1", args.port, source_address=(args.source, 0), timeout=30)
+source = (args.source, 0) if args.source else None
+s = smtplib.SMTP(args.host, args.port, source_address=source, timeout=30)
 try:
     s.ehlo("client.example")
     out["features_plain"] = sorted(s.esmtp_features)

@@ -22,6 +22,8 @@ pub const NAMESPACE: &str = chart::NAMESPACE;
 /// The smart host's name, answered by the fleet's dnsmasq with 127.0.0.1.
 pub const SMART_HOST: &str = "smart.host.local";
 const VALUES: &str = "tests/e2e/values.yaml";
+/// The admin API's Secret, which the operator creates (no secretName given).
+pub const ADMIN_SECRET: &str = "rel-sluice-admin";
 /// The chart's log mount (mta.logs), where the pods' records are.
 const LOG_DIR: &str = "/var/log/sluice";
 
@@ -136,11 +138,15 @@ impl Fleet {
             {
                 return hash;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no rollout: operator log:\n{}",
-                self.operator.log()
-            );
+            if Instant::now() >= deadline {
+                let running: Vec<Option<String>> =
+                    self.pods.iter().map(|p| p.running_hash()).collect();
+                panic!(
+                    "no rollout: the ConfigMap has {:?} (previous {previous:?}), the pods run {running:?}; operator log:\n{}",
+                    self.generated_hash(),
+                    self.operator.log()
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -176,6 +182,58 @@ fn render(dns_port: u16) -> Vec<Value> {
 
 /// The operator with its Deployment's args and env (its metrics on a free
 /// loopback port instead of the pod's 0.0.0.0:8080).
+/// Every Secret volume of the pod whose Secret is in the API server, written
+/// into its mount as the kubelet does (a file per key). The kubelet holds a
+/// pod until its Secrets exist: so the admin API's, which the operator
+/// creates at its first poll, is waited for. Returns the admin API's
+/// `user:password`.
+fn mount_secrets(
+    api: &ApiServer,
+    spec: &Value,
+    container: &Value,
+    root: &std::path::Path,
+) -> Option<String> {
+    use base64::Engine;
+    let mut admin_user = None;
+    for volume in spec["volumes"].as_array().unwrap() {
+        let Some(name) = volume["secret"]["secretName"].as_str() else {
+            continue;
+        };
+        let get = || api.get_json(&["-n", NAMESPACE, "get", "secret", name]);
+        let secret = if name == ADMIN_SECRET {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(s) = get() {
+                    break s;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the operator made no {name} Secret"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            match get() {
+                Some(s) => s,
+                None => continue,
+            }
+        };
+        let dir = pod::mount_of(container, volume["name"].as_str().unwrap(), root);
+        let mut files = BTreeMap::new();
+        for (key, value) in secret["data"].as_object().unwrap() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.as_str().unwrap())
+                .unwrap();
+            std::fs::write(dir.join(key), &bytes).unwrap();
+            files.insert(key.clone(), String::from_utf8(bytes).unwrap());
+        }
+        if name == ADMIN_SECRET {
+            admin_user = Some(format!("{}:{}", files["username"], files["password"]));
+        }
+    }
+    admin_user
+}
+
 fn start_operator(api: &ApiServer, deployment: &Value) -> Operator {
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let mut args = pod::plain_args(container);
@@ -198,6 +256,8 @@ pub struct MtaPod {
     pub admin: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// `user:password` of the admin API, from its mounted Secret.
+    admin_user: Option<String>,
     mounts: Vec<Mount>,
     child: Option<Child>,
     _projector: Projector,
@@ -252,6 +312,7 @@ impl MtaPod {
             let dir = pod::mount_of(container, &format!("secret-{secret}"), root.path());
             std::fs::write(dir.join(key), value).unwrap();
         }
+        let admin_user = mount_secrets(api, spec, container, root.path());
         let mut pod = MtaPod {
             name: name.to_string(),
             smtp: port("smtp"),
@@ -260,6 +321,7 @@ impl MtaPod {
             args: pod::plain_args(container),
             mounts,
             env: pod::env(container, name),
+            admin_user,
             root,
             child: None,
             _projector: projector,
@@ -376,7 +438,14 @@ impl MtaPod {
 
     /// The hash of the generated policy the pod runs, from its admin API.
     pub fn running_hash(&self) -> Option<String> {
-        let config = http_json(self.admin, "/api/admin/config/v1", None);
+        let r = http_request_as(
+            self.admin,
+            "/api/admin/config/v1",
+            None,
+            self.admin_user.as_deref(),
+        );
+        assert_eq!(r["status"], 200, "{}: {r}", self.name);
+        let config: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
         config["files"]["sluice-generated.lua"]
             .as_str()
             .map(str::to_string)

@@ -7,6 +7,7 @@ pub mod chart;
 pub mod fleet;
 pub mod haproxy;
 pub mod kube;
+pub mod netns;
 pub mod pod;
 pub mod projector;
 pub mod rabbit;
@@ -743,6 +744,11 @@ pub fn http_request_as(port: u16, path: &str, post: Option<&str>, user: Option<&
 
 /// The JSON body of an HTTP response from [`http_request`].
 pub fn http_json(port: u16, path: &str, post: Option<&str>) -> Value {
-    let r = http_request(port, path, post);
+    http_json_as(port, path, post, None)
+}
+
+/// [`http_json`] with HTTP Basic credentials (`user:password`).
+pub fn http_json_as(port: u16, path: &str, post: Option<&str>, user: Option<&str>) -> Value {
+    let r = http_request_as(port, path, post, user);
     serde_json::from_str(r["body"].as_str().unwrap()).unwrap_or_else(|e| panic!("{path}: {e}: {r}"))
 }

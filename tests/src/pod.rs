@@ -124,3 +124,63 @@ pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// The chart's MTA container laid out under a temporary root, as the
+/// kubelet would lay out its pod: every mount created, the chart's
+/// ConfigMap in the policy volume (its paths relocated under the root).
+/// Secrets and other ConfigMaps are written by the caller with
+/// [`ChartPod::mount_of`]; [`ChartPod::command`] is the container's
+/// process with its args and env.
+pub struct ChartPod {
+    pub root: tempfile::TempDir,
+    pub container: Value,
+    pub mounts: Vec<Mount>,
+}
+
+impl ChartPod {
+    pub fn new(docs: &[Value]) -> ChartPod {
+        let sts = crate::chart::find(docs, "StatefulSet", "rel-sluice-mta");
+        let container = sts["spec"]["template"]["spec"]["containers"][0].clone();
+        let mounts = mounts(&container);
+        let root = tempfile::tempdir().unwrap();
+        lay_out(&mounts, root.path());
+        let pod = ChartPod {
+            root,
+            container,
+            mounts,
+        };
+        let chart_cm = crate::chart::find(docs, "ConfigMap", "rel-sluice-mta");
+        let policy = pod.mount_of("policy");
+        for (file, text) in chart_cm["data"].as_object().unwrap() {
+            let text = relocate(text.as_str().unwrap(), &pod.mounts, pod.root.path());
+            std::fs::write(policy.join(file), text).unwrap();
+        }
+        pod
+    }
+
+    /// Where the volume mounted as `volume` lies under the root.
+    pub fn mount_of(&self, volume: &str) -> PathBuf {
+        mount_of(&self.container, volume, self.root.path())
+    }
+
+    /// The container's port called `name`.
+    pub fn port(&self, name: &str) -> u16 {
+        crate::chart::named(&self.container["ports"], name)["containerPort"]
+            .as_u64()
+            .unwrap() as u16
+    }
+
+    /// `program` run as the container's process of pod `pod_name`: its args
+    /// (relocated), its env, the root as working directory.
+    pub fn command(
+        &self,
+        mut program: std::process::Command,
+        pod_name: &str,
+    ) -> std::process::Command {
+        program
+            .args(args(&self.container, &self.mounts, self.root.path()))
+            .envs(env(&self.container, pod_name))
+            .current_dir(self.root.path());
+        program
+    }
+}

@@ -202,6 +202,200 @@ fn pods_are_secure_by_default() {
     }
 }
 
+/// Exposing the fleet outside the cluster cannot silently make an open
+/// relay: a LoadBalancer or NodePort Service keeps client addresses
+/// (externalTrafficPolicy Local) unless Cluster is chosen, and with Cluster
+/// no exposed listener may relay for private ranges without AUTH.
+#[test]
+fn exposing_the_fleet_cannot_make_an_open_relay() {
+    let policy = |sets: &[&str]| -> Result<Value, String> {
+        let docs = documents(&template(None, sets)?);
+        Ok(find(&docs, "Service", "rel-sluice-mta").clone())
+    };
+    for kind in ["LoadBalancer", "NodePort"] {
+        let svc = policy(&[&format!("mta.service.type={kind}")]).unwrap();
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local", "{kind}");
+    }
+    let svc = policy(&[]).unwrap();
+    assert!(
+        svc["spec"]["externalTrafficPolicy"].is_null(),
+        "ClusterIP has none"
+    );
+
+    // Cluster with the default submission relayHosts: refused, saying why and what to set
+    for kind in ["LoadBalancer", "NodePort"] {
+        let err = policy(&[
+            &format!("mta.service.type={kind}"),
+            "mta.service.externalTrafficPolicy=Cluster",
+        ])
+        .unwrap_err();
+        for want in [
+            "refusing an open relay",
+            "masquerades every client",
+            "mta.listeners.submission",
+            "10.0.0.0/8",
+            "requireAuth=true",
+            "exposed=false",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+    }
+    // any relay range overlapping a private one counts; public ones do not
+    let cluster = [
+        "mta.service.type=LoadBalancer",
+        "mta.service.externalTrafficPolicy=Cluster",
+        "mta.listeners.submission.exposed=false",
+    ];
+    for (cidr, refused) in [
+        ("0.0.0.0/0", true),
+        ("172.20.1.0/24", true),
+        ("100.64.0.0/10", true),
+        ("fd00::/8", true),
+        ("203.0.113.0/24", false),
+        ("2001:db8::/32", false),
+    ] {
+        let mut sets = cluster.to_vec();
+        let relay = format!("mta.listeners.smtp.relayHosts={{{cidr}}}");
+        sets.push(&relay);
+        assert_eq!(policy(&sets).is_err(), refused, "{cidr}");
+    }
+    // the documented way: AUTH required on the exposed listener renders,
+    // relay_hosts empty; the cluster's own senders keep an internal relay
+    let docs = rendered("ci/external-submission-values.yaml");
+    let svc = find(&docs, "Service", "rel-sluice-mta");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+    let exposed: Vec<&str> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(exposed, ["smtp", "submission"]);
+    let internal = find(&docs, "Service", "rel-sluice-mta-internal");
+    assert_eq!(internal["spec"]["type"], "ClusterIP");
+    assert_eq!(internal["spec"]["ports"][0]["name"], "internal");
+    let settings = find(&docs, "ConfigMap", "rel-sluice-mta")["data"]["sluice-settings.lua"]
+        .as_str()
+        .unwrap();
+    let json = settings
+        .split_once("[==[")
+        .unwrap()
+        .1
+        .split_once("]==]")
+        .unwrap()
+        .0;
+    let settings: Value = serde_json::from_str(json).unwrap();
+    let submission = settings["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listen"] == "0.0.0.0:5870")
+        .unwrap();
+    assert_eq!(submission["relay_hosts"], serde_json::json!([]));
+    assert_eq!(settings["smtp_auth_dir"], "/etc/sluice/smtp-auth");
+    // requireAuth without what it needs fails with the reason
+    for (sets, want) in [
+        (
+            vec!["mta.listeners.submission.requireAuth=true"],
+            "needs tls: true",
+        ),
+        (
+            vec![
+                "mta.listeners.submission.requireAuth=true",
+                "mta.listeners.submission.tls=true",
+                "mta.tls.secretName=t",
+            ],
+            "needs mta.smtpAuth.secretName",
+        ),
+        (
+            vec![
+                "mta.listeners.submission.requireAuth=true",
+                "mta.listeners.submission.tls=true",
+                "mta.tls.secretName=t",
+                "mta.smtpAuth.secretName=users",
+            ],
+            "set relayHosts to []",
+        ),
+    ] {
+        let err = template(None, &sets).unwrap_err();
+        assert!(err.contains(want), "{want} in {err}");
+    }
+}
+
+/// The admin API is closed by default: no trusted networks, HTTP Basic
+/// credentials from the Secret the operator creates, given to the operator,
+/// the pods and the ServiceMonitor; its NetworkPolicy is on.
+#[test]
+fn the_admin_api_is_closed_by_default() {
+    let docs = rendered("ci/default-values.yaml");
+    let settings = find(&docs, "ConfigMap", "rel-sluice-mta")["data"]["sluice-settings.lua"]
+        .as_str()
+        .unwrap();
+    assert!(settings.contains("\"trusted_hosts\": []"), "{settings}");
+    assert!(settings.contains("\"admin_auth_dir\": \"/etc/sluice/admin-auth\""));
+    let sts = find(&docs, "StatefulSet", "rel-sluice-mta");
+    let volume = named(&sts["spec"]["template"]["spec"]["volumes"], "admin-auth");
+    assert_eq!(volume["secret"]["secretName"], "rel-sluice-admin");
+    let op = find(&docs, "Deployment", "rel-sluice-operator");
+    let args = op["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("\"--admin-secret\",\"rel-sluice-admin\",\"--create-admin-secret\""),
+        "{args}"
+    );
+    let role = find(&docs, "Role", "rel-sluice-operator");
+    let rules = role["rules"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["resources"] == serde_json::json!(["secrets"])
+                && r["verbs"] == serde_json::json!(["get"])
+                && r["resourceNames"] == serde_json::json!(["rel-sluice-admin"]))
+    );
+    // the MTA pods' NetworkPolicy: the admin port from the operator only
+    let np = find(&docs, "NetworkPolicy", "rel-sluice-mta");
+    let admin = np["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "admin")
+        .unwrap();
+    assert_eq!(
+        admin["from"],
+        serde_json::json!([{"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "sluice",
+            "app.kubernetes.io/instance": "rel",
+            "app.kubernetes.io/component": "operator"
+        }}}])
+    );
+    // a Secret of the user's: no create permission, the same name everywhere
+    let docs = documents(
+        &template(
+            Some("ci/monitoring-values.yaml"),
+            &["mta.admin.auth.secretName=ops-admin"],
+        )
+        .unwrap(),
+    );
+    let role = find(&docs, "Role", "rel-sluice-operator");
+    assert!(
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !(r["resources"] == serde_json::json!(["secrets"])
+                && r["verbs"] == serde_json::json!(["create"])))
+    );
+    let monitor = find(&docs, "ServiceMonitor", "rel-sluice-mta");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["basicAuth"]["password"],
+        serde_json::json!({"name": "ops-admin", "key": "password"})
+    );
+    // auth off: only trustedHosts, which then must not be empty
+    let err = template(None, &["mta.admin.auth.enabled=false"]).unwrap_err();
+    assert!(err.contains("nobody, the operator included"), "{err}");
+    let err = template(None, &["operator.enabled=false"]).unwrap_err();
+    assert!(err.contains("mta.admin.auth.secretName"), "{err}");
+}
+
 /// Selectors use name, instance and component only (they cannot change).
 #[test]
 fn selectors_use_only_stable_labels() {

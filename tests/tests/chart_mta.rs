@@ -9,7 +9,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_tests::chart::*;
-use sluice_tests::pod::{self, files_under, relocate, under};
+use sluice_tests::pod::{ChartPod, files_under, relocate, under};
 use sluice_tests::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,9 +61,11 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     let chart_cm = find(&docs, "ConfigMap", "rel-sluice-mta");
     let pod = &sts["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let mounts = pod::mounts(container);
-    let root_dir = tempfile::tempdir().unwrap();
-    let root = root_dir.path();
+    // each volume laid out at its mount, the chart's ConfigMap in the policy
+    // volume, as the kubelet would
+    let chart_pod = ChartPod::new(&docs);
+    let mounts = &chart_pod.mounts;
+    let root = chart_pod.root.path();
     let stderr_dir = tempfile::tempdir().unwrap();
     let stderr_file = stderr_dir.path().join("sluice-mta.log");
     let stderr = || std::fs::read_to_string(&stderr_file).unwrap_or_default();
@@ -79,7 +81,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     absolute_paths(&serde_json::from_str(json).unwrap(), &mut paths, "");
     assert!(paths.len() >= 2, "{paths:?}");
     for (key, path) in &paths {
-        let mount = under(path, &mounts).unwrap_or_else(|| panic!("{key} {path} is on no mount"));
+        let mount = under(path, mounts).unwrap_or_else(|| panic!("{key} {path} is on no mount"));
         let written = ["spool_dir", "log_dir"].contains(&key.as_str());
         assert!(
             !(written && mount.read_only),
@@ -87,9 +89,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
         );
     }
 
-    // lay out each volume at its mount, as the kubelet would
-    pod::lay_out(&mounts, root);
-    let mount_of = |volume: &str| pod::mount_of(container, volume, root);
+    let mount_of = |volume: &str| chart_pod.mount_of(volume);
     let policy_dir = mount_of("policy");
     let policy_volume = named(&pod["volumes"], "policy");
     let generated = {
@@ -99,7 +99,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
             .output()
             .unwrap();
         assert!(o.status.success());
-        relocate(&String::from_utf8(o.stdout).unwrap(), &mounts, root)
+        relocate(&String::from_utf8(o.stdout).unwrap(), mounts, root)
     };
     let hooks = "local kumo = require 'kumo'\n\
                  kumo.on('smtp_server_message_received', function(msg)\n  \
@@ -107,12 +107,8 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     for source in policy_volume["projected"]["sources"].as_array().unwrap() {
         let name = source["configMap"]["name"].as_str().unwrap();
         let files: Vec<(String, String)> = match name {
-            "rel-sluice-mta" => chart_cm["data"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), relocate(v.as_str().unwrap(), &mounts, root)))
-                .collect(),
+            // the chart's own, already written by ChartPod
+            "rel-sluice-mta" => vec![],
             // the operator's ConfigMap, as `sluice-operator render` makes it
             "rel-sluice-generated" => vec![("sluice-generated.lua".into(), generated.clone())],
             // the user's own (mta.userPolicy.configMapName)
@@ -128,13 +124,16 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
         "amqp://guest:guest@127.0.0.1:5672/%2f",
     )
     .unwrap();
+    // the admin API's kubernetes.io/basic-auth Secret (the operator's, here
+    // written as the kubelet would mount it)
+    let admin_auth = mount_of("admin-auth");
+    std::fs::write(admin_auth.join("username"), "sluice-operator").unwrap();
+    std::fs::write(admin_auth.join("password"), "pw-from-the-secret").unwrap();
+    let operator = Some("sluice-operator:pw-from-the-secret");
 
     // the container's args and env
-    let mut cmd = Command::new(binary("sluice-mta"));
-    cmd.args(pod::args(container, &mounts, root))
-        .envs(pod::env(container, "rel-sluice-mta-0"))
-        .current_dir(root)
-        .stdout(Stdio::null())
+    let mut cmd = chart_pod.command(Command::new(binary("sluice-mta")), "rel-sluice-mta-0");
+    cmd.stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_file).unwrap());
     assert!(
         container["env"]
@@ -212,8 +211,28 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     assert_eq!(submission_session.reply().0, 220);
     submission_session.command("QUIT");
 
+    // the admin API is closed by default: from loopback (which the old
+    // default trusted) inject, bounce and suspend get 401 without the
+    // Secret's credentials, or with wrong ones; with them they work
+    let inject = r#"{"envelope_sender": "a@example.org", "recipients": [{"email": "b@maildir.example.com"}], "content": "Subject: x\r\n\r\nx"}"#;
+    let rule = r#"{"domain": "nowhere.example", "reason": "test", "duration": "1m"}"#;
+    for (path, body) in [
+        ("/api/inject/v1", inject),
+        ("/api/admin/bounce/v1", rule),
+        ("/api/admin/suspend/v1", rule),
+        ("/api/admin/config/v1", ""),
+    ] {
+        let body = (!body.is_empty()).then_some(body);
+        for user in [None, Some("sluice-operator:guess")] {
+            let r = http_request_as(admin, path, body, user);
+            assert_eq!(r["status"], 401, "{path} as {user:?}: {r}");
+        }
+        let r = http_request_as(admin, path, body, operator);
+        assert_eq!(r["status"], 200, "{path}: {r}");
+    }
+
     // the admin API reports each policy file by the name the operator asks for
-    let config = http_json(admin, "/api/admin/config/v1", None);
+    let config = http_json_as(admin, "/api/admin/config/v1", None, operator);
     let digest: String = Sha256::digest(generated.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -262,7 +281,7 @@ fn the_mta_runs_with_the_charts_paths_ports_env_and_probes() {
     let stray: Vec<String> = written
         .iter()
         .map(|f| f.to_string_lossy()[root.display().to_string().len()..].to_string())
-        .filter(|f| under(f, &mounts).is_none())
+        .filter(|f| under(f, mounts).is_none())
         .collect();
     assert!(stray.is_empty(), "written outside the mounts: {stray:?}");
 }

@@ -1,7 +1,8 @@
 -- The MTA pod's policy, installed by the sluice Helm chart. Read it, do not
 -- edit it in the pod: change the chart's values instead.
 --
--- * sluice-settings.lua: spool, logs and listeners from the chart's values.
+-- * sluice-settings.lua: spool, logs, listeners and where the SMTP AUTH and
+--   admin API credentials are mounted, from the chart's values.
 -- * sluice-generated.lua: queue config, egress pools and paths rendered by
 --   sluice-operator from QueuePolicy, EgressPool and EgressPath objects. It
 --   appears once the operator has written its ConfigMap; the MTA reloads
@@ -21,6 +22,8 @@ kumo.on('init', function()
     kumo.configure_local_logs {
       log_dir = settings.log_dir,
       max_file_size = settings.log_max_file_size,
+      -- who authenticated (SMTP AUTH), in every record of the message
+      meta = { 'authn_id', 'authz_id' },
     }
   end
   for _, listener in ipairs(settings.listeners) do
@@ -28,6 +31,40 @@ kumo.on('init', function()
   end
   kumo.start_http_listener(settings.http_listener)
 end)
+
+-- A mounted Secret's value: read at each use, so a rotated Secret applies
+-- without a restart; one trailing newline (from `--from-file`) dropped.
+local function secret(path)
+  local f = io.open(path, 'r')
+  if not f then
+    return nil
+  end
+  local value = f:read('a')
+  f:close()
+  return (value:gsub('\n$', ''))
+end
+
+-- SMTP AUTH (mta.smtpAuth.secretName): a user is a key of the Secret, its
+-- value the password; a user acts only as itself.
+if settings.smtp_auth_dir then
+  kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
+    if authz ~= authc or not authc:match('^[%w_%-][%w%._%-]*$') or password == '' then
+      return false
+    end
+    return password == secret(settings.smtp_auth_dir .. '/' .. authc)
+  end)
+end
+
+-- The admin API's HTTP Basic credentials (mta.admin.auth): the
+-- kubernetes.io/basic-auth Secret the operator and Prometheus also use.
+if settings.admin_auth_dir then
+  kumo.on('http_server_validate_auth_basic', function(user, password)
+    local want_user = secret(settings.admin_auth_dir .. '/username')
+    local want_password = secret(settings.admin_auth_dir .. '/password')
+    return want_user ~= nil and want_password ~= nil and want_password ~= ''
+      and user == want_user and password == want_password
+  end)
+end
 
 -- Present when the operator has rendered its ConfigMap (the volume source is
 -- optional, so pods start before the operator's first write).

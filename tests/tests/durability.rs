@@ -123,16 +123,30 @@ fn restart_keeps_attempt_count_and_due_time() {
     );
 }
 
-/// 2,000 messages from 20 concurrent clients, `kill -9` at a random moment,
-/// restart: every message that got a 250 is delivered, and nothing is
-/// delivered twice that did not get a 250.
+/// 2,000 messages from 20 concurrent clients, `kill -9` at a random point of
+/// the injection (after a random number of 250s, not after a time that a
+/// loaded machine could stretch), restart: every message that got a 250 is
+/// delivered, and nothing is delivered twice that did not get a 250.
 #[test]
 fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
     let mut mta = Mta::start(&maildir_policy("", ""));
     let total = 2000;
     let mut client = start_injection(&mta, total);
-    let delay = rand::rng().random_range(200..1200);
-    std::thread::sleep(Duration::from_millis(delay));
+    let after = rand::rng().random_range(1..1500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // the client's report so far (its last line may be half written)
+    let acked_so_far = || {
+        std::fs::read_to_string(mta.path("client.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["code"] == 250)
+            .count()
+    };
+    while acked_so_far() < after {
+        assert!(Instant::now() < deadline, "fewer than {after} 250s in 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     mta.kill9();
     let killed_at = std::time::SystemTime::now();
     assert!(client.wait().unwrap().success());
@@ -171,7 +185,7 @@ fn kill_dash_nine_during_injection_loses_nothing_that_got_a_250() {
         .collect();
     let unacked_delivered = delivered.keys().filter(|s| !acked.contains(s)).count();
     println!(
-        "crash after {delay} ms: {} acknowledged, all delivered; {duplicated_acked} delivered twice; \
+        "crash after the {after}th 250: {} acknowledged, all delivered; {duplicated_acked} delivered twice; \
          {failed} without a 250, of which {unacked_delivered} (in flight at the crash) delivered once",
         acked.len()
     );

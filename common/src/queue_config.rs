@@ -187,6 +187,9 @@ pub enum Protocol {
     Smtp(SmtpProtocol),
     Maildir(MaildirProtocol),
     CustomLua(CustomLuaProtocol),
+    /// The MTA's internal queue for `deferred_queue` listeners (spec §6.4),
+    /// never written in a policy: no table has this shape.
+    DeferredInject,
 }
 
 impl Default for Protocol {
@@ -301,6 +304,7 @@ impl From<Protocol> for ProtocolTable {
                 t.file_mode = m.file_mode;
             }
             Protocol::CustomLua(c) => t.custom_lua = Some(c),
+            Protocol::DeferredInject => {}
         }
         t
     }

@@ -15,39 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ipnet::IpNet;
-use serde::Deserialize;
-use sluice_common::egress::deserialize_cidrs;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpListenerConfig {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default = "default_trusted", deserialize_with = "deserialize_cidrs")]
-    pub trusted_hosts: Vec<IpNet>,
-    /// Only plain HTTP is served; `true` is refused at start.
-    #[serde(default)]
-    pub use_tls: bool,
-    #[serde(default = "default_body_limit")]
-    pub request_body_limit: usize,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8000".into()
-}
-fn default_trusted() -> Vec<IpNet> {
-    vec![
-        "127.0.0.1/32".parse().expect("valid"),
-        "::1/128".parse().expect("valid"),
-    ]
-}
-fn default_body_limit() -> usize {
-    2 * 1024 * 1024
-}
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -70,7 +39,7 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    let ip = crate::listener::config::canonical(peer.ip());
+    let ip = crate::config::listener::canonical(peer.ip());
     if s.trusted.iter().any(|n| n.contains(&ip)) {
         return next.run(request).await;
     }
@@ -199,13 +168,16 @@ async fn bump_config_epoch(State(s): State<AdminState>) -> Response {
 }
 
 /// The request body as `T`, or what is wrong with it and where.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    serde_path_to_error::deserialize(de)
 }
 
-/// 422 with `{"error": ...}`.
-fn unprocessable(error: String) -> Response {
+/// 422 with `{"error": ...}`: the error says what is wrong and where.
+fn unprocessable(error: impl std::fmt::Display) -> Response {
+    let error = error.to_string();
     (
         StatusCode::UNPROCESSABLE_ENTITY,
         axum::Json(serde_json::json!({ "error": error })),
@@ -243,7 +215,7 @@ async fn rules(
 ) -> Response {
     use crate::queue::admin::{RuleKind, RuleRequest};
     match method {
-        axum::http::Method::GET => axum::Json(s.queues.rules().list(kind)).into_response(),
+        axum::http::Method::GET => axum::Json(s.queues.list_rules(kind)).into_response(),
         axum::http::Method::DELETE => {
             #[derive(serde::Deserialize)]
             struct Id {
@@ -332,7 +304,10 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Bind and serve; returns once bound so start-up fails early on a bad address.
-pub async fn start(config: &HttpListenerConfig, state: AdminState) -> anyhow::Result<SocketAddr> {
+pub async fn start(
+    config: &crate::config::http::HttpListenerConfig,
+    state: AdminState,
+) -> anyhow::Result<SocketAddr> {
     if config.use_tls {
         anyhow::bail!(
             "start_http_listener: use_tls is not supported by this version of sluice-mta"

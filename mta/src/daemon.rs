@@ -48,21 +48,30 @@ pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
     policy.attach_spool(spool.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.set_config(&policy.content_hash());
-    let logger = Arc::new(Logger::new(init.logs.clone())?.with_metrics(metrics.clone()));
+    let logger = Arc::new(Logger::new(init.logs.clone())?.with_observer(metrics.clone()));
     let dns = match &init.resolver {
-        Some(r) => {
-            crate::egress::dns::Dns::with_servers(&r.servers().map_err(|e| anyhow::anyhow!(e))?)?
-        }
-        None => crate::egress::dns::Dns::system()?,
+        Some(r) => crate::dns::Dns::with_servers(&r.servers()?)?,
+        None => crate::dns::Dns::system()?,
     };
-    let queues = QueueManager::new(
+    let throttles: Arc<dyn crate::throttle::Throttle> =
+        Arc::new(crate::throttle::LocalThrottles::default());
+    let egress = crate::egress::Egress::new(
         policy.clone(),
+        Arc::new(dns),
         spool.clone(),
-        logger.clone(),
-        dns,
+        throttles.clone(),
         lifecycle.clone(),
-        node_id(),
     );
+    let queues = QueueManager::new(crate::queue::Parts {
+        policy: policy.clone(),
+        spool: spool.clone(),
+        logger: logger.clone(),
+        egress,
+        throttles,
+        lifecycle: lifecycle.clone(),
+        clock: crate::clock::system(),
+        nodeid: node_id(),
+    });
 
     logger.attach_hooks(crate::log_hook::start(&init.log_hooks, queues.clone())?);
 

@@ -125,16 +125,35 @@ impl Builder {
     }
 }
 
-/// Why a request could not be taken at all (HTTP 422).
-pub fn check(req: &InjectRequest) -> Result<(), String> {
+/// Why a request cannot be taken at all (HTTP 422).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InjectError {
+    #[error(
+        "templating (substitutions, template_dialect) is not supported by sluice-mta; send the final content"
+    )]
+    Templating,
+    #[error("recipients: at least one is required")]
+    NoRecipients,
+}
+
+/// Why a recipient's message was not accepted.
+#[derive(Debug, thiserror::Error)]
+enum RecipientError {
+    #[error("{0}")]
+    Policy(#[from] crate::policy::EventError),
+    #[error("{0}")]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+pub fn check(req: &InjectRequest) -> Result<(), InjectError> {
     if req.substitutions.is_some()
         || req.template_dialect.is_some()
         || req.recipients.iter().any(|r| r.substitutions.is_some())
     {
-        return Err("templating (substitutions, template_dialect) is not supported by sluice-mta; send the final content".into());
+        return Err(InjectError::Templating);
     }
     if req.recipients.is_empty() {
-        return Err("recipients: at least one is required".into());
+        return Err(InjectError::NoRecipients);
     }
     Ok(())
 }
@@ -164,10 +183,9 @@ pub async fn inject(queues: &Arc<QueueManager>, req: InjectRequest, peer: &str) 
                 queues
                     .policy()
                     .message_event("http_message_generated", Some(&msg), None)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
-            queues.route(&msg).await
+            Ok::<_, RecipientError>(queues.route(&msg).await?)
         }
         .await;
         match queued {

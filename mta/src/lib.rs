@@ -1,10 +1,13 @@
 //! sluice-mta: a KumoMTA-compatible mail transfer agent.
 
 pub mod admin;
+pub mod clock;
+pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod dns;
 pub mod egress;
-pub mod headers;
+
 pub mod inject;
 pub mod lifecycle;
 pub mod listener;
@@ -17,6 +20,7 @@ pub mod queue;
 pub mod reload;
 pub mod smtp;
 pub mod spool;
+pub mod throttle;
 
 /// The machine's host name, used in greetings and trace headers.
 pub fn hostname() -> String {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::sync::{Arc, mpsc};
 
 /// `reception_protocol` of hook messages; their own records are not hooked.
-pub const RECEPTION_PROTOCOL: &str = "LogRecord";
+use crate::log::HOOK_RECEPTION_PROTOCOL as RECEPTION_PROTOCOL;
 
 const MAX_BATCH: usize = 1024;
 
@@ -111,13 +111,24 @@ impl Worker {
     }
 }
 
+/// Why a log record could not be made a message.
+#[derive(Debug, thiserror::Error)]
+enum HookError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("should_enqueue_log_record: {0}")]
+    Policy(#[from] crate::policy::EventError),
+    #[error("{0}")]
+    Queue(#[from] crate::queue::QueueError),
+}
+
 /// The message for one record, and its queue if the policy wants it queued.
 async fn prepare(
     queues: &QueueManager,
     hook: &str,
     record: &LogRecord,
-) -> Result<Option<(MessageRef, String)>, String> {
-    let json = serde_json::to_value(record).map_err(|e| e.to_string())?;
+) -> Result<Option<(MessageRef, String)>, HookError> {
+    let json = serde_json::to_value(record)?;
     let mut meta = record.meta.clone();
     meta.insert("log_record".into(), json.clone());
     meta.insert("reception_protocol".into(), RECEPTION_PROTOCOL.into());
@@ -129,7 +140,7 @@ async fn prepare(
         Value::String(one) => vec![one.clone()],
         _ => vec![],
     };
-    let body = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&json)?;
     let msg = Message::new(
         MessageId::new(),
         record.sender.clone(),
@@ -140,8 +151,7 @@ async fn prepare(
     let wanted = queues
         .policy()
         .should_enqueue_log_record(&msg, hook)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if !wanted {
         return Ok(None);
     }

@@ -2,7 +2,7 @@
 //! the delivery protocol (a handful of values), never a queue name, so the
 //! series count does not grow with the number of queues.
 
-use crate::log::{LogRecord, RecordType};
+use crate::log::{DelayReason, LogRecord, RecordType};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -19,6 +19,8 @@ pub struct Metrics {
     rejections: IntCounter,
     delayed_rate: IntCounter,
     delayed_ready_full: IntCounter,
+    /// Delayed records by reason (a handful of values).
+    delayed: IntCounterVec,
     pub scheduled: IntGauge,
     pub ready: IntGauge,
     pub spooled: IntGauge,
@@ -154,6 +156,12 @@ impl Metrics {
                 "delayed_due_to_message_rate_throttle",
                 "Promotions delayed by max_message_rate",
             ),
+            delayed: counter_vec(
+                &r,
+                "sluice_delayed_total",
+                "Messages delayed without an attempt, by reason",
+                &["reason"],
+            ),
             delayed_ready_full: counter(
                 &r,
                 "delayed_due_to_ready_queue_full",
@@ -185,8 +193,20 @@ impl Metrics {
         self.config_info.with_label_values(&[hash]).set(1);
     }
 
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = vec![];
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text encoding is UTF-8")
+    }
+}
+
+impl crate::log::Observer for Metrics {
     /// Count a log record: every disposition passes through here.
-    pub fn observe(&self, rec: &LogRecord) {
+    fn observe(&self, rec: &LogRecord) {
         let service = rec.delivery_protocol.as_deref().unwrap_or("none");
         match rec.kind {
             RecordType::Reception => self.received.with_label_values(&["esmtp_listener"]).inc(),
@@ -201,23 +221,19 @@ impl Metrics {
             RecordType::Bounce => self.failed.with_label_values(&[service]).inc(),
             RecordType::Expiration => self.expired.inc(),
             RecordType::Rejection => self.rejections.inc(),
-            RecordType::Delayed if rec.response.content.contains("MessageRateThrottle") => {
-                self.delayed_rate.inc()
-            }
-            RecordType::Delayed if rec.response.content.contains("ReadyQueueWasFull") => {
-                self.delayed_ready_full.inc()
+            RecordType::Delayed => {
+                if let Some(reason) = rec.delay_reason {
+                    self.delayed
+                        .with_label_values(&[reason.metric_label()])
+                        .inc();
+                    match reason {
+                        DelayReason::MessageRateThrottle => self.delayed_rate.inc(),
+                        DelayReason::ReadyQueueWasFull => self.delayed_ready_full.inc(),
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut out = vec![];
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        String::from_utf8(out).expect("text encoding is UTF-8")
     }
 }

@@ -6,7 +6,7 @@
 //! error (with file and line) goes to the log, the admin API and metrics.
 
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicySource};
+use crate::policy::{Policy, PolicyError, PolicySource};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,16 +152,16 @@ impl Reloader {
 
     /// Load, validate and (only if both succeed) adopt the policy as a new
     /// epoch; returns that epoch.
-    pub async fn reload(&self) -> Result<u64, String> {
+    pub async fn reload(&self) -> Result<u64, PolicyError> {
         let _one = self.running.lock().await;
         let candidate = async {
             let source = match &self.path {
-                Some(path) => PolicySource::from_file(path).map_err(|e| e.to_string())?,
+                Some(path) => PolicySource::from_file(path)?,
                 None => self.embedded.clone(),
             };
-            let candidate = Policy::load(source).map_err(|e| e.to_string())?;
-            candidate.validate().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(candidate)
+            let candidate = Policy::load(source)?;
+            candidate.validate().await?;
+            Ok::<_, PolicyError>(candidate)
         }
         .await;
         match candidate {
@@ -185,7 +185,7 @@ impl Reloader {
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
                 let mut s = self.status.lock();
-                s.last_reload_error = Some(e.clone());
+                s.last_reload_error = Some(e.to_string());
                 s.last_reload_error_at = Some(now_rfc3339());
                 tracing::error!(
                     epoch = s.epoch,

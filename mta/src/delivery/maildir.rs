@@ -25,20 +25,32 @@ pub struct TemplateVars<'a> {
     pub sender: &'a str,
 }
 
+/// Why a maildir delivery failed for a recipient.
+#[derive(Debug, thiserror::Error)]
+pub enum MaildirError {
+    #[error("{0}")]
+    Template(String),
+    #[error("{path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 /// Expand `{{ name }}` / `{{ meta.key }}` references in a path template.
 pub fn expand_template(
     template: &str,
     vars: &TemplateVars,
     recipient: &str,
-) -> Result<String, String> {
+) -> Result<String, MaildirError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("unterminated '{{{{' in maildir_path {template:?}"))?;
+        let end = after.find("}}").ok_or_else(|| {
+            MaildirError::Template(format!("unterminated '{{{{' in maildir_path {template:?}"))
+        })?;
         let name = after[..end].trim();
         let (rcpt_local, rcpt_domain) = split_address(recipient);
         let (sender_local, sender_domain) = split_address(vars.sender);
@@ -61,14 +73,16 @@ pub fn expand_template(
                     Some(v) => v.to_string(),
                 },
                 None => {
-                    return Err(format!(
+                    return Err(MaildirError::Template(format!(
                         "unknown name {other:?} in maildir_path {template:?}"
-                    ));
+                    )));
                 }
             },
         };
         if value.contains('/') || value == ".." {
-            return Err(format!("{name} = {value:?} cannot be used in a path"));
+            return Err(MaildirError::Template(format!(
+                "{name} = {value:?} cannot be used in a path"
+            )));
         }
         out.push_str(&value);
         rest = &after[end + 2..];
@@ -146,7 +160,8 @@ pub fn deliver(
     let mut written = vec![];
     for rcpt in recipients {
         let outcome = match expand_template(&proto.maildir_path, vars, rcpt).and_then(|path| {
-            write_one(Path::new(&path), proto, id, data).map_err(|e| format!("{path}: {e}"))
+            write_one(Path::new(&path), proto, id, data)
+                .map_err(|source| MaildirError::Write { path, source })
         }) {
             Ok(_) => {
                 written.push(rcpt.clone());
@@ -176,6 +191,7 @@ pub fn deliver(
                     .unwrap_or_else(|| Outcome::Delivered(Response::new(200, &content))),
             })
             .collect(),
+        rebind: None,
     }
 }
 

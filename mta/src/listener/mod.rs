@@ -2,15 +2,15 @@
 //! and the parameters each session runs with.
 
 pub mod auth;
-pub mod config;
+
 mod io;
 mod proxy;
 pub mod relay;
 mod session;
 
+use crate::config::listener::{EsmtpListenerConfig, ListenerSpec};
 use crate::policy::Policy;
 use crate::queue::QueueManager;
-use config::{EsmtpListenerConfig, ListenerSpec};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;

@@ -9,7 +9,7 @@
 //! masqueraded stranger from a pod, so it says so at start, in a metric and
 //! in the admin API, unless the client address comes from a PROXY header.
 
-use super::config::{EsmtpListenerConfig, ListenerSpec};
+use crate::config::listener::{EsmtpListenerConfig, ListenerSpec};
 use ipnet::IpNet;
 use serde::Serialize;
 

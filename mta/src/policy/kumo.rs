@@ -1,11 +1,12 @@
 //! The `kumo` module: the KumoMTA policy API that Sluice implements.
 
 use super::{
-    EVENT_SITES_KEY, EVENTS_KEY, MULTI_HANDLER_EVENTS, Phase, Rejection, SpoolDefinition,
-    caller_location, located_error,
+    EVENT_SITES_KEY, EVENTS_KEY, MULTI_HANDLER_EVENTS, Phase, Rejection, caller_location,
+    located_error,
 };
-use crate::listener::config::{EsmtpListenerConfig, ListenerSpec};
-use crate::log::LocalLogConfig;
+use crate::config::listener::{EsmtpListenerConfig, ListenerSpec};
+use crate::config::logs::LocalLogConfig;
+use crate::config::{ResolverDefinition, SpoolDefinition};
 use ipnet::IpNet;
 use mlua::{Function, Lua, LuaSerdeExt, Table, UserData, Value};
 use serde::de::DeserializeOwned;
@@ -248,7 +249,7 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     kumo.set(
         "start_http_listener",
         lua.create_function(|lua, params: Value| {
-            let config: crate::admin::HttpListenerConfig =
+            let config: crate::config::http::HttpListenerConfig =
                 from_table(lua, "start_http_listener", params)?;
             if let Err(e) = config.listen.parse::<std::net::SocketAddr>() {
                 return Err(located_error(
@@ -284,7 +285,8 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     kumo.set(
         "configure_log_hook",
         lua.create_function(|lua, params: Value| {
-            let hook: crate::log::LogHookConfig = from_table(lua, "configure_log_hook", params)?;
+            let hook: crate::config::logs::LogHookConfig =
+                from_table(lua, "configure_log_hook", params)?;
             with_init(lua, "configure_log_hook", |init| init.log_hooks.push(hook))
         })?,
     )?;
@@ -301,7 +303,7 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     dns.set(
         "configure_resolver",
         lua.create_function(|lua, params: Value| {
-            let def: super::ResolverDefinition = from_table(lua, "dns.configure_resolver", params)?;
+            let def: ResolverDefinition = from_table(lua, "dns.configure_resolver", params)?;
             def.servers().map_err(|e| {
                 located_error(
                     lua,

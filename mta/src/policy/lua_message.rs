@@ -1,8 +1,8 @@
 //! The message and connection-meta objects handed to Lua handlers (§9.2–9.3).
 
 use super::located_error;
-use crate::headers;
 use crate::message::MessageRef;
+use crate::message::headers;
 use mlua::{Lua, LuaSerdeExt, UserData, UserDataMethods, Value};
 use parking_lot::Mutex;
 use serde_json::Map;
@@ -114,11 +114,11 @@ impl UserData for LuaMessage {
         });
         methods.add_method("num_attempts", |_, this, ()| Ok(this.0.num_attempts()));
         methods.add_method("queue_name", |lua, this, ()| {
-            crate::queue::name::queue_name(&this.0).map_err(|e| located_error(lua, e))
+            crate::message::name::queue_name(&this.0).map_err(|e| located_error(lua, e))
         });
         // The seed page for requeue_message calls it `get_queue_name`.
         methods.add_method("get_queue_name", |lua, this, ()| {
-            crate::queue::name::queue_name(&this.0).map_err(|e| located_error(lua, e))
+            crate::message::name::queue_name(&this.0).map_err(|e| located_error(lua, e))
         });
         methods.add_method("get_data", |lua, this, ()| {
             lua.create_string(this.data(lua)?.as_slice())
@@ -153,7 +153,7 @@ impl UserData for LuaMessage {
         );
 
         methods.add_method("set_scheduling", |lua, this, params: Value| {
-            use crate::queue::schedule::{Scheduling, SchedulingInput};
+            use crate::message::schedule::{Scheduling, SchedulingInput};
             if params.is_nil() {
                 this.0.state().schedule = None;
                 return Ok(Value::Nil);

@@ -3,22 +3,21 @@
 //! the only module that touches Lua.
 
 mod amqp;
+mod events;
+mod fetched;
 mod http;
 pub(crate) mod kumo;
 mod lua_connection;
 mod lua_message;
 
+pub use fetched::Fetched;
 pub use lua_connection::LuaConnection;
 
 pub use lua_message::{ConnMeta, LuaConnMeta, LuaMessage};
 
-use crate::listener::config::ListenerSpec;
-use crate::log::LocalLogConfig;
-use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
+pub use crate::config::InitConfig;
+use mlua::{Function, Lua, MultiValue, Table};
 use parking_lot::Mutex;
-use serde::Deserialize;
-use sluice_common::egress::{EgressPathConfig, EgressPool, EgressSource};
-use sluice_common::queue_config::QueueConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -52,6 +51,8 @@ pub enum EventError {
     /// Any other error, with the message (file:line where Lua gave one).
     Failed(String),
 }
+
+impl std::error::Error for EventError {}
 
 impl std::fmt::Display for EventError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -99,66 +100,6 @@ fn event_error(err: mlua::Error) -> EventError {
         },
         None => EventError::Failed(describe(&err)),
     }
-}
-
-/// `kumo.define_spool{...}` (spec §7).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolDefinition {
-    pub name: String,
-    pub path: PathBuf,
-    #[serde(default)]
-    pub kind: Option<SpoolKind>,
-    /// Accepted for compatibility: Sluice always syncs before replying 250.
-    #[serde(default)]
-    pub flush: Option<bool>,
-    #[serde(default)]
-    pub rocks_params: Option<serde_json::Value>,
-    #[serde(default)]
-    pub min_free_space: Option<serde_json::Value>,
-    #[serde(default)]
-    pub min_free_inodes: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub enum SpoolKind {
-    LocalDisk,
-    RocksDB,
-}
-
-/// `kumo.dns.configure_resolver{ name_servers = {'ip:port', ...} }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResolverDefinition {
-    pub name_servers: Vec<String>,
-}
-
-impl ResolverDefinition {
-    /// The servers as socket addresses (port 53 when none is given).
-    pub fn servers(&self) -> Result<Vec<std::net::SocketAddr>, String> {
-        self.name_servers
-            .iter()
-            .map(|s| {
-                s.parse::<std::net::SocketAddr>()
-                    .or_else(|_| {
-                        s.parse::<std::net::IpAddr>()
-                            .map(|ip| std::net::SocketAddr::new(ip, 53))
-                    })
-                    .map_err(|_| format!("name server {s:?} is not ip or ip:port"))
-            })
-            .collect()
-    }
-}
-
-/// What the `init` event configured.
-#[derive(Debug, Default, Clone)]
-pub struct InitConfig {
-    pub listeners: Vec<ListenerSpec>,
-    pub spools: Vec<SpoolDefinition>,
-    pub logs: Vec<LocalLogConfig>,
-    pub resolver: Option<ResolverDefinition>,
-    pub http_listeners: Vec<crate::admin::HttpListenerConfig>,
-    pub log_hooks: Vec<crate::log::LogHookConfig>,
 }
 
 /// Per-state flags that decide which `kumo` functions may be called now.
@@ -209,6 +150,8 @@ pub struct Policy {
 pub struct PolicyState {
     source: PolicySource,
     pool: Mutex<Vec<Lua>>,
+    /// `kumo.amqp.basic_publish` pools of this version, shared by its states.
+    amqp: Arc<amqp::Pools>,
     /// Events with at least one handler, so callers can skip the rest cheaply.
     events: std::collections::HashSet<String>,
 }
@@ -259,12 +202,14 @@ impl Drop for Pooled {
 impl Policy {
     /// Load the policy once (which validates that it runs) and keep that state.
     pub fn load(source: PolicySource) -> Result<Arc<Policy>, PolicyError> {
-        let lua = new_state(&source)?;
+        let amqp = Arc::new(amqp::Pools::default());
+        let lua = new_state(&source, &amqp)?;
         let events = registered_events(&lua).map_err(|e| PolicyError::Load(describe(&e)))?;
         Ok(Arc::new(Policy {
             state: parking_lot::RwLock::new(Arc::new(PolicyState {
                 source,
                 pool: Mutex::new(vec![lua]),
+                amqp,
                 events,
             })),
             spool: Mutex::new(None),
@@ -322,8 +267,8 @@ impl Policy {
         let lua = match lua {
             Some(lua) => lua,
             None => {
-                let lua =
-                    new_state(&state.source).map_err(|e| EventError::Failed(e.to_string()))?;
+                let lua = new_state(&state.source, &state.amqp)
+                    .map_err(|e| EventError::Failed(e.to_string()))?;
                 if let Some(spool) = self.spool.lock().clone() {
                     lua.set_app_data(spool);
                 }
@@ -363,54 +308,6 @@ impl Policy {
         self.current().events.contains(event)
     }
 
-    /// `requeue_message(msg, smtp_response, insert_context, increment_attempts, delay)`
-    /// (spec §3.4); `delay` is in seconds. Handlers run in order until one
-    /// returns a value.
-    pub async fn requeue_message(
-        &self,
-        msg: &crate::message::MessageRef,
-        response: &str,
-        context: &[&str],
-        increment_attempts: bool,
-        delay: Option<std::time::Duration>,
-    ) -> Result<(), EventError> {
-        if !self.has_handler("requeue_message") {
-            return Ok(());
-        }
-        let lua = self.checkout()?;
-        self.call_handlers(&lua, "requeue_message", |lua| {
-            (
-                lua.create_userdata(LuaMessage(msg.clone()))?,
-                response,
-                lua.create_sequence_from(context.iter().copied())?,
-                increment_attempts,
-                delay.map(|d| d.as_secs_f64()),
-            )
-                .into_lua_multi(lua)
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// `should_enqueue_log_record(msg, hook_name)` (spec §8): whether the
-    /// log record made into `msg` is queued; `false` when no handler answers.
-    pub async fn should_enqueue_log_record(
-        &self,
-        msg: &crate::message::MessageRef,
-        hook: &str,
-    ) -> Result<bool, EventError> {
-        if !self.has_handler("should_enqueue_log_record") {
-            return Ok(false);
-        }
-        let lua = self.checkout()?;
-        let result = self
-            .call_handlers(&lua, "should_enqueue_log_record", |lua| {
-                (lua.create_userdata(LuaMessage(msg.clone()))?, hook).into_lua_multi(lua)
-            })
-            .await?;
-        boolean("should_enqueue_log_record", result)
-    }
-
     /// Call every handler of `event` in order until one returns a value
     /// (§9.1: zero return values pass on; any value, even `nil`, stops).
     async fn call_handlers(
@@ -430,248 +327,7 @@ impl Policy {
         }
         Ok(None)
     }
-
-    /// `get_queue_config(domain, tenant, campaign, routing_domain)`; the
-    /// defaults when no handler returns a value.
-    pub async fn get_queue_config(
-        &self,
-        domain: &str,
-        tenant: Option<&str>,
-        campaign: Option<&str>,
-        routing_domain: Option<&str>,
-    ) -> Result<QueueConfig, EventError> {
-        let lua = self.checkout()?;
-        let result = self
-            .call_handlers(&lua, "get_queue_config", |lua| {
-                (domain, tenant, campaign, routing_domain).into_lua_multi(lua)
-            })
-            .await?;
-        match result {
-            None => Ok(QueueConfig::default()),
-            Some(values) => {
-                let value = values.into_iter().next().unwrap_or(Value::Nil);
-                kumo::queue_config_from_value(&lua, value).map_err(|e| {
-                    EventError::Failed(format!("get_queue_config returned {}", describe(&e)))
-                })
-            }
-        }
-    }
-
-    /// Call a single-handler event that must return a config object; `None`
-    /// when no handler is registered.
-    async fn config_event<T, U>(
-        &self,
-        event: &str,
-        what: &str,
-        args: impl Fn(&Lua) -> mlua::Result<MultiValue>,
-    ) -> Result<Option<T>, EventError>
-    where
-        T: serde::de::DeserializeOwned + Clone,
-        U: mlua::UserData + 'static + AsRef<T>,
-    {
-        if !self.has_handler(event) {
-            return Ok(None);
-        }
-        let lua = self.checkout()?;
-        let values = self.call_handlers(&lua, event, args).await?;
-        let value = values
-            .and_then(|v| v.into_iter().next())
-            .unwrap_or(Value::Nil);
-        if value.is_nil() {
-            return Err(EventError::Failed(format!(
-                "{event} returned no value; it must return kumo.{what}{{...}}"
-            )));
-        }
-        kumo::config_from_value::<T, U>(&lua, what, value)
-            .map(Some)
-            .map_err(|e| EventError::Failed(format!("{event} returned {}", describe(&e))))
-    }
-
-    /// `get_egress_pool(name)`; the built-in `unspecified` pool is never asked for.
-    pub async fn get_egress_pool(&self, name: &str) -> Result<EgressPool, EventError> {
-        if name == "unspecified" {
-            return Ok(EgressPool::unspecified());
-        }
-        self.config_event::<EgressPool, kumo::EgressPoolUd>(
-            "get_egress_pool",
-            "make_egress_pool",
-            |lua| name.into_lua_multi(lua),
-        )
-        .await?
-        .ok_or_else(|| {
-            EventError::Failed(format!(
-                "egress pool {name:?} is not defined: no get_egress_pool handler"
-            ))
-        })
-    }
-
-    /// `get_egress_source(name)`; the built-in `unspecified` source is never asked for.
-    pub async fn get_egress_source(&self, name: &str) -> Result<EgressSource, EventError> {
-        if name == "unspecified" {
-            return Ok(EgressSource::unspecified());
-        }
-        self.config_event::<EgressSource, kumo::EgressSourceUd>(
-            "get_egress_source",
-            "make_egress_source",
-            |lua| name.into_lua_multi(lua),
-        )
-        .await?
-        .ok_or_else(|| {
-            EventError::Failed(format!(
-                "egress source {name:?} is not defined: no get_egress_source handler"
-            ))
-        })
-    }
-
-    /// `get_egress_path_config(routing_domain, egress_source, site_name)`; defaults without a handler.
-    pub async fn get_egress_path_config(
-        &self,
-        routing_domain: &str,
-        source: &str,
-        site: &str,
-    ) -> Result<EgressPathConfig, EventError> {
-        Ok(self
-            .config_event::<EgressPathConfig, kumo::EgressPathUd>(
-                "get_egress_path_config",
-                "make_egress_path",
-                |lua| (routing_domain, source, site).into_lua_multi(lua),
-            )
-            .await?
-            .unwrap_or_default())
-    }
-
-    /// Fire an `smtp_server_*` style event with a message and/or connection meta.
-    pub async fn message_event(
-        &self,
-        event: &str,
-        msg: Option<&crate::message::MessageRef>,
-        conn: Option<&ConnMeta>,
-    ) -> Result<(), EventError> {
-        let lua = self.checkout()?;
-        self.call_handlers(&lua, event, |lua| {
-            let mut args = MultiValue::new();
-            if let Some(m) = msg {
-                args.push_back(Value::UserData(lua.create_userdata(LuaMessage(m.clone()))?));
-            }
-            if let Some(c) = conn {
-                args.push_back(Value::UserData(
-                    lua.create_userdata(LuaConnMeta(c.clone()))?,
-                ));
-            }
-            Ok(args)
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// `smtp_server_ehlo(domain, conn_meta)`; rejections come back as errors.
-    pub async fn ehlo_event(&self, domain: &str, conn: &ConnMeta) -> Result<(), EventError> {
-        let lua = self.checkout()?;
-        self.call_handlers(&lua, "smtp_server_ehlo", |lua| {
-            (domain, lua.create_userdata(LuaConnMeta(conn.clone()))?).into_lua_multi(lua)
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)`: whether
-    /// the credentials are good; `false` when no handler answers.
-    pub async fn auth_plain_event(
-        &self,
-        authz: &str,
-        authc: &str,
-        password: &str,
-        conn: &ConnMeta,
-    ) -> Result<bool, EventError> {
-        let event = "smtp_server_auth_plain";
-        let lua = self.checkout()?;
-        let result = self
-            .call_handlers(&lua, event, |lua| {
-                let meta = lua.create_userdata(LuaConnMeta(conn.clone()))?;
-                (authz, authc, password, meta).into_lua_multi(lua)
-            })
-            .await?;
-        boolean(event, result)
-    }
-
-    /// `http_server_validate_auth_basic(user, password)`: whether an admin
-    /// API client's HTTP Basic credentials are good; `false` without a handler.
-    pub async fn validate_auth_basic(
-        &self,
-        user: &str,
-        password: &str,
-    ) -> Result<bool, EventError> {
-        let event = "http_server_validate_auth_basic";
-        if !self.has_handler(event) {
-            return Ok(false);
-        }
-        let lua = self.checkout()?;
-        let result = self
-            .call_handlers(&lua, event, |lua| (user, password).into_lua_multi(lua))
-            .await?;
-        boolean(event, result)
-    }
-
-    /// `smtp_server_mail_from(sender, conn_meta)` / `smtp_server_rcpt_to(rcpt, conn_meta)`.
-    pub async fn address_event(
-        &self,
-        event: &str,
-        address: &str,
-        conn: &ConnMeta,
-    ) -> Result<(), EventError> {
-        let lua = self.checkout()?;
-        self.call_handlers(&lua, event, |lua| {
-            (address, lua.create_userdata(LuaConnMeta(conn.clone()))?).into_lua_multi(lua)
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// Exercise what `--validate` can reach without traffic: `init` (every
-    /// listener, spool and log table is parsed), `get_queue_config` for a
-    /// sample of names, and any `validate_config` handlers.
-    pub async fn validate(&self) -> Result<InitConfig, PolicyError> {
-        let init = self.run_init().await?;
-        // (tenant, campaign, routing_domain) for the sample domain
-        let samples = [
-            (None, None, None),
-            (Some("tenant"), Some("campaign"), None),
-            (None, None, Some("routing.example.com")),
-        ];
-        for (tenant, campaign, routing) in samples {
-            self.get_queue_config("example.com", tenant, campaign, routing)
-                .await
-                .map_err(|e| PolicyError::Event {
-                    event: "get_queue_config".into(),
-                    message: e.to_string(),
-                })?;
-        }
-        let lua = self
-            .checkout()
-            .map_err(|e| PolicyError::Load(e.to_string()))?;
-        self.call_handlers(&lua, "validate_config", |_| Ok(MultiValue::new()))
-            .await
-            .map_err(|e| PolicyError::Event {
-                event: "validate_config".into(),
-                message: e.to_string(),
-            })?;
-        Ok(init)
-    }
 }
-
-/// A handler's answer as a boolean: nothing or `nil` is `false`, anything
-/// but a boolean is an error naming the event.
-fn boolean(event: &str, result: Option<MultiValue>) -> Result<bool, EventError> {
-    match result.and_then(|v| v.into_iter().next()) {
-        None | Some(Value::Nil) | Some(Value::Boolean(false)) => Ok(false),
-        Some(Value::Boolean(true)) => Ok(true),
-        Some(other) => Err(EventError::Failed(format!(
-            "{event} returned a {}, not a boolean",
-            other.type_name()
-        ))),
-    }
-}
-
 fn registered_events(lua: &Lua) -> mlua::Result<std::collections::HashSet<String>> {
     let events: Table = lua.named_registry_value(EVENTS_KEY)?;
     events
@@ -689,8 +345,9 @@ fn handlers(lua: &Lua, event: &str) -> mlua::Result<Vec<Function>> {
 }
 
 /// Build a Lua state: std libs, the `kumo` module, then run the policy.
-fn new_state(source: &PolicySource) -> Result<Lua, PolicyError> {
+fn new_state(source: &PolicySource, amqp: &Arc<amqp::Pools>) -> Result<Lua, PolicyError> {
     let lua = Lua::new();
+    lua.set_app_data(amqp.clone());
     let setup = || -> mlua::Result<()> {
         lua.set_named_registry_value(EVENTS_KEY, lua.create_table()?)?;
         lua.set_named_registry_value(EVENT_SITES_KEY, lua.create_table()?)?;
@@ -734,35 +391,4 @@ fn caller_location(lua: &Lua) -> String {
 /// An error that names where in the policy it happened.
 fn located_error(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::RuntimeError(format!("{}: {message}", caller_location(lua)))
-}
-
-/// A config the policy produced, with when and in which epoch it was asked
-/// for: `Ttl` configs are asked again after `refresh_interval`, `Epoch`
-/// ones only after a reload (spec §11).
-pub struct Fetched<T> {
-    pub value: Arc<T>,
-    at: std::time::Instant,
-    epoch: u64,
-}
-
-impl<T> Fetched<T> {
-    pub fn new(value: Arc<T>, epoch: u64) -> Self {
-        Fetched {
-            value,
-            at: std::time::Instant::now(),
-            epoch,
-        }
-    }
-
-    pub fn is_fresh(
-        &self,
-        strategy: sluice_common::queue_config::RefreshStrategy,
-        interval: std::time::Duration,
-        epoch: u64,
-    ) -> bool {
-        match strategy {
-            sluice_common::queue_config::RefreshStrategy::Ttl => self.at.elapsed() < interval,
-            sluice_common::queue_config::RefreshStrategy::Epoch => self.epoch == epoch,
-        }
-    }
 }

@@ -2,10 +2,10 @@
 //! resume scheduled queues, and a queue summary like `kcli queue-summary`.
 //! Rules live in memory, as KumoMTA's do; they lapse at their expiry.
 
-use super::name::QueueName;
 use super::{QueueManager, ScheduledQueue};
 use crate::log::{RecordType, Response};
 use crate::message::MessageRef;
+use crate::message::name::QueueName;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sluice_common::duration;
@@ -81,8 +81,7 @@ pub struct AdminRules {
 }
 
 impl AdminRules {
-    fn find(&self, kind: RuleKind, queue: &ScheduledQueue) -> Option<String> {
-        let now = Utc::now();
+    fn find(&self, kind: RuleKind, queue: &ScheduledQueue, now: DateTime<Utc>) -> Option<String> {
         self.rules
             .lock()
             .iter()
@@ -94,8 +93,7 @@ impl AdminRules {
             .map(|r| r.info.id.clone())
     }
 
-    pub fn list(&self, kind: RuleKind) -> Vec<RuleInfo> {
-        let now = Utc::now();
+    pub fn list(&self, kind: RuleKind, now: DateTime<Utc>) -> Vec<RuleInfo> {
         self.rules
             .lock()
             .iter()
@@ -104,8 +102,8 @@ impl AdminRules {
             .collect()
     }
 
-    fn is_suspended(&self, queue: &ScheduledQueue) -> bool {
-        self.find(RuleKind::Suspend, queue).is_some()
+    fn is_suspended(&self, queue: &ScheduledQueue, now: DateTime<Utc>) -> bool {
+        self.find(RuleKind::Suspend, queue, now).is_some()
     }
 }
 
@@ -134,15 +132,15 @@ impl QueueManager {
     /// suspension is deleted or expires.
     pub fn admin_suspend(self: &Arc<Self>, req: RuleRequest) -> RuleInfo {
         let id = self.add_rule(RuleKind::Suspend, &req);
-        let expires = self.rule_info(&id).expect("just added").expires;
+        // read before the expiry task runs: a zero duration may end it at once
+        let info = self.rule_info(&id).expect("just added");
         let me = self.clone();
-        let rule = id.clone();
+        let wait = (info.expires - self.now()).to_std().unwrap_or_default();
         tokio::spawn(async move {
-            let wait = (expires - Utc::now()).to_std().unwrap_or_default();
             tokio::time::sleep(wait).await;
-            me.delete_rule(&rule);
+            me.delete_rule(&id);
         });
-        self.rule_info(&id).expect("just added")
+        info
     }
 
     /// Delete a rule (a suspension's held messages are attempted at once).
@@ -158,8 +156,9 @@ impl QueueManager {
         Some(rule.info)
     }
 
-    pub fn rules(&self) -> &AdminRules {
-        &self.rules
+    /// The bounce or suspension rules in force.
+    pub fn list_rules(&self, kind: RuleKind) -> Vec<RuleInfo> {
+        self.rules.list(kind, self.now())
     }
 
     fn add_rule(&self, kind: RuleKind, req: &RuleRequest) -> String {
@@ -171,7 +170,7 @@ impl QueueManager {
                 kind,
                 criteria: req.criteria.clone(),
                 reason: req.reason.clone(),
-                expires: Utc::now() + chrono::TimeDelta::from_std(duration).unwrap_or_default(),
+                expires: self.now() + chrono::TimeDelta::from_std(duration).unwrap_or_default(),
                 messages: 0,
             },
             suppress_logging: req.suppress_logging,
@@ -206,7 +205,7 @@ impl QueueManager {
             tracing::error!(id = %msg.id, "cannot restore message meta from the spool: {e}");
         }
         if !quiet {
-            let queue = super::name::queue_name(msg).unwrap_or_default();
+            let queue = crate::message::name::queue_name(msg).unwrap_or_default();
             let text = format!("5.7.1 Administrator bounced with reason: {reason}");
             self.logger.log(self.record(
                 RecordType::AdminBounce,
@@ -221,11 +220,12 @@ impl QueueManager {
     /// At each attempt: `true` when an admin rule took the message (bounced,
     /// or held for a suspended queue).
     pub(super) fn held_by_admin(&self, msg: &MessageRef, queue: &ScheduledQueue) -> bool {
-        if let Some(id) = self.rules.find(RuleKind::Bounce, queue) {
+        let now = self.now();
+        if let Some(id) = self.rules.find(RuleKind::Bounce, queue, now) {
             self.bounce_by_rule(msg, &id);
             return true;
         }
-        if let Some(id) = self.rules.find(RuleKind::Suspend, queue) {
+        if let Some(id) = self.rules.find(RuleKind::Suspend, queue, now) {
             let reason = {
                 let mut rules = self.rules.rules.lock();
                 let Some(r) = rules.iter_mut().find(|r| r.info.id == id) else {
@@ -235,12 +235,14 @@ impl QueueManager {
                 r.info.reason.clone()
             };
             let text = format!("Context: AdminSuspended: {reason}. Held until resumed");
-            self.logger.log(self.record(
+            let mut rec = self.record(
                 RecordType::Delayed,
                 msg,
                 &queue.name,
                 Response::new(400, &text),
-            ));
+            );
+            rec.delay_reason = Some(crate::log::DelayReason::AdminSuspended);
+            self.logger.log(rec);
             return true;
         }
         false
@@ -249,10 +251,11 @@ impl QueueManager {
     /// Scheduled queues with how many messages wait in each (biggest
     /// first, at most `limit`), and ready queues with their backlog.
     pub fn summary(&self, limit: usize) -> serde_json::Value {
+        let now = self.now();
         let mut waiting = self.timer.counts();
         for r in self.rules.rules.lock().iter() {
             for msg in &r.parked {
-                if let Ok(q) = super::name::queue_name(msg) {
+                if let Ok(q) = crate::message::name::queue_name(msg) {
                     *waiting.entry(q).or_default() += 1;
                 }
             }
@@ -264,7 +267,7 @@ impl QueueManager {
                 serde_json::json!({
                     "name": q.name,
                     "count": waiting.get(&q.name).copied().unwrap_or(0),
-                    "suspended": self.rules.is_suspended(q),
+                    "suspended": self.rules.is_suspended(q, now),
                 })
             })
             .collect();

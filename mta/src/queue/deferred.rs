@@ -1,19 +1,17 @@
-//! `deferred_queue = true` listeners (spec §6.4): the message is spooled and
-//! acknowledged at once, queued to `deferred_smtp_inject.kumomta.internal`;
-//! that queue's dispatcher runs `smtp_server_message_deferred_inject` and
-//! rebinds the message into the queue its envelope and meta choose.
+//! The queue of `deferred_queue = true` listeners (spec §6.4): messages are
+//! spooled and acknowledged at once into `deferred_smtp_inject.kumomta.internal`,
+//! whose dispatcher (`delivery::deferred_inject`) runs the deferred-inject
+//! event and names the queue each message now belongs in; here the engine
+//! moves it there.
 
 use super::QueueManager;
-use crate::delivery::{Attempt, Outcome};
-use crate::egress::Ready;
 use crate::log::{RecordType, Response};
-use crate::policy::{ConnMeta, EventError};
-use sluice_common::queue_config::QueueConfig;
+use crate::message::MessageRef;
+use sluice_common::queue_config::{Protocol, QueueConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const DEFERRED_QUEUE: &str = "deferred_smtp_inject.kumomta.internal";
-pub const DELIVERY_PROTOCOL: &str = "DeferredSmtpInjection";
+pub use crate::delivery::deferred_inject::{DEFERRED_QUEUE, DELIVERY_PROTOCOL};
 
 /// The queue's hard-coded schedule: one minute doubling without a cap, for
 /// up to a week (expiry at the 14th failure, about 136.5 hours).
@@ -23,71 +21,40 @@ pub fn queue_config() -> QueueConfig {
         max_retry_interval: None,
         max_age: Duration::from_secs(7 * 86400),
         refresh_interval: Duration::from_secs(u32::MAX as u64),
+        protocol: Protocol::DeferredInject,
         ..QueueConfig::default()
     }
 }
 
 impl QueueManager {
-    /// Run the deferred-inject event for one message and rebind it.
-    pub async fn deferred_inject(self: &Arc<Self>, item: &Ready, ready_queue: &str) {
-        let msg = &item.msg;
-        let fail = |code: u16, text: String| {
-            Attempt::for_all(
-                DELIVERY_PROTOCOL,
-                None,
-                msg.recipients(),
-                if code >= 500 {
-                    Outcome::Bounced(Response::new(code, &text))
-                } else {
-                    Outcome::Transient(Response::new(code, &text))
-                },
-            )
-        };
-        if let Err(e) = self.load_body(msg) {
-            let attempt = fail(450, format!("cannot read spooled body: {e}"));
-            return self.complete(item, ready_queue, attempt).await;
+    /// Move a message the deferred-inject dispatcher rebound to `target`:
+    /// log DeferredInjectionRebind, persist the new meta, and queue it there.
+    /// A target whose config cannot be had is a transient failure here.
+    pub(super) async fn rebind(
+        self: &Arc<Self>,
+        msg: &MessageRef,
+        queue: &str,
+        config: &Arc<QueueConfig>,
+        target: &str,
+        ready_queue: Option<&str>,
+    ) {
+        if let Err(e) = self.route(msg).await {
+            msg.set_meta("queue", DEFERRED_QUEUE.into());
+            let resp = Response::new(450, &e.to_string());
+            let protocol = Some(DELIVERY_PROTOCOL.to_string());
+            return self
+                .transient(msg, queue, config, resp, protocol, ready_queue)
+                .await;
         }
-        // the handler sees the message without its deferred queue; the
-        // conn_meta it gets is a copy of the message meta (edits discarded)
-        msg.state().meta.remove("queue");
-        let conn_meta = ConnMeta(Arc::new(parking_lot::Mutex::new(msg.state().meta.clone())));
-        let result = self
-            .policy
-            .message_event(
-                "smtp_server_message_deferred_inject",
-                Some(msg),
-                Some(&conn_meta),
-            )
-            .await;
-        let target = match result {
-            Ok(()) => self.route(msg).await.map_err(|e| (450, e)),
-            Err(EventError::Rejected { code, text }) => Err((code, text)),
-            Err(EventError::Failed(e)) => Err((450, e)),
-        };
-        match target {
-            Ok(queue) => self.rebind(item, &queue),
-            Err((code, text)) => {
-                if code < 500 {
-                    msg.set_meta("queue", DEFERRED_QUEUE.into());
-                }
-                self.complete(item, ready_queue, fail(code, text)).await;
-            }
-        }
-    }
-
-    /// Log DeferredInjectionRebind, persist the new meta, and queue the
-    /// message where it now belongs.
-    fn rebind(self: &Arc<Self>, item: &Ready, queue: &str) {
-        let msg = &item.msg;
         let mut rec = self.record(
             RecordType::DeferredInjectionRebind,
             msg,
-            queue,
+            target,
             Response::new(250, "ok"),
         );
         rec.delivery_protocol = Some(DELIVERY_PROTOCOL.into());
         self.logger.log(rec);
-        if queue == "null" {
+        if target == "null" {
             self.forget(msg);
             return;
         }
@@ -95,6 +62,23 @@ impl QueueManager {
         // so that a restart resumes in the new queue, without running the
         // deferred-inject event again
         self.save_meta(msg);
-        self.insert(msg.clone(), queue);
+        self.insert(msg.clone(), target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deferred_queue_retries_for_a_week_from_a_minute() {
+        let c = queue_config();
+        let delays: Vec<u64> = (0..14).map(|a| c.delay_for_attempt(a).as_secs()).collect();
+        assert_eq!(delays[..4], [60, 120, 240, 480]);
+        // the 14th failure would wait past the week's max_age: about 136.5 h
+        let total: u64 = delays[..13].iter().sum();
+        assert_eq!(total, 60 * (2u64.pow(13) - 1));
+        assert!(total < c.max_age.as_secs() && total + delays[13] > c.max_age.as_secs());
+        assert_eq!(c.protocol, Protocol::DeferredInject);
     }
 }

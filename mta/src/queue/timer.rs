@@ -1,7 +1,9 @@
 //! One timer for every delayed message of every queue: a min-heap on due
 //! time, so waking up costs O(log n) per due message and nothing per queue.
+//! Due times are wall-clock milliseconds read from the engine's clock.
 
 use super::ScheduledQueue;
+use crate::clock::Clock;
 use crate::message::MessageRef;
 use parking_lot::Mutex;
 use std::cmp::{Ordering, Reverse};
@@ -36,9 +38,10 @@ impl Ord for Entry {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Timer {
     inner: Arc<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Default)]
@@ -49,8 +52,11 @@ struct Inner {
 }
 
 impl Timer {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Timer {
+            inner: Arc::default(),
+            clock,
+        }
     }
 
     /// Schedule `msg` for `due` (unix milliseconds).
@@ -102,7 +108,7 @@ impl Timer {
     /// Hand every message to `on_due` when its time comes; runs forever.
     pub async fn run(&self, on_due: impl Fn(MessageRef)) {
         loop {
-            let now = chrono::Utc::now().timestamp_millis();
+            let now = self.clock.now().timestamp_millis();
             let mut due = vec![];
             let next = {
                 let mut heap = self.inner.heap.lock();
@@ -126,5 +132,90 @@ impl Timer {
                 None => notified.await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::message::{Message, MessageId};
+    use std::time::Duration;
+
+    fn msg() -> MessageRef {
+        Message::new(
+            MessageId::new(),
+            "s@x".into(),
+            vec!["r@y".into()],
+            Default::default(),
+            vec![],
+        )
+    }
+
+    /// A timer running on a paused clock, reporting (message, when it fired).
+    fn start() -> (
+        Timer,
+        Arc<TokioClock>,
+        tokio::sync::mpsc::UnboundedReceiver<(MessageId, i64)>,
+    ) {
+        let clock = TokioClock::starting_at(chrono::Utc::now());
+        let timer = Timer::new(clock.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (t, c) = (timer.clone(), clock.clone());
+        tokio::spawn(async move {
+            t.run(move |m| {
+                let _ = tx.send((m.id, c.now().timestamp_millis()));
+            })
+            .await
+        });
+        (timer, clock, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_fire_at_their_due_time_in_order() {
+        let (timer, clock, mut fired) = start();
+        let now = clock.now().timestamp_millis();
+        let (a, b, c) = (msg(), msg(), msg());
+        timer.insert(now + 3_000, c.clone(), None);
+        timer.insert(now + 1_000, a.clone(), None);
+        timer.insert(now + 2_000, b.clone(), None);
+        assert_eq!(timer.len(), 3);
+        for (want, at) in [(a.id, 1_000), (b.id, 2_000), (c.id, 3_000)] {
+            let (id, when) = fired.recv().await.unwrap();
+            assert_eq!(id, want);
+            assert!(
+                (when - now - at).abs() <= 1,
+                "fired at +{} ms, due +{at}",
+                when - now
+            );
+        }
+        assert_eq!(timer.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_message_wakes_a_timer_waiting_for_a_later_one() {
+        let (timer, clock, mut fired) = start();
+        let now = clock.now().timestamp_millis();
+        let late = msg();
+        timer.insert(now + 3_600_000, late.clone(), None);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let soon = msg();
+        timer.insert(now + 500, soon.clone(), None);
+        let (id, when) = fired.recv().await.unwrap();
+        assert_eq!(id, soon.id);
+        assert!(when - now < 600, "{}", when - now);
+        // the hour-long wait then ends on time too
+        let (id, when) = fired.recv().await.unwrap();
+        assert_eq!(id, late.id);
+        assert!((when - now - 3_600_000).abs() <= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overdue_messages_fire_at_once() {
+        let (timer, clock, mut fired) = start();
+        let now = clock.now().timestamp_millis();
+        timer.insert(now - 60_000, msg(), None);
+        let (_, when) = fired.recv().await.unwrap();
+        assert!(when - now <= 1);
     }
 }

@@ -3,7 +3,7 @@
 //! Reception, reply 250, then queue.
 
 use super::{Flow, Session, Transaction};
-use crate::listener::config::{BatchHandling, InvalidLineEndings};
+use crate::config::listener::{BatchHandling, InvalidLineEndings};
 use crate::listener::io::ReadError;
 use crate::log::{RecordType, Response};
 use crate::message::{Message, MessageId, MessageRef, split_address};
@@ -137,7 +137,7 @@ impl Session {
                 .queues
                 .route(&msg)
                 .await
-                .map_err(EventError::Failed)?;
+                .map_err(|e| EventError::Failed(e.to_string()))?;
             out.push((msg, queue));
         }
         Ok(out)

@@ -7,7 +7,7 @@ mod data;
 
 use super::io::{Conn, Line, ReadError};
 use super::{Listener, Params, Services};
-use crate::listener::config::EsmtpListenerConfig;
+use crate::config::listener::EsmtpListenerConfig;
 use crate::log::{LogRecord, PeerAddress, RecordType, Response};
 use crate::policy::{ConnMeta, EventError};
 use crate::smtp::{Command, parse_command};

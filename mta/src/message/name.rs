@@ -63,16 +63,28 @@ impl QueueName {
     }
 }
 
-fn meta_str(msg: &Message, key: &str) -> Result<Option<String>, String> {
+/// Why a message's queue name cannot be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NameError {
+    #[error("meta '{key}' must be a string, not {value}")]
+    NotAString { key: String, value: Value },
+    #[error("message has no recipients")]
+    NoRecipients,
+}
+
+fn meta_str(msg: &Message, key: &str) -> Result<Option<String>, NameError> {
     match msg.state().meta.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("meta '{key}' must be a string, not {other}")),
+        Some(other) => Err(NameError::NotAString {
+            key: key.to_string(),
+            value: other.clone(),
+        }),
     }
 }
 
 /// The scheduled queue a message belongs in right now.
-pub fn queue_name(msg: &Message) -> Result<String, String> {
+pub fn queue_name(msg: &Message) -> Result<String, NameError> {
     if let Some(q) = meta_str(msg, "queue")? {
         return Ok(q);
     }
@@ -84,7 +96,7 @@ pub fn queue_name(msg: &Message) -> Result<String, String> {
         .recipients
         .first()
         .cloned()
-        .ok_or("message has no recipients")?;
+        .ok_or(NameError::NoRecipients)?;
     let (_, domain) = split_address(&recipient);
     let name = QueueName {
         tenant: if campaign.is_some() {

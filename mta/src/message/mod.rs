@@ -2,9 +2,13 @@
 //! meta, attempt count and due time. The body is held in memory only while a
 //! delivery needs it; the spool has the durable copy.
 
-use crate::queue::schedule::Scheduling;
+pub mod headers;
+pub mod name;
+pub mod schedule;
+
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+use schedule::Scheduling;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;

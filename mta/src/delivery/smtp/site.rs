@@ -4,6 +4,17 @@
 use sluice_common::queue_config::MxListEntry;
 use std::net::{IpAddr, SocketAddr};
 
+/// Why a site cannot be planned or a target reached.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SiteError {
+    /// An `mx_list` entry or address literal that is not well-formed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The target's name did not resolve.
+    #[error("{0}")]
+    Resolve(String),
+}
+
 /// One candidate host: the name used in logs and TLS, and how to reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -25,16 +36,20 @@ pub struct Site {
 }
 
 /// Split `host:port` / `[ip]:port` / `[ip]` / `host`.
-fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
+fn split_port(s: &str) -> Result<(&str, Option<u16>), SiteError> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let end = rest
             .find(']')
-            .ok_or_else(|| format!("unterminated '[' in {s:?}"))?;
+            .ok_or_else(|| SiteError::Invalid(format!("unterminated '[' in {s:?}")))?;
         let after = &rest[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(format!("unexpected {after:?} after ']' in {s:?}")),
+            None => {
+                return Err(SiteError::Invalid(format!(
+                    "unexpected {after:?} after ']' in {s:?}"
+                )));
+            }
         };
         (&s[..end + 2], port)
     } else {
@@ -47,29 +62,29 @@ fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
     let port = port
         .map(|p| {
             p.parse::<u16>()
-                .map_err(|_| format!("invalid port {p:?} in {s:?}"))
+                .map_err(|_| SiteError::Invalid(format!("invalid port {p:?} in {s:?}")))
         })
         .transpose()?;
     Ok((host, port))
 }
 
-fn parse_host(host: &str) -> Result<Host, String> {
+fn parse_host(host: &str) -> Result<Host, SiteError> {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         let inner = inner.strip_prefix("IPv6:").unwrap_or(inner);
         return inner
             .parse()
             .map(Host::Ip)
-            .map_err(|_| format!("[{inner}] is not an IP address"));
+            .map_err(|_| SiteError::Invalid(format!("[{inner}] is not an IP address")));
     }
     match host.parse::<IpAddr>() {
         Ok(ip) => Ok(Host::Ip(ip)),
         Err(_) if !host.is_empty() => Ok(Host::Name(host.to_ascii_lowercase())),
-        Err(_) => Err("empty host name".into()),
+        Err(_) => Err(SiteError::Invalid("empty host name".into())),
     }
 }
 
 /// The plan and site name for an `mx_list`, in list order.
-pub fn mx_list_site(entries: &[MxListEntry]) -> Result<Site, String> {
+pub fn mx_list_site(entries: &[MxListEntry]) -> Result<Site, SiteError> {
     let mut targets = vec![];
     let mut labels = vec![];
     for e in entries {
@@ -91,7 +106,9 @@ pub fn mx_list_site(entries: &[MxListEntry]) -> Result<Site, String> {
                 let ip = match parse_host(host)? {
                     Host::Ip(ip) => ip,
                     Host::Name(_) => {
-                        return Err(format!("addr {addr:?} for {name:?} must be an IP address"));
+                        return Err(SiteError::Invalid(format!(
+                            "addr {addr:?} for {name:?} must be an IP address"
+                        )));
                     }
                 };
                 targets.push(Target {
@@ -104,7 +121,7 @@ pub fn mx_list_site(entries: &[MxListEntry]) -> Result<Site, String> {
         }
     }
     if targets.is_empty() {
-        return Err("mx_list is empty".into());
+        return Err(SiteError::Invalid("mx_list is empty".into()));
     }
     Ok(Site {
         name: format!("mx_list:{}", labels.join(",")),
@@ -130,11 +147,11 @@ pub fn literal_site(domain: &str) -> Option<Site> {
 
 /// Addresses for a target, in resolver order.
 pub async fn resolve(
-    dns: &super::dns::Dns,
+    dns: &crate::dns::Dns,
     target: &Target,
     port: u16,
     strategy: sluice_common::egress::IpLookupStrategy,
-) -> Result<Vec<SocketAddr>, String> {
+) -> Result<Vec<SocketAddr>, SiteError> {
     match &target.host {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
         Host::Name(name) => dns
@@ -145,14 +162,14 @@ pub async fn resolve(
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect()
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| SiteError::Resolve(e.to_string())),
     }
 }
 
 /// The site for MX hosts (best preference first): each host a target.
 pub fn mx_site(hosts: &[String]) -> Site {
     Site {
-        name: super::dns::site_name(hosts),
+        name: crate::dns::site_name(hosts),
         targets: hosts
             .iter()
             .map(|h| Target {

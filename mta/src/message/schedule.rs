@@ -39,22 +39,27 @@ pub struct Window {
     pub end: NaiveTime,
 }
 
-fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, String> {
+/// What is wrong with a `set_scheduling` table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScheduleError(String);
+
+fn parse_time(what: &str, s: &str) -> Result<DateTime<Utc>, ScheduleError> {
     DateTime::parse_from_rfc3339(s)
         .map(|d| d.with_timezone(&Utc))
-        .map_err(|e| format!("{what} {s:?} is not an RFC 3339 time: {e}"))
+        .map_err(|e| ScheduleError(format!("{what} {s:?} is not an RFC 3339 time: {e}")))
 }
 
-fn parse_day(s: &str) -> Result<Weekday, String> {
+fn parse_day(s: &str) -> Result<Weekday, ScheduleError> {
     s.trim()
         .parse::<Weekday>()
-        .map_err(|_| format!("dow: {s:?} is not a day of the week"))
+        .map_err(|_| ScheduleError(format!("dow: {s:?} is not a day of the week")))
 }
 
 impl TryFrom<SchedulingInput> for Scheduling {
-    type Error = String;
+    type Error = ScheduleError;
 
-    fn try_from(i: SchedulingInput) -> Result<Self, String> {
+    fn try_from(i: SchedulingInput) -> Result<Self, ScheduleError> {
         let first_attempt = i
             .first_attempt
             .as_deref()
@@ -68,19 +73,22 @@ impl TryFrom<SchedulingInput> for Scheduling {
         let restriction = match (i.dow, i.tz, i.start, i.end) {
             (None, None, None, None) => None,
             (Some(dow), Some(tz), Some(start), Some(end)) => {
-                tz.parse::<Tz>()
-                    .map_err(|_| format!("tz: {tz:?} is not an IANA time zone name"))?;
+                tz.parse::<Tz>().map_err(|_| {
+                    ScheduleError(format!("tz: {tz:?} is not an IANA time zone name"))
+                })?;
                 let days = dow
                     .split(',')
                     .map(|d| parse_day(d).map(|w| format!("{w}")))
                     .collect::<Result<Vec<_>, _>>()?;
                 let time = |what: &str, s: &str| {
                     NaiveTime::parse_from_str(s, "%H:%M:%S")
-                        .map_err(|_| format!("{what}: {s:?} is not HH:MM:SS"))
+                        .map_err(|_| ScheduleError(format!("{what}: {s:?} is not HH:MM:SS")))
                 };
                 let (start, end) = (time("start", &start)?, time("end", &end)?);
                 if start >= end {
-                    return Err(format!("start {start} must be before end {end}"));
+                    return Err(ScheduleError(format!(
+                        "start {start} must be before end {end}"
+                    )));
                 }
                 Some(Window {
                     dow: days,
@@ -89,7 +97,11 @@ impl TryFrom<SchedulingInput> for Scheduling {
                     end,
                 })
             }
-            _ => return Err("dow, tz, start and end must be given together".into()),
+            _ => {
+                return Err(ScheduleError(
+                    "dow, tz, start and end must be given together".into(),
+                ));
+            }
         };
         Ok(Scheduling {
             first_attempt,
@@ -100,8 +112,11 @@ impl TryFrom<SchedulingInput> for Scheduling {
 }
 
 impl Window {
-    fn tz(&self) -> Tz {
-        self.tz.parse().expect("validated when set")
+    /// The zone; `None` for a name that is not one, which `set_scheduling`
+    /// refuses but a damaged or hand-edited spool record may carry: such a
+    /// window restricts nothing rather than panicking.
+    fn tz(&self) -> Option<Tz> {
+        self.tz.parse().ok()
     }
 
     fn allows(&self, day: Weekday) -> bool {
@@ -113,7 +128,9 @@ impl Window {
     /// The earliest instant at or after `t` that lies inside the window
     /// (searching up to 8 days ahead), or `t` itself if none is found.
     fn next_open(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let tz = self.tz();
+        let Some(tz) = self.tz() else {
+            return t;
+        };
         let local = t.with_timezone(&tz);
         for offset in 0..8 {
             let date = local.date_naive() + Duration::days(offset);
@@ -162,7 +179,7 @@ impl Scheduling {
 mod tests {
     use super::*;
 
-    fn sched(json: &str) -> Result<Scheduling, String> {
+    fn sched(json: &str) -> Result<Scheduling, ScheduleError> {
         let input: SchedulingInput = serde_json::from_str(json).unwrap();
         Scheduling::try_from(input)
     }
@@ -212,18 +229,42 @@ mod tests {
 
     #[test]
     fn bad_input_says_what_is_wrong() {
-        let e = sched(r#"{"first_attempt": "tomorrow"}"#).unwrap_err();
+        let e = sched(r#"{"first_attempt": "tomorrow"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("first_attempt") && e.contains("tomorrow"), "{e}");
         let e = sched(
             r#"{"dow": "Mon", "tz": "Mars/Olympus", "start": "09:00:00", "end": "10:00:00"}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("Mars/Olympus"), "{e}");
-        let e = sched(r#"{"dow": "Mon", "tz": "UTC"}"#).unwrap_err();
+        let e = sched(r#"{"dow": "Mon", "tz": "UTC"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("together"), "{e}");
         let e = sched(r#"{"dow": "Funday", "tz": "UTC", "start": "09:00:00", "end": "10:00:00"}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Funday"), "{e}");
+    }
+
+    /// Spooled scheduling is not validated again when read back: whatever
+    /// it holds, the message is still scheduled (unrestricted), never a panic.
+    #[test]
+    fn damaged_spooled_scheduling_restricts_nothing() {
+        for window in [
+            r#"{"dow": ["Mon"], "tz": "Mars/Olympus", "start": "09:00:00", "end": "17:00:00"}"#,
+            r#"{"dow": ["Funday"], "tz": "UTC", "start": "09:00:00", "end": "17:00:00"}"#,
+            r#"{"dow": [], "tz": "UTC", "start": "09:00:00", "end": "17:00:00"}"#,
+            r#"{"dow": ["Mon"], "tz": "UTC", "start": "17:00:00", "end": "09:00:00"}"#,
+        ] {
+            let json = format!(r#"{{"restriction": {window}}}"#);
+            let s: Scheduling = serde_json::from_str(&json).unwrap();
+            let t = at("2026-11-22T12:00:00Z");
+            let due = s.adjust(t);
+            assert!(due >= t && due - t <= Duration::days(8), "{window}: {due}");
+        }
     }
 
     #[test]

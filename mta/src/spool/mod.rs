@@ -21,21 +21,18 @@ use crate::message::MessageId;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
-const MAGIC: u32 = 0x534c_5331; // "SLS1"
-const HEADER_LEN: usize = 33;
-const KIND_PUT: u8 = 1;
-const KIND_META: u8 = 2;
-const KIND_DEL: u8 = 3;
-/// Records above this size are refused: they cannot be valid messages.
-const MAX_RECORD: usize = 1 << 30;
+mod record;
+mod writer;
 
+use record::{HEADER_LEN, read_record_meta, replay_segment};
+use writer::Writer;
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool I/O error: {0}")]
@@ -44,6 +41,23 @@ pub enum SpoolError {
     Stopped,
     #[error("message {0} is not in the spool")]
     NotFound(MessageId),
+    #[error("message {0} has no body in memory")]
+    NoBody(MessageId),
+    #[error("spooled meta is unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+impl SpoolError {
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SpoolError::Io(_) => "io",
+            SpoolError::Stopped => "stopped",
+            SpoolError::NotFound(_) => "not_found",
+            SpoolError::NoBody(_) => "no_body",
+            SpoolError::Corrupt(_) => "corrupt",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +89,8 @@ pub struct NewMessage {
 }
 
 enum Request {
-    Put(Vec<NewMessage>, oneshot::Sender<Result<(), String>>),
+    /// The reply carries the write error (its kind kept: ENOSPC matters).
+    Put(Vec<NewMessage>, oneshot::Sender<Result<(), Arc<io::Error>>>),
     Meta(MessageId, Vec<u8>, Option<oneshot::Sender<()>>),
     Del(MessageId),
     Flush(oneshot::Sender<()>),
@@ -209,7 +224,7 @@ impl Spool {
         self.send(Request::Put(msgs, done))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SpoolError::Io(io::Error::other(e))),
+            Ok(Err(e)) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
             Err(_) => Err(SpoolError::Stopped),
         }
     }
@@ -309,96 +324,6 @@ fn create_segment(dir: &Path, n: u64) -> io::Result<Segment> {
     })
 }
 
-fn encode(buf: &mut Vec<u8>, kind: u8, id: MessageId, meta: &[u8], data: &[u8]) {
-    let start = buf.len();
-    buf.extend_from_slice(&MAGIC.to_le_bytes());
-    buf.push(kind);
-    buf.extend_from_slice(&id.0);
-    buf.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&buf[start + 4..]);
-    crc.update(meta);
-    crc.update(data);
-    buf.extend_from_slice(&crc.finalize().to_le_bytes());
-    buf.extend_from_slice(meta);
-    buf.extend_from_slice(data);
-}
-
-/// Apply one segment's records to the index; returns the length of its valid prefix.
-fn replay_segment(
-    path: &Path,
-    seg: u64,
-    index: &mut HashMap<MessageId, IndexEntry>,
-) -> io::Result<u64> {
-    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let mut off = 0u64;
-    let mut header = [0u8; HEADER_LEN];
-    let mut payload = vec![];
-    loop {
-        match r.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(off),
-            Err(e) => return Err(e),
-        }
-        let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
-        let kind = header[4];
-        let id = MessageId(header[5..21].try_into().unwrap());
-        let meta_len = u32::from_le_bytes(header[21..25].try_into().unwrap());
-        let data_len = u32::from_le_bytes(header[25..29].try_into().unwrap());
-        let crc = u32::from_le_bytes(header[29..33].try_into().unwrap());
-        let total = meta_len as usize + data_len as usize;
-        if magic != MAGIC || total > MAX_RECORD {
-            return Ok(off);
-        }
-        payload.resize(total, 0);
-        if r.read_exact(&mut payload).is_err() {
-            return Ok(off);
-        }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&header[4..29]);
-        h.update(&payload);
-        if h.finalize() != crc {
-            return Ok(off);
-        }
-        match kind {
-            KIND_PUT => {
-                index.insert(
-                    id,
-                    IndexEntry {
-                        put_seg: seg,
-                        put_off: off,
-                        put_meta_len: meta_len,
-                        data_len,
-                        meta_seg: seg,
-                        meta_off: off,
-                    },
-                );
-            }
-            KIND_META => {
-                if let Some(e) = index.get_mut(&id) {
-                    e.meta_seg = seg;
-                    e.meta_off = off;
-                }
-            }
-            KIND_DEL => {
-                index.remove(&id);
-            }
-            _ => return Ok(off),
-        }
-        off += (HEADER_LEN + total) as u64;
-    }
-}
-
-fn read_record_meta(file: &File, off: u64) -> io::Result<Vec<u8>> {
-    let mut header = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut header, off)?;
-    let meta_len = u32::from_le_bytes(header[21..25].try_into().unwrap()) as usize;
-    let mut meta = vec![0u8; meta_len];
-    file.read_exact_at(&mut meta, off + HEADER_LEN as u64)?;
-    Ok(meta)
-}
-
 fn read_meta(shared: &Shared, e: &IndexEntry) -> io::Result<Vec<u8>> {
     let file = shared
         .files
@@ -407,233 +332,6 @@ fn read_meta(shared: &Shared, e: &IndexEntry) -> io::Result<Vec<u8>> {
         .cloned()
         .ok_or_else(|| io::Error::other("meta segment missing"))?;
     read_record_meta(&file, e.meta_off)
-}
-
-struct Writer {
-    dir: PathBuf,
-    segments: VecDeque<(u64, Segment)>,
-    shared: Arc<Shared>,
-    opts: SpoolOptions,
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-                if self.buf.len() > 8 << 20 {
-                    break;
-                }
-            }
-            if let Err(e) = self.write_batch(batch) {
-                tracing::error!("spool write failed: {e}");
-            }
-        }
-    }
-
-    fn current(&mut self) -> &mut (u64, Segment) {
-        self.segments
-            .back_mut()
-            .expect("there is always a current segment")
-    }
-
-    fn write_batch(&mut self, batch: Vec<Request>) -> io::Result<()> {
-        let mut waiters = vec![];
-        let mut flushes = vec![];
-        let mut dels = vec![];
-        let mut meta_acks = vec![];
-        self.buf.clear();
-        let (seg_no, base) = {
-            let (n, seg) = self.current();
-            (*n, seg.file.metadata()?.len())
-        };
-        let mut puts = vec![];
-        let mut metas = vec![];
-        for req in batch {
-            match req {
-                Request::Put(msgs, done) => {
-                    for m in msgs {
-                        let off = base + self.buf.len() as u64;
-                        encode(&mut self.buf, KIND_PUT, m.id, &m.meta, &m.data);
-                        puts.push((m.id, off, m.meta.len() as u32, m.data.len() as u32));
-                    }
-                    waiters.push(done);
-                }
-                Request::Meta(id, meta, ack) => {
-                    let off = base + self.buf.len() as u64;
-                    encode(&mut self.buf, KIND_META, id, &meta, &[]);
-                    metas.push((id, off));
-                    if let Some(ack) = ack {
-                        meta_acks.push(ack);
-                    }
-                }
-                Request::Del(id) => {
-                    encode(&mut self.buf, KIND_DEL, id, &[], &[]);
-                    dels.push(id);
-                }
-                Request::Flush(done) => flushes.push(done),
-            }
-        }
-        let result = self.write_and_sync();
-        if let Err(e) = &result {
-            for w in waiters {
-                let _ = w.send(Err(e.to_string()));
-            }
-            return result;
-        }
-        {
-            let mut index = self.shared.index.lock();
-            let n_puts = puts.len() as u64;
-            for (id, off, meta_len, data_len) in puts {
-                index.insert(
-                    id,
-                    IndexEntry {
-                        put_seg: seg_no,
-                        put_off: off,
-                        put_meta_len: meta_len,
-                        data_len,
-                        meta_seg: seg_no,
-                        meta_off: off,
-                    },
-                );
-            }
-            for (id, off) in metas {
-                if let Some(e) = index.get_mut(&id) {
-                    e.meta_seg = seg_no;
-                    e.meta_off = off;
-                }
-            }
-            let mut dead_in: HashMap<u64, u64> = HashMap::new();
-            for id in dels {
-                if let Some(e) = index.remove(&id) {
-                    *dead_in.entry(e.put_seg).or_default() += 1;
-                }
-            }
-            drop(index);
-            let cur = self.current();
-            cur.1.live += n_puts;
-            cur.1.puts += n_puts;
-            for (seg, n) in dead_in {
-                if let Some((_, s)) = self.segments.iter_mut().find(|(k, _)| *k == seg) {
-                    s.live = s.live.saturating_sub(n);
-                }
-            }
-        }
-        for w in waiters {
-            let _ = w.send(Ok(()));
-        }
-        for f in flushes.into_iter().chain(meta_acks) {
-            let _ = f.send(());
-        }
-        if self.current().1.file.metadata()?.len() >= self.opts.segment_size {
-            self.roll()?;
-        }
-        self.collect_garbage()
-    }
-
-    fn write_and_sync(&mut self) -> io::Result<()> {
-        let file = self.current().1.file.clone();
-        if !self.buf.is_empty() {
-            (&*file).write_all(&self.buf)?;
-        }
-        if self.opts.sync {
-            file.sync_data()?;
-        }
-        Ok(())
-    }
-
-    fn roll(&mut self) -> io::Result<()> {
-        let next = self.current().0 + 1;
-        let seg = create_segment(&self.dir, next)?;
-        self.shared.files.lock().insert(next, seg.file.clone());
-        self.segments.push_back((next, seg));
-        Ok(())
-    }
-
-    /// Delete empty segments from the oldest end, and compact a sparse oldest
-    /// segment by copying its live messages into the current one.
-    fn collect_garbage(&mut self) -> io::Result<()> {
-        loop {
-            if self.segments.len() < 2 {
-                return Ok(());
-            }
-            let (n, oldest) = self.segments.front().expect("len >= 2");
-            let n = *n;
-            if oldest.live == 0 {
-                let (_, seg) = self.segments.pop_front().expect("len >= 2");
-                self.shared.files.lock().remove(&n);
-                fs::remove_file(&seg.path)?;
-                continue;
-            }
-            if oldest.live * 4 <= oldest.puts && self.segments.len() >= 3 {
-                self.compact_oldest(n)?;
-                continue;
-            }
-            return Ok(());
-        }
-    }
-
-    fn compact_oldest(&mut self, oldest: u64) -> io::Result<()> {
-        let moving: Vec<(MessageId, IndexEntry)> = self
-            .shared
-            .index
-            .lock()
-            .iter()
-            .filter(|(_, e)| e.put_seg == oldest)
-            .map(|(id, e)| (*id, *e))
-            .collect();
-        tracing::info!(
-            segment = oldest,
-            messages = moving.len(),
-            "compacting spool segment"
-        );
-        self.buf.clear();
-        let (seg_no, base) = {
-            let (n, seg) = self.current();
-            (*n, seg.file.metadata()?.len())
-        };
-        let mut moved = vec![];
-        for (id, e) in &moving {
-            let meta = read_meta(&self.shared, e)?;
-            let file = self.shared.files.lock().get(&e.put_seg).cloned();
-            let Some(file) = file else { continue };
-            let mut data = vec![0u8; e.data_len as usize];
-            file.read_exact_at(
-                &mut data,
-                e.put_off + HEADER_LEN as u64 + u64::from(e.put_meta_len),
-            )?;
-            let off = base + self.buf.len() as u64;
-            encode(&mut self.buf, KIND_PUT, *id, &meta, &data);
-            moved.push((*id, off, meta.len() as u32, data.len() as u32));
-        }
-        self.write_and_sync()?;
-        let mut index = self.shared.index.lock();
-        let mut n_moved = 0;
-        for (id, off, meta_len, data_len) in moved {
-            // a message deleted meanwhile is not resurrected
-            if let Some(e) = index.get_mut(&id) {
-                *e = IndexEntry {
-                    put_seg: seg_no,
-                    put_off: off,
-                    put_meta_len: meta_len,
-                    data_len,
-                    meta_seg: seg_no,
-                    meta_off: off,
-                };
-                n_moved += 1;
-            }
-        }
-        drop(index);
-        let cur = self.current();
-        cur.1.live += n_moved;
-        cur.1.puts += n_moved;
-        if let Some((_, s)) = self.segments.front_mut() {
-            s.live = 0;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

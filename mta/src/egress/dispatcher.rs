@@ -1,0 +1,217 @@
+//! A ready queue's connections (spec §4.4): each takes work, opens a
+//! session through the queue's [`Deliver`], sends until the session ends,
+//! the path's `max_deliveries_per_connection` is reached or no work comes
+//! for `idle_timeout`, then lets another take over. The path's message and
+//! connection rates pace it; a wait longer than `idle_timeout` hands the
+//! queue's messages back to their scheduled queues. Every attempt is
+//! reported through [`super::Outcomes`]. The same loop serves every
+//! protocol.
+
+use super::ready::ReadyQueue;
+use super::{Egress, Ready};
+use crate::delivery::{Attempt, Batch, Outcome, Path};
+use crate::log::Response;
+use sluice_common::egress::EgressPathConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Start a connection task for `rq` (its slot already claimed).
+pub(super) fn spawn(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
+    tokio::spawn(run(egress, rq));
+}
+
+/// An attempt that failed before reaching the peer: one outcome for all.
+fn failed(item: &Ready, outcome: Outcome) -> Attempt {
+    Attempt::for_all("ESMTP", None, item.msg.recipients(), outcome)
+}
+
+/// Wait for work for up to `idle`; `None` when none came or a drain began.
+async fn next_item(egress: &Egress, rq: &ReadyQueue, idle: Duration) -> Option<Ready> {
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        if egress.lifecycle.is_draining() {
+            return None;
+        }
+        let notified = rq.work.notified();
+        if let Some(item) = rq.pop() {
+            return Some(item);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return rq.pop();
+        }
+    }
+}
+
+/// One connection's life.
+async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
+    let _busy = egress.lifecycle.delivery();
+    let batch = rq.deliver.batch();
+    let mut failures = 0usize;
+    'connections: loop {
+        let config = rq.config();
+        let Some(first) = next_item(&egress, &rq, config.idle_timeout).await else {
+            break;
+        };
+        if let Some(rate) = &config.max_connection_rate
+            && let Some(wait) = egress
+                .throttles
+                .check(&format!("{}-connection-rate", rq.name), rate)
+        {
+            if wait < config.idle_timeout {
+                rq.push_front(first);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            egress.hand_back(&rq, vec![first], wait);
+            break;
+        }
+        let path = Path {
+            name: rq.name.clone(),
+            source: rq.source.clone(),
+            config: config.clone(),
+        };
+        let mut session = match rq.deliver.connect(&path).await {
+            Ok(s) => s,
+            Err(refused) => {
+                failures += 1;
+                let mut items = vec![first];
+                let give_up = refused.code >= 500
+                    || failures > config.consecutive_connection_failures_before_delay;
+                if give_up {
+                    items.extend(std::iter::from_fn(|| rq.pop()));
+                    failures = 0;
+                }
+                for item in &items {
+                    let resp = Response::new(refused.code, &refused.text);
+                    let outcome = match refused.code >= 500 {
+                        true => Outcome::Bounced(resp),
+                        false => Outcome::Transient(resp),
+                    };
+                    egress.complete(item, &rq.name, failed(item, outcome)).await;
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let mut delivered = 0;
+        let mut next = Some(first);
+        while let Some(first) = next.take() {
+            let (items, throttled) = gather(&egress, &rq, &config, first, &batch).await;
+            let mut sendable = Vec::with_capacity(items.len());
+            for item in items {
+                match egress.load_body(&item.msg) {
+                    Ok(()) => sendable.push(item),
+                    Err(e) => {
+                        let text = format!("KumoMTA internal: cannot read spooled body: {e}");
+                        let attempt = failed(&item, Outcome::Transient(Response::new(400, &text)));
+                        egress.complete(&item, &rq.name, attempt).await;
+                    }
+                }
+            }
+            if !sendable.is_empty() {
+                let msgs: Vec<_> = sendable.iter().map(|i| i.msg.clone()).collect();
+                let sent = session.send(&msgs).await;
+                for (item, attempt) in sendable.iter().zip(sent.attempts) {
+                    egress.complete(item, &rq.name, attempt).await;
+                }
+                delivered += sendable.len();
+                if sent.close {
+                    // unusable (a 421, a broken connection): dropped, not closed
+                    drop(session);
+                    continue 'connections;
+                }
+            }
+            if throttled {
+                session.close().await;
+                break 'connections;
+            }
+            if delivered >= config.max_deliveries_per_connection {
+                session.close().await;
+                continue 'connections;
+            }
+            next = next_item(&egress, &rq, config.idle_timeout).await;
+        }
+        session.close().await;
+        if rq.is_empty() {
+            break;
+        }
+    }
+    if rq.release_connection() {
+        spawn(egress.clone(), rq.clone());
+    }
+}
+
+/// The next send's messages, starting with `first`: what is ready now, then
+/// waiting up to the batch's `max_latency` for at least its `min`; each
+/// paced by the path's rates. `true` when a throttle handed the rest back
+/// to the scheduled queues.
+async fn gather(
+    egress: &Arc<Egress>,
+    rq: &ReadyQueue,
+    config: &EgressPathConfig,
+    first: Ready,
+    batch: &Batch,
+) -> (Vec<Ready>, bool) {
+    let mut items = vec![];
+    let deadline = tokio::time::Instant::now() + batch.max_latency;
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        match pace(egress, rq, config, item).await {
+            Some(item) => items.push(item),
+            None => return (items, true),
+        }
+        if items.len() >= batch.size {
+            break;
+        }
+        next = match rq.pop() {
+            Some(item) => Some(item),
+            None if items.len() >= batch.min => None,
+            None => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    None
+                } else {
+                    next_item(egress, rq, left).await
+                }
+            }
+        };
+    }
+    (items, false)
+}
+
+/// Honour the path's message rates before sending `item`: wait when the
+/// throttle asks for less than `idle_timeout`; otherwise hand `item` and
+/// everything ready back to the scheduled queues and return `None`.
+async fn pace(
+    egress: &Arc<Egress>,
+    rq: &ReadyQueue,
+    config: &EgressPathConfig,
+    item: Ready,
+) -> Option<Ready> {
+    match path_rate_wait(egress, rq, config) {
+        Some(wait) if wait >= config.idle_timeout => {
+            egress.hand_back(rq, vec![item], wait);
+            None
+        }
+        Some(wait) => {
+            tokio::time::sleep(wait).await;
+            Some(item)
+        }
+        None => Some(item),
+    }
+}
+
+/// The longest wait any of the path's message-rate throttles asks for.
+fn path_rate_wait(egress: &Egress, rq: &ReadyQueue, config: &EgressPathConfig) -> Option<Duration> {
+    for (name, spec) in config.message_rate_throttles() {
+        let key = if name == "max_message_rate" {
+            format!("kumomta.max_message_rate.{}", rq.name)
+        } else {
+            format!("kumomta.{name}.{}", rq.name)
+        };
+        if let Some(wait) = egress.throttles.check(&key, &spec) {
+            return Some(wait);
+        }
+    }
+    None
+}

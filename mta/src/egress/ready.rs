@@ -1,0 +1,162 @@
+//! One ready queue per egress path (source × site × protocol): the messages
+//! due for that path, in order, and how many connections serve them.
+
+use super::Ready;
+use crate::delivery::Deliver;
+use crate::policy::Fetched;
+use parking_lot::Mutex;
+use sluice_common::egress::{EgressPathConfig, EgressSource};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub struct ReadyQueue {
+    /// `source->site@protocol`.
+    pub name: String,
+    pub source: Arc<EgressSource>,
+    pub site: String,
+    pub deliver: Arc<dyn Deliver>,
+    pub(super) config: Mutex<Fetched<EgressPathConfig>>,
+    items: Mutex<VecDeque<Ready>>,
+    connections: AtomicUsize,
+    pub(super) work: Notify,
+    /// When it last held a message or ran a connection, for reaping.
+    active: Mutex<Instant>,
+}
+
+/// Connections wanted for `queued` ready messages under `limit` (spec §4.4):
+/// a ramp, so a few messages do not open every allowed connection.
+pub fn wanted_connections(queued: usize, limit: usize) -> usize {
+    let ideal = (limit as f64 * (1.0 - (-0.023 * queued as f64).exp())).ceil() as usize;
+    queued.min(ideal.max(1)).min(limit)
+}
+
+impl ReadyQueue {
+    pub(super) fn new(
+        name: String,
+        source: Arc<EgressSource>,
+        site: String,
+        deliver: Arc<dyn Deliver>,
+        config: Fetched<EgressPathConfig>,
+    ) -> Self {
+        ReadyQueue {
+            name,
+            source,
+            site,
+            deliver,
+            config: Mutex::new(config),
+            items: Mutex::new(VecDeque::new()),
+            connections: AtomicUsize::new(0),
+            work: Notify::new(),
+            active: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn config(&self) -> Arc<EgressPathConfig> {
+        self.config.lock().value.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    pub(super) fn pop(&self) -> Option<Ready> {
+        self.items.lock().pop_front()
+    }
+
+    pub(super) fn push_front(&self, item: Ready) {
+        self.items.lock().push_front(item);
+    }
+
+    /// Add `item` unless `max_ready` are waiting; the number now waiting.
+    pub(super) fn push(&self, item: Ready) -> Result<usize, Ready> {
+        let mut items = self.items.lock();
+        if items.len() >= self.config().max_ready {
+            return Err(item);
+        }
+        items.push_back(item);
+        *self.active.lock() = Instant::now();
+        Ok(items.len())
+    }
+
+    /// Claim a connection slot if fewer than `wanted` run.
+    pub(super) fn claim_connection(&self, wanted: usize) -> bool {
+        loop {
+            let current = self.connections.load(Ordering::Acquire);
+            if current >= wanted {
+                return false;
+            }
+            if self
+                .connections
+                .compare_exchange(current, current + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// A connection ended: `true` when it should be replaced at once
+    /// (work arrived after it decided to stop, and no other runs).
+    pub(super) fn release_connection(&self) -> bool {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        *self.active.lock() = Instant::now();
+        !self.is_empty()
+            && self
+                .connections
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Take out the waiting messages `f` selects.
+    pub fn take_matching(&self, f: impl Fn(&Ready) -> bool) -> Vec<Ready> {
+        let mut items = self.items.lock();
+        let (taken, kept): (Vec<Ready>, Vec<Ready>) = items.drain(..).partition(|i| f(i));
+        items.extend(kept);
+        taken
+    }
+
+    /// Look at every waiting message.
+    pub fn for_each(&self, mut f: impl FnMut(&Ready)) {
+        self.items.lock().iter().for_each(&mut f);
+    }
+
+    /// Take every waiting message out (to send them back to their queues).
+    pub fn drain(&self) -> Vec<Ready> {
+        self.items.lock().drain(..).collect()
+    }
+
+    /// Idle for `after`: no message, no connection, nothing since.
+    pub(super) fn reapable(&self, now: Instant, after: std::time::Duration) -> bool {
+        let idle_for = now.saturating_duration_since(*self.active.lock());
+        self.is_empty() && self.connection_count() == 0 && idle_for >= after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_ramp_up_with_the_backlog_and_stop_at_the_limit() {
+        let ramp: Vec<usize> = [0, 1, 2, 10, 30, 100, 1000]
+            .iter()
+            .map(|&q| wanted_connections(q, 32))
+            .collect();
+        assert_eq!(ramp, vec![0, 1, 2, 7, 16, 29, 32]);
+        assert_eq!(wanted_connections(1000, 2), 2);
+        assert_eq!(wanted_connections(5, 1), 1);
+        // never more connections than messages
+        assert!((0..200).all(|q| wanted_connections(q, 32) <= q));
+    }
+}

@@ -5,10 +5,13 @@
 use serde::{Deserialize, Deserializer, de};
 use std::time::Duration;
 
+/// A duration that did not parse, with the input and why.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("invalid duration {input:?}: {reason}")]
 pub struct DurationError {
+    /// The rejected input, as given.
     pub input: String,
+    /// Why it was rejected.
     pub reason: String,
 }
 
@@ -86,6 +89,7 @@ pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
     s.serialize_str(&format_duration(*d))
 }
 
+/// serde helper for serialising `Option<Duration>` fields as humantime strings.
 pub fn serialize_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => serialize(d, s),

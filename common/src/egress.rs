@@ -19,6 +19,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("invalid CIDR or IP address {s:?}"))
 }
 
+/// serde helper: a list of CIDRs or bare addresses, each as [`parse_cidr`] reads it.
 pub fn deserialize_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     let list = Vec::<String>::deserialize(d)?;
     list.iter()
@@ -34,18 +35,25 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// `kumo.make_egress_source{...}` (spec §4.2): where outgoing connections
+/// come from and how they introduce themselves.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressSource {
+    /// Source name, as pool entries name it and log records show it (`egress_source`).
     pub name: String,
     /// Local address to bind outgoing connections to; kernel's choice when unset.
     #[serde(default)]
     pub source_address: Option<IpAddr>,
+    /// EHLO name for connections from this source; the path's `ehlo_domain` wins,
+    /// and the host name is used when neither is set.
     #[serde(default)]
     pub ehlo_domain: Option<String>,
     /// Destination port that beats every other port setting.
     #[serde(default)]
     pub remote_port: Option<u16>,
+    /// How long the MTA caches this source before asking `get_egress_source`
+    /// again; default 60 s.
     #[serde(default = "default_ttl", with = "duration_field")]
     pub ttl: Duration,
 }
@@ -55,6 +63,7 @@ fn default_ttl() -> Duration {
 }
 
 impl EgressSource {
+    /// KumoMTA's built-in `unspecified` source: no bind address, no overrides.
     pub fn unspecified() -> Self {
         EgressSource {
             name: "unspecified".into(),
@@ -66,10 +75,14 @@ impl EgressSource {
     }
 }
 
+/// One member of a pool (an element of `make_egress_pool`'s `entries`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressPoolEntry {
+    /// Name of the egress source, resolved with `get_egress_source`.
     pub name: String,
+    /// Relative share of the pool's weighted round robin; default 1, and 0
+    /// takes the source out.
     #[serde(default = "one")]
     pub weight: u32,
 }
@@ -78,17 +91,25 @@ fn one() -> u32 {
     1
 }
 
+/// `kumo.make_egress_pool{...}` (spec §4.3): the sources a scheduled queue
+/// sends through, picked by weighted round robin.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressPool {
+    /// Pool name, as a queue config's `egress_pool` names it.
     pub name: String,
+    /// The member sources and their weights; an empty pool has nothing to send
+    /// through.
     #[serde(default)]
     pub entries: Vec<EgressPoolEntry>,
+    /// How long the MTA caches this pool before asking `get_egress_pool` again;
+    /// default 60 s.
     #[serde(default = "default_ttl", with = "duration_field")]
     pub ttl: Duration,
 }
 
 impl EgressPool {
+    /// KumoMTA's built-in `unspecified` pool: the `unspecified` source alone.
     pub fn unspecified() -> Self {
         EgressPool {
             name: "unspecified".into(),
@@ -104,7 +125,9 @@ impl EgressPool {
 /// A connection limit: an integer, or a string such as `"1_000"` or `"local:20"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ConnectionLimit {
+    /// Most concurrent connections (at least 1).
     pub limit: usize,
+    /// `local:` prefix: always node-local, even if shared limits exist.
     pub force_local: bool,
 }
 
@@ -139,31 +162,51 @@ impl<'de> Deserialize<'de> for ConnectionLimit {
     }
 }
 
+/// `enable_tls`: whether STARTTLS is used towards the destination, and how
+/// strictly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum Tls {
+    /// STARTTLS when the server offers it, with certificate verification; plain
+    /// text when it does not (the default).
     #[default]
     Opportunistic,
+    /// As `Opportunistic`, without certificate verification.
     OpportunisticInsecure,
+    /// STARTTLS with a verified certificate, or the connection fails.
     Required,
+    /// STARTTLS without certificate verification, or the connection fails.
     RequiredInsecure,
+    /// Never STARTTLS.
     Disabled,
 }
 
+/// `ip_lookup_strategy`: which addresses a destination host name resolves to,
+/// in which order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum IpLookupStrategy {
+    /// A and AAAA records, the IPv4 addresses first (the default).
     #[default]
     Ipv4AndIpv6,
+    /// A records only.
     Ipv4Only,
+    /// AAAA records only.
     Ipv6Only,
+    /// IPv4 addresses, then IPv6 ones (as `Ipv4AndIpv6`).
     Ipv4thenIpv6,
+    /// IPv6 addresses, then IPv4 ones.
     Ipv6thenIpv4,
 }
 
+/// `reconnect_strategy`: where in the site's plan the next connection starts
+/// after a session failed on a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum ReconnectStrategy {
+    /// The host after the one that failed (the default).
     #[default]
     ConnectNextHost,
+    /// The host that failed.
     ReconnectSameHost,
+    /// The top of the plan, as a fresh session.
     TerminateSession,
 }
 
@@ -214,74 +257,123 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressPathConfig {
+    /// Concurrent connections per ready queue; default 32. An integer or a
+    /// string such as `"1_000"` or `"local:20"`.
     #[serde(default = "d_connection_limit")]
     pub connection_limit: ConnectionLimit,
+    /// Named limits shared by every path that names them (on this node):
+    /// a session holds one slot of each.
     #[serde(default)]
     pub additional_connection_limits: BTreeMap<String, ConnectionLimit>,
+    /// Throttle on new connections of the path, e.g. `"10/s"`; none by default.
     #[serde(default)]
     pub max_connection_rate: Option<ThrottleSpec>,
+    /// Throttle on messages sent through the path, e.g. `"1,000/hr"`; none by
+    /// default. A wait longer than `idle_timeout` hands the messages back to
+    /// their scheduled queues.
     #[serde(default)]
     pub max_message_rate: Option<ThrottleSpec>,
+    /// Further named message-rate throttles of the path, each checked as well as
+    /// `max_message_rate`.
     #[serde(default)]
     pub additional_message_rate_throttles: BTreeMap<String, ThrottleSpec>,
+    /// Messages sent over one connection before it is closed and a new one
+    /// opened; default 1024.
     #[serde(default = "d_1024")]
     pub max_deliveries_per_connection: usize,
+    /// Recipients per SMTP transaction; default 100. The rest go in further
+    /// transactions on the same connection.
     #[serde(default = "d_100")]
     pub max_recipients_per_batch: usize,
+    /// Ready-queue capacity: messages waiting for a connection; default 1024.
     #[serde(default = "d_1024")]
     pub max_ready: usize,
+    /// Failed connection attempts in a row after which every message in the
+    /// ready queue gets a transient failure; default 100.
     #[serde(default = "d_100")]
     pub consecutive_connection_failures_before_delay: usize,
+    /// STARTTLS use towards the destination; default `Opportunistic`.
     #[serde(default)]
     pub enable_tls: Tls,
+    /// Use ESMTP PIPELINING when the server offers it; default true.
     #[serde(default = "yes")]
     pub enable_pipelining: bool,
+    /// Send RSET before each later transaction on a connection; default true.
     #[serde(default = "yes")]
     pub enable_rset: bool,
+    /// Destination port when neither the source's `remote_port` nor the host
+    /// names one; default 25.
     #[serde(default = "d_25")]
     pub smtp_port: u16,
+    /// EHLO name for this path; beats the source's `ehlo_domain`, and the host
+    /// name is used when neither is set.
     #[serde(default)]
     pub ehlo_domain: Option<String>,
+    /// Destination CIDRs never connected to: a host resolving into one bounces
+    /// the ready messages (`550 5.4.4`). Default loopback and the unspecified
+    /// addresses.
     #[serde(
         default = "default_prohibited",
         deserialize_with = "deserialize_cidrs",
         serialize_with = "serialize_cidrs"
     )]
     pub prohibited_hosts: Vec<IpNet>,
+    /// Destination CIDRs left out of the connection plan; a plan left empty is
+    /// a transient failure. Empty by default.
     #[serde(
         default,
         deserialize_with = "deserialize_cidrs",
         serialize_with = "serialize_cidrs"
     )]
     pub skip_hosts: Vec<IpNet>,
+    /// Which addresses a destination host name resolves to; default
+    /// `Ipv4AndIpv6`.
     #[serde(default)]
     pub ip_lookup_strategy: IpLookupStrategy,
+    /// Where an SMTP connection after a failed session starts in the
+    /// site's plan: the next host (default), the same one, or the top.
     #[serde(default)]
     pub reconnect_strategy: ReconnectStrategy,
+    /// How often a `Ttl` path asks `get_egress_path_config` again; default 60 s.
     #[serde(default = "d_refresh", with = "duration_field")]
     pub refresh_interval: Duration,
+    /// When the path's config is asked for again: after `refresh_interval`
+    /// (`Ttl`, the default) or after a policy reload (`Epoch`).
     #[serde(default)]
     pub refresh_strategy: crate::queue_config::RefreshStrategy,
+    /// Groups the paths of one mailbox provider (gmail, outlook...): shown
+    /// per ready queue by the queue summary, as kcli groups by it.
     #[serde(default)]
     pub provider_name: Option<String>,
+    /// Time to establish the TCP connection; default 60 s.
     #[serde(default = "d_connect", with = "duration_field")]
     pub connect_timeout: Duration,
+    /// Time to wait for the server's greeting; default 60 s.
     #[serde(default = "d_banner", with = "duration_field")]
     pub banner_timeout: Duration,
+    /// Time to wait for the reply to EHLO (or HELO); default 300 s.
     #[serde(default = "d_ehlo", with = "duration_field")]
     pub ehlo_timeout: Duration,
+    /// Time to wait for the reply to MAIL FROM; default 300 s.
     #[serde(default = "d_mail_from", with = "duration_field")]
     pub mail_from_timeout: Duration,
+    /// Time to wait for the reply to each RCPT TO; default 300 s.
     #[serde(default = "d_rcpt_to", with = "duration_field")]
     pub rcpt_to_timeout: Duration,
+    /// Time to wait for the reply to DATA; default 300 s.
     #[serde(default = "d_data", with = "duration_field")]
     pub data_timeout: Duration,
+    /// Time to wait for the reply to the final `.` of the message; default 300 s.
     #[serde(default = "d_data_dot", with = "duration_field")]
     pub data_dot_timeout: Duration,
+    /// Time to wait for the reply to RSET; default 5 s.
     #[serde(default = "d_rset", with = "duration_field")]
     pub rset_timeout: Duration,
+    /// Time for the reply to STARTTLS and for the TLS handshake; default 5 s.
     #[serde(default = "d_starttls", with = "duration_field")]
     pub starttls_timeout: Duration,
+    /// KumoMTA's time for SMTP AUTH; default 60 s. Accepted for compatibility:
+    /// Sluice's client does not authenticate.
     #[serde(default = "d_auth", with = "duration_field")]
     pub auth_timeout: Duration,
     /// How long an idle connection waits for more messages before closing.

@@ -1,6 +1,9 @@
 //! Types and parsers that both the Sluice MTA and the operator need, kept in
 //! one place so that the operator rejects exactly what the MTA would reject.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod egress;
 pub mod queue_config;

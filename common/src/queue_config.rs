@@ -6,6 +6,8 @@ use crate::throttle::ThrottleSpec;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// `kumo.make_queue_config{...}` (spec §2): how one scheduled queue retries,
+/// expires, is paced and delivers.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
@@ -61,6 +63,8 @@ pub struct QueueConfig {
     )]
     pub refresh_interval: Duration,
 
+    /// When the config is asked for again: after `refresh_interval` (`Ttl`, the
+    /// default) or after a policy reload (`Epoch`).
     #[serde(default)]
     pub refresh_strategy: RefreshStrategy,
 
@@ -69,9 +73,14 @@ pub struct QueueConfig {
     #[serde(default)]
     pub strategy: QueueStrategy,
 
+    /// KumoMTA's memory tuning of waiting messages. Accepted for
+    /// compatibility; Sluice always keeps only id, attempts and due time of
+    /// a waiting message in memory once its state is on disk.
     #[serde(default)]
     pub shrink_policy: Vec<ShrinkPolicyEntry>,
 
+    /// KumoMTA's timer wheel resolution. Accepted for compatibility; the
+    /// one global timer of Sluice is exact to the millisecond.
     #[serde(
         default,
         deserialize_with = "duration::deserialize_opt",
@@ -79,7 +88,8 @@ pub struct QueueConfig {
     )]
     pub timerwheel_tick_interval: Option<Duration>,
 
-    /// Label used to group queues in metrics.
+    /// Groups the queues of one mailbox provider: shown per scheduled queue
+    /// by the queue summary.
     #[serde(default)]
     pub provider_name: Option<String>,
 }
@@ -146,37 +156,54 @@ impl QueueConfig {
     }
 }
 
+/// When a cached queue or path config is asked for again (spec §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum RefreshStrategy {
+    /// After its `refresh_interval` has passed (the default).
     #[default]
     Ttl,
+    /// Only after the policy has been reloaded.
     Epoch,
 }
 
+/// KumoMTA's delayed-message store (`strategy`). Every value is accepted;
+/// Sluice uses one global timer whichever is named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum QueueStrategy {
+    /// One timer wheel for all queues, ticking every 3 s (the default).
     #[default]
     SingletonTimerWheel,
+    /// KumoMTA's newer implementation of the shared timer wheel.
     SingletonTimerWheelV2,
+    /// A timer wheel per queue, ticking every `timerwheel_tick_interval`.
     TimerWheel,
+    /// A skip list per queue, ordered by due time.
     SkipList,
 }
 
+/// One `shrink_policy` entry: `policy` applies to a message whose next attempt
+/// is at least `interval` away (the last such entry wins).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShrinkPolicyEntry {
+    /// Least time until the message is due for this entry to apply.
     #[serde(
         deserialize_with = "duration::deserialize",
         serialize_with = "duration::serialize"
     )]
     pub interval: Duration,
+    /// What KumoMTA drops from memory meanwhile.
     pub policy: ShrinkPolicy,
 }
 
+/// How much of a delayed message KumoMTA drops from memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ShrinkPolicy {
+    /// Body and metadata (the default with no entries).
     ShrinkDataAndMeta,
+    /// The body only.
     ShrinkData,
+    /// Nothing: the whole message stays in memory.
     NoShrink,
 }
 
@@ -184,8 +211,12 @@ pub enum ShrinkPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(try_from = "ProtocolTable", into = "ProtocolTable")]
 pub enum Protocol {
+    /// `{smtp = {...}}`: SMTP to the `mx_list` hosts, or to the domain's MX hosts.
     Smtp(SmtpProtocol),
+    /// `{maildir_path = ...}`: written into a maildir (spec §5.2).
     Maildir(MaildirProtocol),
+    /// `{custom_lua = {...}}`: handed to a connection object built in Lua
+    /// (spec §5.3).
     CustomLua(CustomLuaProtocol),
     /// The MTA's internal queue for `deferred_queue` listeners (spec §6.4),
     /// never written in a policy: no table has this shape.
@@ -198,42 +229,65 @@ impl Default for Protocol {
     }
 }
 
+/// The `smtp` protocol table: where to connect instead of the MX hosts.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpProtocol {
     /// Explicit hosts tried in order; empty means MX resolution.
     #[serde(default)]
     pub mx_list: Vec<MxListEntry>,
+    /// KumoMTA: treat the `mx_list` hosts as DNSSEC-validated (for DANE);
+    /// default false. Accepted for compatibility; Sluice does no DANE.
     #[serde(default)]
     pub treat_mx_list_as_secure: bool,
 }
 
+/// One `mx_list` entry: a host string, or a `{name, addr}` table.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum MxListEntry {
     /// A host name (A/AAAA lookup) or `[ip]` literal, optionally `:port`.
     Name(String),
     /// A name for logs plus the address to connect to (`ip[:port]`).
-    Address { name: String, addr: String },
+    Address {
+        /// The host's name in logs and for TLS.
+        name: String,
+        /// The IP address to connect to, optionally with `:port`.
+        addr: String,
+    },
 }
 
+/// The maildir protocol (spec §5.2): one copy per recipient, written into
+/// the maildir its expanded `maildir_path` names.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct MaildirProtocol {
     /// Path template, expanded per recipient (`{{ domain }}`, `{{ local_part }}`, `{{ meta.x }}`...).
     pub maildir_path: String,
+    /// Permission bits of the directories created (e.g. `448` = `0o700`); the
+    /// process umask decides when unset.
     pub dir_mode: Option<u32>,
+    /// Permission bits of the message files written (e.g. `384` = `0o600`); the
+    /// process umask decides when unset.
     pub file_mode: Option<u32>,
 }
 
+/// The custom_lua protocol (spec §5.3): messages go to a connection object
+/// that a Lua event handler builds, once per session.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomLuaProtocol {
     /// Event whose handler returns the connection object.
     pub constructor: String,
+    /// Most messages per call; default 1. With 1 the MTA calls
+    /// `conn:send(msg)`, with more `conn:send_batch(msgs)`.
     #[serde(default = "one")]
     pub batch_size: usize,
+    /// Fewest messages per `send_batch` call unless `max_batch_latency` runs out
+    /// first; default 1.
     #[serde(default = "one")]
     pub min_batch_size: usize,
+    /// How long to wait for `min_batch_size` messages before sending fewer;
+    /// default 0 s.
     #[serde(
         default,
         deserialize_with = "duration::deserialize",

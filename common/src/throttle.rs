@@ -7,6 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// A parsed throttle: at most `limit` events per `period_secs`, enforced by
+/// GCRA (spec §2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ThrottleSpec {
     /// How many events are allowed per `period`.
@@ -19,10 +21,13 @@ pub struct ThrottleSpec {
     pub force_local: bool,
 }
 
+/// A throttle spec that did not parse, with the input and why.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("invalid throttle {input:?}: {reason}")]
 pub struct ThrottleError {
+    /// The rejected input, as given.
     pub input: String,
+    /// Why it was rejected.
     pub reason: String,
 }
 
@@ -107,6 +112,7 @@ impl FromStr for ThrottleSpec {
 }
 
 impl ThrottleSpec {
+    /// The period as a [`Duration`].
     pub fn period(&self) -> Duration {
         Duration::from_secs(self.period_secs)
     }

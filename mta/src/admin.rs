@@ -18,15 +18,29 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// What the admin HTTP handlers share: the daemon's metrics, drain state,
+/// queues, reloader and policy, and the clients trusted without credentials.
+/// One per HTTP listener; they differ only in `trusted`.
 #[derive(Clone)]
 pub struct AdminState {
+    /// The metrics `/metrics` renders; refused requests are counted here too.
     pub metrics: Arc<Metrics>,
+    /// The drain state: `check-liveness`, `check-readiness` and injection
+    /// answer 503 while draining.
     pub lifecycle: Arc<Lifecycle>,
+    /// The queue engine: injection, admin bounce and suspend rules, the queue
+    /// summary and the readiness check's spool flush.
     pub queues: Arc<QueueManager>,
+    /// Reloads the policy for `bump-config-epoch` and holds the status
+    /// `/api/admin/config/v1` reports.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// The policy whose `http_server_validate_auth_basic` event checks HTTP
+    /// Basic credentials.
     pub policy: Arc<crate::policy::Policy>,
     /// Each ESMTP listener's relay policy, for `/api/admin/config/v1`.
     pub listeners: Arc<Vec<crate::listener::relay::RelayReport>>,
+    /// This listener's `trusted_hosts`: clients in these networks need no
+    /// credentials.
     pub trusted: Arc<Vec<IpNet>>,
 }
 
@@ -273,6 +287,9 @@ async fn queue_summary(
     axum::Json(s.queues.summary(q.limit.unwrap_or(1000))).into_response()
 }
 
+/// The admin routes: the probes (`/healthz/live`, `check-liveness`,
+/// `check-readiness`) open to every client, the rest only to a trusted host or
+/// accepted HTTP Basic credentials.
 pub fn router(state: AdminState) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
@@ -307,16 +324,21 @@ pub fn router(state: AdminState) -> Router {
 pub async fn start(
     config: &crate::config::http::HttpListenerConfig,
     state: AdminState,
-) -> anyhow::Result<SocketAddr> {
+) -> Result<SocketAddr, crate::listener::BindError> {
+    use crate::listener::BindError;
     if config.use_tls {
-        anyhow::bail!(
-            "start_http_listener: use_tls is not supported by this version of sluice-mta"
-        );
+        return Err(BindError::Unsupported(
+            "start_http_listener: use_tls is not supported by this version of sluice-mta",
+        ));
     }
+    let bind_error = |source| BindError::Listen {
+        listen: config.listen.clone(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let app = router(state).layer(axum::extract::DefaultBodyLimit::max(
         config.request_body_limit,
     ));

@@ -7,7 +7,10 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use std::sync::Arc;
 
+/// A source of wall-clock time: [`SystemClock`] in the daemon, [`TokioClock`]
+/// in tests that pause tokio's time.
 pub trait Clock: Send + Sync {
+    /// The current time.
     fn now(&self) -> DateTime<Utc>;
 }
 

@@ -6,44 +6,92 @@ use crate::log::Logger;
 use crate::policy::{Policy, PolicySource};
 use crate::queue::QueueManager;
 use crate::spool::{Spool, SpoolOptions};
-use anyhow::Context;
 use std::sync::Arc;
 
+/// The embedded policy run when no `--policy` is given: it accepts mail from
+/// loopback on 127.0.0.1:2525 and delivers it into a maildir under
+/// `./sluice-data/`.
 pub const DEFAULT_POLICY: &str = include_str!("default_policy.lua");
 
+/// This node's id, which log records carry as `nodeid`: `SLUICE_NODE_ID`, else
+/// `KUMO_NODE_ID`, else the host name.
 pub fn node_id() -> String {
     std::env::var("SLUICE_NODE_ID")
         .or_else(|_| std::env::var("KUMO_NODE_ID"))
         .unwrap_or_else(|_| crate::hostname())
 }
 
+/// Why the daemon could not start: each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy does not load, or its `init` event fails.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// `init` defined no spool.
+    #[error("the init event must call kumo.define_spool")]
+    NoSpool,
+    /// The spool cannot be opened or recovered.
+    #[error("opening spool {}: {source}", path.display())]
+    Spool {
+        /// The spool's directory.
+        path: std::path::PathBuf,
+        /// Why it cannot be opened.
+        source: crate::spool::SpoolError,
+    },
+    /// The local logs cannot be started.
+    #[error(transparent)]
+    Logs(#[from] crate::log::LogError),
+    /// `kumo.dns.configure_resolver` names a server that is not an address.
+    #[error(transparent)]
+    ResolverConfig(#[from] crate::config::ConfigError),
+    /// The DNS resolver cannot be built.
+    #[error("DNS resolver: {0}")]
+    Resolver(#[from] hickory_resolver::net::NetError),
+    /// A log hook's worker thread cannot be started.
+    #[error("cannot start a log hook worker: {0}")]
+    LogHook(std::io::Error),
+    /// An ESMTP listener's TLS set-up fails.
+    #[error(transparent)]
+    Tls(#[from] crate::listener::TlsError),
+    /// An ESMTP or HTTP listener cannot be bound.
+    #[error(transparent)]
+    Bind(#[from] crate::listener::BindError),
+}
+
 /// How the daemon runs, from the command line.
 pub struct Options {
     /// The policy file, watched for changes; `None` runs the embedded default.
     pub policy_path: Option<std::path::PathBuf>,
+    /// After SIGTERM, how long sessions and deliveries in flight may take to
+    /// finish before the daemon exits anyway.
     pub drain_timeout: std::time::Duration,
     /// How often the policy files are checked for changes.
     pub reload_interval: std::time::Duration,
 }
 
-pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
+/// Run the daemon on this policy until SIGTERM or SIGINT, then drain and
+/// return. Fails early when start-up does (the policy's `init`, the spool, the
+/// logs, a listener).
+pub async fn run(source: PolicySource, options: Options) -> Result<(), StartError> {
     let drain_timeout = options.drain_timeout;
     let embedded = source.clone();
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
-    let policy = Policy::load(source).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let init = policy
-        .run_init()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = Policy::load(source)?;
+    let init = policy.run_init().await?;
 
     let spool_def = init
         .spools
         .iter()
         .find(|s| s.name == "data")
         .or_else(|| init.spools.first())
-        .context("the init event must call kumo.define_spool")?;
-    let (spool, recovered) = Spool::open(&spool_def.path, SpoolOptions::default())
-        .with_context(|| format!("opening spool {}", spool_def.path.display()))?;
+        .ok_or(StartError::NoSpool)?;
+    let (spool, recovered) =
+        Spool::open(&spool_def.path, SpoolOptions::default()).map_err(|source| {
+            StartError::Spool {
+                path: spool_def.path.clone(),
+                source,
+            }
+        })?;
     let spool = Arc::new(spool);
     policy.attach_spool(spool.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -73,7 +121,9 @@ pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
         nodeid: node_id(),
     });
 
-    logger.attach_hooks(crate::log_hook::start(&init.log_hooks, queues.clone())?);
+    logger.attach_hooks(
+        crate::log_hook::start(&init.log_hooks, queues.clone()).map_err(StartError::LogHook)?,
+    );
 
     let count = recovered.len();
     let queued = queues.recover(recovered).await;
@@ -133,7 +183,9 @@ pub async fn run(source: PolicySource, options: Options) -> anyhow::Result<()> {
     });
     for listener in listeners {
         let socket = listener.bind().await?;
-        tracing::info!("ESMTP listener on {}", socket.local_addr()?);
+        if let Ok(addr) = socket.local_addr() {
+            tracing::info!("ESMTP listener on {addr}");
+        }
         tokio::spawn(listener.serve(socket, services.clone()));
     }
 

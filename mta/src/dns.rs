@@ -10,10 +10,13 @@ use hickory_resolver::proto::op::ResponseCode;
 use sluice_common::egress::IpLookupStrategy;
 use std::net::{IpAddr, SocketAddr};
 
+/// An MX and address resolver: the system's, or one asking the name servers
+/// from `dns.configure_resolver`.
 pub struct Dns {
     resolver: TokioResolver,
 }
 
+/// Where a domain's mail goes, as [`Dns::mx`] found it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MxAnswer {
     /// Host names, best preference first.
@@ -22,10 +25,14 @@ pub enum MxAnswer {
     NullMx,
 }
 
+/// A lookup that gave no usable answer.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DnsFailure {
+    /// The name (held here) does not exist: NXDOMAIN.
     #[error("NXDOMAIN: {0} does not exist")]
     NxDomain(String),
+    /// The lookup failed otherwise (a timeout, SERVFAIL, ...): the name, then
+    /// the resolver's error.
     #[error("DNS lookup for {0} failed: {1}")]
     Failed(String, String),
 }
@@ -39,14 +46,14 @@ fn is_no_data(e: &NetError) -> Option<ResponseCode> {
 
 impl Dns {
     /// The system resolver (`/etc/resolv.conf`).
-    pub fn system() -> anyhow::Result<Dns> {
+    pub fn system() -> Result<Dns, NetError> {
         Ok(Dns {
             resolver: TokioResolver::builder_tokio()?.build()?,
         })
     }
 
     /// Ask these name servers (`ip:port`) only.
-    pub fn with_servers(servers: &[SocketAddr]) -> anyhow::Result<Dns> {
+    pub fn with_servers(servers: &[SocketAddr]) -> Result<Dns, NetError> {
         let name_servers = servers
             .iter()
             .map(|s| {

@@ -11,49 +11,77 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
+/// The body of `POST /api/inject/v1`, in KumoMTA's shape.
 #[derive(Debug, Deserialize)]
 pub struct InjectRequest {
+    /// The envelope sender (MAIL FROM) of every message, and the `From` of
+    /// built content that names none.
     pub envelope_sender: String,
+    /// One message is made for each; at least one is required.
     pub recipients: Vec<Recipient>,
+    /// The message: raw RFC 5322 text, or the parts to build it from.
     pub content: Content,
     /// Templating (KumoMTA's minijinja substitutions) is not implemented;
     /// a request that asks for it is refused rather than sent unexpanded.
     #[serde(default)]
     pub substitutions: Option<Value>,
+    /// KumoMTA's template dialect; refused when present, as templating is not
+    /// implemented.
     #[serde(default)]
     pub template_dialect: Option<Value>,
 }
 
+/// One recipient of an injection request, with its own message.
 #[derive(Debug, Deserialize)]
 pub struct Recipient {
+    /// The envelope recipient (RCPT TO), also the built `To` address.
     pub email: String,
+    /// Display name for the built `To` header.
     pub name: Option<String>,
+    /// Template values for this recipient; refused when present, as templating
+    /// is not implemented.
     #[serde(default)]
     pub substitutions: Option<Value>,
+    /// Meta set on this recipient's message before `http_message_generated`
+    /// runs.
     #[serde(default)]
     pub metadata: Map<String, Value>,
 }
 
+/// A request's `content`: a string or a builder object.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Content {
+    /// A complete RFC 5322 message; its line endings are made CRLF.
     Raw(String),
+    /// The parts to build the message from.
     Builder(Builder),
 }
 
+/// A mailbox in built content.
 #[derive(Debug, Deserialize)]
 pub struct Address {
+    /// The address.
     pub email: String,
+    /// The display name, quoted in the header.
     pub name: Option<String>,
 }
 
+/// Content to build: headers and a text and/or HTML body (both make a
+/// multipart/alternative). `Date`, `Message-ID` and `MIME-Version` are added.
 #[derive(Debug, Deserialize)]
 pub struct Builder {
+    /// The `Subject` header.
     pub subject: Option<String>,
+    /// The text/plain part.
     pub text_body: Option<String>,
+    /// The text/html part.
     pub html_body: Option<String>,
+    /// The `From` header; the envelope sender when absent.
     pub from: Option<Address>,
+    /// The `Reply-To` header.
     pub reply_to: Option<Address>,
+    /// Further headers, name to value (a non-string value is written as JSON).
     #[serde(default)]
     pub headers: Map<String, Value>,
 }
@@ -128,10 +156,13 @@ impl Builder {
 /// Why a request cannot be taken at all (HTTP 422).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InjectError {
+    /// The request asks for templating (`substitutions` or `template_dialect`),
+    /// which is not implemented.
     #[error(
         "templating (substitutions, template_dialect) is not supported by sluice-mta; send the final content"
     )]
     Templating,
+    /// `recipients` is empty.
     #[error("recipients: at least one is required")]
     NoRecipients,
 }
@@ -145,6 +176,8 @@ enum RecipientError {
     Queue(#[from] crate::queue::QueueError),
 }
 
+/// Refuse a request that cannot be taken at all: one that asks for templating
+/// or has no recipients.
 pub fn check(req: &InjectRequest) -> Result<(), InjectError> {
     if req.substitutions.is_some()
         || req.template_dialect.is_some()

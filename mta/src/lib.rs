@@ -1,5 +1,8 @@
 //! sluice-mta: a KumoMTA-compatible mail transfer agent.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod clock;
 pub mod config;
@@ -22,18 +25,16 @@ pub mod smtp;
 pub mod spool;
 pub mod throttle;
 
-/// The machine's host name, used in greetings and trace headers.
+/// The machine's host name (the pod's, in Kubernetes: the UTS namespace's),
+/// used in greetings and trace headers.
 pub fn hostname() -> String {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into buf.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        if rc != 0 {
-            return "localhost".into();
-        }
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
     })
     .clone()
 }

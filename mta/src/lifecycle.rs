@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
 
+/// The drain flag, and counts of open sessions and deliveries in flight, shared
+/// by the listeners, the queue engine and the admin API.
 pub struct Lifecycle {
     draining: watch::Sender<bool>,
     sessions: AtomicUsize,
@@ -32,10 +34,13 @@ impl Drop for Busy<'_> {
 }
 
 impl Lifecycle {
+    /// Start the drain (again is harmless): nothing new is accepted or started
+    /// from now on.
     pub fn drain(&self) {
         self.draining.send_replace(true);
     }
 
+    /// Whether the drain has started.
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
@@ -46,11 +51,14 @@ impl Lifecycle {
         let _ = rx.wait_for(|d| *d).await;
     }
 
+    /// Count an open session (SMTP, or an HTTP injection) until the guard
+    /// drops.
     pub fn session(&self) -> Busy<'_> {
         self.sessions.fetch_add(1, Ordering::AcqRel);
         Busy(&self.sessions)
     }
 
+    /// Count a delivery in flight until the guard drops.
     pub fn delivery(&self) -> Busy<'_> {
         self.deliveries.fetch_add(1, Ordering::AcqRel);
         Busy(&self.deliveries)

@@ -19,11 +19,12 @@ use crate::log::HOOK_RECEPTION_PROTOCOL as RECEPTION_PROTOCOL;
 
 const MAX_BATCH: usize = 1024;
 
-/// Start one worker per hook; the senders go to `Logger::attach_hooks`.
+/// Start one worker per hook; the senders go to `Logger::attach_hooks`. Fails
+/// only when a worker thread cannot be started.
 pub fn start(
     configs: &[LogHookConfig],
     queues: Arc<QueueManager>,
-) -> anyhow::Result<Vec<HookSender>> {
+) -> std::io::Result<Vec<HookSender>> {
     let handle = tokio::runtime::Handle::current();
     let mut senders = vec![];
     for config in configs {

@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use sluice_mta::daemon;
 use sluice_mta::policy::{Policy, PolicySource};
@@ -58,11 +60,8 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         if args.validate {
-            let policy = Policy::load(source).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let init = policy
-                .validate()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let policy = Policy::load(source)?;
+            let init = policy.validate().await?;
             for l in &init.listeners {
                 let listener = sluice_mta::listener::Listener::new(l.clone())?;
                 let report = sluice_mta::listener::relay::RelayReport::new(
@@ -80,7 +79,7 @@ fn main() -> ExitCode {
                 init.spools.len(),
                 init.logs.len()
             );
-            Ok(())
+            Ok::<(), daemon::StartError>(())
         } else {
             let options = daemon::Options {
                 policy_path: args.policy.clone(),
@@ -93,7 +92,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -7,9 +7,13 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// The Prometheus registry and its metrics. Most are counted from log records,
+/// as the log's observer; the public ones are set by other parts.
 pub struct Metrics {
     registry: Registry,
+    /// `total_connection_count{service}`: SMTP sessions accepted.
     pub connections_total: IntCounterVec,
+    /// `connection_count{service}`: SMTP sessions open now.
     pub connections: IntGaugeVec,
     received: IntCounterVec,
     delivered: IntCounterVec,
@@ -21,9 +25,14 @@ pub struct Metrics {
     delayed_ready_full: IntCounter,
     /// Delayed records by reason (a handful of values).
     delayed: IntCounterVec,
+    /// `scheduled_count_total`: messages in scheduled queues, set at each
+    /// scrape.
     pub scheduled: IntGauge,
+    /// `ready_count_total`: messages in ready queues, set at each scrape.
     pub ready: IntGauge,
+    /// `message_count`: messages in the spool, set at each scrape.
     pub spooled: IntGauge,
+    /// `sluice_draining`: 1 while draining for shutdown, set at each scrape.
     pub draining: IntGauge,
     /// Policy reloads by result (`success`, `failure`).
     pub reloads: IntCounterVec,
@@ -70,6 +79,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A registry with every metric registered, all at zero.
     pub fn new() -> Metrics {
         let r = Registry::new();
         let connections = IntGaugeVec::new(

@@ -15,11 +15,18 @@ use std::time::Duration;
 /// What `/api/admin/config/v1` reports about the loaded policy.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConfigStatus {
+    /// The policy's name: its file path, or the embedded default's label.
     pub source: String,
+    /// SHA-256 of the serving policy's text, hex.
     pub hash: String,
+    /// When the serving policy was loaded: RFC 3339, UTC.
     pub loaded_at: String,
+    /// The config epoch, advanced by each successful reload.
     pub epoch: u64,
+    /// Why the last reload failed (with file and line); cleared by a successful
+    /// one.
     pub last_reload_error: Option<String>,
+    /// When that reload failed: RFC 3339, UTC.
     pub last_reload_error_at: Option<String>,
     /// SHA-256 of each policy file (relative to the policy's directory) as
     /// of the last successful load, so an operator can tell which of its
@@ -27,9 +34,11 @@ pub struct ConfigStatus {
     pub files: std::collections::BTreeMap<String, String>,
 }
 
+/// The status, shared by the reloader and the admin API.
 pub type SharedStatus = Arc<parking_lot::Mutex<ConfigStatus>>;
 
 impl ConfigStatus {
+    /// The status of a freshly loaded `policy`, with no reload error.
     pub fn new(policy: &Policy) -> SharedStatus {
         Arc::new(parking_lot::Mutex::new(ConfigStatus {
             source: policy.name(),
@@ -123,6 +132,7 @@ pub struct Reloader {
     path: Option<PathBuf>,
     embedded: PolicySource,
     policy: Arc<Policy>,
+    /// What `/api/admin/config/v1` reports; every reload updates it.
     pub status: SharedStatus,
     metrics: Arc<Metrics>,
     /// One reload at a time.
@@ -130,6 +140,8 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// A reloader for `policy`, read again from `path` (or from `embedded` when
+    /// there is no file), reporting to `metrics`.
     pub fn new(
         path: Option<PathBuf>,
         embedded: PolicySource,

@@ -45,37 +45,61 @@ mod placeholder {
 /// ESMTP parameters such as `SIZE=100` or `SMTPUTF8`, keys uppercased.
 pub type Params = Vec<(String, Option<String>)>;
 
+/// One SMTP command line, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
+    /// `EHLO domain`.
     Ehlo(String),
+    /// `HELO domain`.
     Helo(String),
+    /// `MAIL FROM:<address> params`.
     MailFrom {
+        /// The reverse path, without angle brackets or source route; empty for
+        /// the null sender `<>`.
         address: String,
+        /// The ESMTP parameters.
         params: Params,
     },
+    /// `RCPT TO:<address> params`.
     RcptTo {
+        /// The forward path, without angle brackets or source route.
         address: String,
+        /// The ESMTP parameters.
         params: Params,
     },
+    /// `DATA`.
     Data,
+    /// `RSET`.
     Rset,
+    /// `NOOP`; any argument is ignored.
     Noop,
+    /// `QUIT`.
     Quit,
+    /// `STARTTLS`.
     StartTls,
+    /// `VRFY`; the argument is ignored.
     Vrfy,
+    /// `EXPN`; the argument is ignored.
     Expn,
+    /// `HELP`; any argument is ignored.
     Help,
     /// `AUTH mechanism [initial-response]` (RFC 4954).
     Auth {
+        /// The SASL mechanism, uppercased.
         mechanism: String,
+        /// The initial response (base64), if the client sent one.
         initial: Option<String>,
     },
+    /// Any other verb, uppercased.
     Unknown(String),
 }
 
+/// A command line that does not parse: the reply to send for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntaxError {
+    /// The reply code (501).
     pub code: u16,
+    /// The reply text, starting with its enhanced status code.
     pub text: &'static str,
 }
 
@@ -149,6 +173,8 @@ fn valid_address(addr: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
+/// Parse one command line (without its CRLF). An unknown verb is
+/// [`Command::Unknown`]; a known one with bad arguments is an error.
 pub fn parse_command(line: &str) -> Result<Command, SyntaxError> {
     let verb_end = line.find(' ').unwrap_or(line.len());
     let verb = line[..verb_end].to_ascii_uppercase();

@@ -16,14 +16,18 @@ use std::collections::BTreeMap;
 /// Where the credentials are, from `--admin-secret` and `--create-admin-secret`.
 #[derive(Debug, Clone)]
 pub struct AdminAuth {
+    /// Name of the `kubernetes.io/basic-auth` Secret, in the fleet's namespace.
     pub secret: String,
     /// Create the Secret when it does not exist.
     pub create: bool,
 }
 
+/// A user name and password for the admin API (HTTP basic auth).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The Secret's `username`.
     pub username: String,
+    /// The Secret's `password` (never empty).
     pub password: String,
 }
 

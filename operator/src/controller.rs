@@ -26,12 +26,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Field manager of the ConfigMap's server-side apply; also its
+/// `app.kubernetes.io/managed-by` label and the events' reporting controller.
 pub const FIELD_MANAGER: &str = "sluice-operator";
+/// Field manager of the status writes (server-side apply of `status`).
 pub const STATUS_FIELD_MANAGER: &str = "sluice-operator/status";
+/// ConfigMap annotation holding the SHA-256 of the policy file it carries.
 pub const HASH_ANNOTATION: &str = "sluice.dev/config-hash";
 /// A pod annotation naming its admin port, when not `--admin-port`.
 pub const ADMIN_PORT_ANNOTATION: &str = "sluice.dev/admin-port";
 
+/// What the controller manages and how, from the command line.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The fleet's namespace: objects, ConfigMap and pods all live in it.
@@ -46,6 +51,7 @@ pub struct Config {
     pub admin_port: u16,
     /// The admin API's credentials, when it requires them.
     pub admin_auth: Option<crate::admin_auth::AdminAuth>,
+    /// Where the MTA pods mount Secrets (`DIR/<secret>/<key>`), for the renderer.
     pub secrets_dir: String,
     /// Quiet time that ends a burst of changes.
     pub debounce: Duration,
@@ -53,10 +59,14 @@ pub struct Config {
     pub poll_interval: Duration,
 }
 
+/// Why a reconcile pass, or the start of the controller, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A Kubernetes API call failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// Listing QueuePolicies at start failed, most likely because the CRDs are
+    /// not installed.
     #[error("the sluice.dev CRDs are not installed: {0} (kubectl apply --server-side -f crds/)")]
     CrdsMissing(kube::Error),
 }
@@ -112,6 +122,8 @@ pub struct Rollout {
     pub total: usize,
 }
 
+/// The reconciler of one fleet: renders its objects into the ConfigMap,
+/// follows the rollout and writes each object's status.
 pub struct Controller {
     client: Client,
     config: Config,
@@ -169,6 +181,8 @@ where
 }
 
 impl Controller {
+    /// A controller for `config`, reporting events as `sluice-operator` (the
+    /// `POD_NAME` environment variable names the instance).
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Controller {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -526,6 +540,7 @@ impl Controller {
 
 /// The three kinds share one status type.
 pub trait HasStatus {
+    /// The object's status, if it has one yet.
     fn status(&self) -> Option<&PolicyStatus>;
 }
 

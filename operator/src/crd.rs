@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// API group of the custom resources.
 pub const GROUP: &str = "sluice.dev";
+/// API version of the custom resources.
 pub const VERSION: &str = "v1alpha1";
 
 /// Which scheduled queues a QueuePolicy applies to. Each list holds exact
@@ -107,6 +109,7 @@ pub struct QueueProtocol {
     pub amqp: Option<AmqpProtocol>,
 }
 
+/// SMTP delivery (KumoMTA's `smtp` protocol).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SmtpProtocol {
@@ -129,6 +132,8 @@ pub struct MxHost {
     pub addr: Option<String>,
 }
 
+/// Delivery into a maildir on the MTA pod (KumoMTA's `maildir_path`
+/// protocol).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MaildirProtocol {
@@ -138,6 +143,7 @@ pub struct MaildirProtocol {
     pub path: String,
 }
 
+/// Delivery by Lua code of your own (KumoMTA's `custom_lua` protocol).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomLuaProtocol {
@@ -147,6 +153,7 @@ pub struct CustomLuaProtocol {
     pub constructor: String,
 }
 
+/// Publishing each message to an AMQP broker, such as RabbitMQ.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AmqpProtocol {
@@ -165,7 +172,9 @@ pub struct AmqpProtocol {
 /// A key of a Secret in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct SecretKeyRef {
+    /// Name of the Secret.
     pub name: String,
+    /// Key in the Secret's data.
     pub key: String,
 }
 
@@ -324,18 +333,36 @@ pub struct EgressPathSpec {
     pub timeouts: Option<PathTimeouts>,
 }
 
+// How STARTTLS is used towards the destination (KumoMTA's `enable_tls`).
+// Documented with `//`: in the CRD schema a doc comment on this type would
+// replace the description of the field that uses it, and docs on variants
+// would turn its `enum` into a `oneOf`.
+#[allow(missing_docs)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum TlsMode {
+    // STARTTLS when the server offers it, with certificate verification;
+    // plain text when it does not.
     Opportunistic,
+    // As Opportunistic, without certificate verification.
     OpportunisticInsecure,
+    // STARTTLS with a verified certificate, or the connection fails.
     Required,
+    // STARTTLS without certificate verification, or the connection fails.
     RequiredInsecure,
+    // Never STARTTLS.
     Disabled,
 }
 
+// Documented with `//`: in the CRD schema a doc comment on this type would
+// replace the description of the field that uses it, and docs on variants
+// would turn its `enum` into a `oneOf`.
+#[allow(missing_docs)]
+// When an egress path re-reads its config (KumoMTA's `refresh_strategy`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum RefreshStrategy {
+    // After `refreshInterval` has passed.
     Ttl,
+    // As soon as the MTA pods load a new generated policy.
     Epoch,
 }
 
@@ -343,24 +370,35 @@ pub enum RefreshStrategy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PathTimeouts {
+    /// Establishing the TCP connection (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<String>,
+    /// Waiting for the server's greeting (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub banner: Option<String>,
+    /// Waiting for the reply to EHLO (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ehlo: Option<String>,
+    /// Waiting for the reply to MAIL FROM (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail_from: Option<String>,
+    /// Waiting for the reply to each RCPT TO (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rcpt_to: Option<String>,
+    /// Waiting for the reply to DATA (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Waiting for the reply to the final `.` of the message (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dot: Option<String>,
+    /// Waiting for the reply to RSET (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rset: Option<String>,
+    /// The reply to STARTTLS and the TLS handshake (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starttls: Option<String>,
+    /// How long an idle connection waits for more messages before closing
+    /// (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<String>,
 }

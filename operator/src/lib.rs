@@ -1,6 +1,9 @@
 //! sluice-operator: reconciles QueuePolicy, EgressPool and EgressPath into
 //! the policy the MTA pods hot-load.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod admin_auth;
 pub mod controller;
 pub mod crd;

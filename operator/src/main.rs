@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use sluice_operator::{admin_auth, controller, crdgen, manifests, metrics, render};
 use std::path::PathBuf;

@@ -8,12 +8,15 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+/// A problem with a file, or with one object in it.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {object}{message}")]
 pub struct ManifestError {
+    /// The file (or directory) at fault.
     pub file: String,
     /// `Kind namespace/name: ` when known.
     pub object: String,
+    /// What is wrong, with the field path when known.
     pub message: String,
 }
 

@@ -6,13 +6,21 @@ use prometheus::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The operator's Prometheus metrics, in a registry of their own.
 pub struct Metrics {
     registry: Registry,
+    /// `sluice_operator_reconciles_total`: reconcile passes.
     pub reconciles: IntCounter,
+    /// `sluice_operator_reconcile_failures_total`: failed passes, by `error`
+    /// label ([`Error::metric_label`](crate::controller::Error::metric_label)).
     pub failures: IntCounterVec,
+    /// `sluice_operator_reconcile_duration_seconds`: time of one pass.
     pub duration: Histogram,
+    /// `sluice_operator_pods_updated`: MTA pods running the rendered config.
     pub pods_updated: IntGauge,
+    /// `sluice_operator_pods`: MTA pods the selector finds.
     pub pods_total: IntGauge,
+    /// `sluice_operator_configmap_writes_total`: writes of the generated ConfigMap.
     pub configmap_writes: IntCounter,
     /// Set once the watches are running.
     pub ready: AtomicBool,
@@ -71,6 +79,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics in the Prometheus text format, for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         prometheus::TextEncoder::new()

@@ -8,6 +8,7 @@ use crate::crd::PolicyStatus;
 use crate::render::Rejection;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+/// The condition of type `type_` in `status`, if there is one.
 pub fn condition<'a>(status: &'a PolicyStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }

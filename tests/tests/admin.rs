@@ -257,6 +257,18 @@ fn inject_summary_suspend_resume_and_bounce_over_http() {
     });
     assert_eq!(summary_count(admin, "held.example"), (6, false));
 
+    // a suspension of no time at all lapses at once, and the MTA answers on
+    // (the rule's expiry once raced the reply that describes it)
+    for _ in 0..20 {
+        let instant = http_json(
+            admin,
+            "/api/admin/suspend/v1",
+            Some(r#"{"domain": "nowhere.example", "reason": "blink", "duration": "0s"}"#),
+        );
+        assert_eq!(instant["reason"], "blink", "{instant}");
+    }
+    assert_eq!(get(admin, "/api/check-liveness/v1")["status"], 200);
+
     // suspend example.com: new mail there waits; resuming delivers it
     let rule = http_json(
         admin,

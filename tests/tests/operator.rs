@@ -92,13 +92,21 @@ fn operator_renders_reports_status_and_follows_the_rollout() {
     let operator = Operator::start(&api, &["--fleet", "sluice-mta", "--debounce", "500ms"]);
 
     // 1. the examples: one ConfigMap, byte-identical to the offline render
+    // (the operator may render the fleet before it sees the examples, so
+    // the test waits for the render that holds them all)
     api.kubectl_ok(&["apply", "-f", &root_path("examples/operator")]);
-    api.wait_for("the ConfigMap", Duration::from_secs(20), |a| {
-        configmap(a).is_some()
-    });
+    let expected = offline_render(&root_path("examples/operator"));
+    let rendered = |a: &ApiServer| {
+        configmap(a).and_then(|cm| cm["data"][POLICY_FILE].as_str().map(str::to_string))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rendered(&api).as_deref() != Some(expected.as_str())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(rendered(&api).as_deref(), Some(expected.as_str()));
     let cm = configmap(&api).unwrap();
-    let lua = cm["data"][POLICY_FILE].as_str().unwrap().to_string();
-    assert_eq!(lua, offline_render(&root_path("examples/operator")));
     let hash = cm["metadata"]["annotations"]["sluice.dev/config-hash"]
         .as_str()
         .unwrap()

@@ -10,19 +10,31 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalLogConfig {
+    /// Directory the log segments are written to, created if missing; required.
     pub log_dir: PathBuf,
+    /// A segment is closed before a record would take it past this many bytes;
+    /// default 1,000,000,000.
     #[serde(default = "default_max_file_size")]
     pub max_file_size: u64,
+    /// A segment is closed once it has been open this long, even if not full (a
+    /// duration such as `"1h"`, or seconds); default none, so only size
+    /// rotates.
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     pub max_segment_duration: Option<Duration>,
     /// Accepted for KumoMTA compatibility. Sluice writes plain JSON lines so
     /// that `tail -f` and cluster log shippers can read live segments.
     #[serde(default)]
     pub compression_level: Option<i32>,
+    /// Records that may wait for the writer thread before logging blocks the
+    /// mail flow; default 128,000.
     #[serde(default = "default_back_pressure")]
     pub back_pressure: usize,
+    /// Message meta keys whose values each record carries in `meta`
+    /// (case-insensitive; a trailing `*` matches a prefix); default none.
     #[serde(default)]
     pub meta: Vec<String>,
+    /// Message headers each record carries in `headers`, by lowercase name
+    /// (matched as `meta` is); default none.
     #[serde(default)]
     pub headers: Vec<String>,
 }
@@ -38,11 +50,20 @@ fn default_back_pressure() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogHookConfig {
+    /// The hook's name, which `should_enqueue_log_record` gets as its second
+    /// argument; required.
     pub name: String,
+    /// Records that may wait for the hook's worker before logging blocks the
+    /// mail flow; default 128,000.
     #[serde(default = "default_back_pressure")]
     pub back_pressure: usize,
+    /// Message meta keys to carry in the hooked record's `meta`, and so in the
+    /// hook message's meta (matched as in `configure_local_logs`); default
+    /// none.
     #[serde(default)]
     pub meta: Vec<String>,
+    /// Message headers to carry in the hooked record's `headers` (matched as in
+    /// `configure_local_logs`); default none.
     #[serde(default)]
     pub headers: Vec<String>,
     /// Queue hook messages without saving them to the spool first.

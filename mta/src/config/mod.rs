@@ -15,6 +15,7 @@ use std::path::PathBuf;
 /// A config value that is well-formed but unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A `name_servers` entry that is neither `ip` nor `ip:port`.
     #[error("name server {0:?} is not ip or ip:port")]
     NameServer(String),
 }
@@ -23,24 +24,37 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolDefinition {
+    /// The spool's name; KumoMTA policies define `data` and `meta`. Sluice
+    /// keeps bodies and meta in one spool: the one named `data`, else the first
+    /// defined.
     pub name: String,
+    /// Directory of the spool's segment files, created if missing.
     pub path: PathBuf,
+    /// Accepted for compatibility: Sluice always uses its own segment-log
+    /// spool, whatever the kind.
     #[serde(default)]
     pub kind: Option<SpoolKind>,
     /// Accepted for compatibility: Sluice always syncs before replying 250.
     #[serde(default)]
     pub flush: Option<bool>,
+    /// Accepted for compatibility; ignored (there is no RocksDB).
     #[serde(default)]
     pub rocks_params: Option<serde_json::Value>,
+    /// Accepted for compatibility; not enforced.
     #[serde(default)]
     pub min_free_space: Option<serde_json::Value>,
+    /// Accepted for compatibility; not enforced.
     #[serde(default)]
     pub min_free_inodes: Option<serde_json::Value>,
 }
 
+/// KumoMTA's spool kinds, accepted in `define_spool{ kind = ... }`; either
+/// means Sluice's own spool.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub enum SpoolKind {
+    /// KumoMTA's file-per-message spool.
     LocalDisk,
+    /// KumoMTA's RocksDB spool.
     RocksDB,
 }
 
@@ -48,6 +62,8 @@ pub enum SpoolKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverDefinition {
+    /// Name servers to ask instead of those in `/etc/resolv.conf`, each `ip` or
+    /// `ip:port` (port 53 when none is given).
     pub name_servers: Vec<String>,
 }
 
@@ -71,10 +87,17 @@ impl ResolverDefinition {
 /// What the `init` event configured.
 #[derive(Debug, Default, Clone)]
 pub struct InitConfig {
+    /// One per `start_esmtp_listener` call, its `via` and `peer` blocks merged.
     pub listeners: Vec<listener::ListenerSpec>,
+    /// One per `define_spool` call, in order.
     pub spools: Vec<SpoolDefinition>,
+    /// One per `configure_local_logs` call.
     pub logs: Vec<logs::LocalLogConfig>,
+    /// From the last `dns.configure_resolver` call; `None` uses the system
+    /// resolver.
     pub resolver: Option<ResolverDefinition>,
+    /// One per `start_http_listener` call.
     pub http_listeners: Vec<http::HttpListenerConfig>,
+    /// One per `configure_log_hook` call.
     pub log_hooks: Vec<logs::LogHookConfig>,
 }

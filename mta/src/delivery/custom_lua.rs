@@ -12,11 +12,20 @@ use std::sync::Arc;
 /// the scheduled queue that created the ready queue, as KumoMTA passes one
 /// representative feeding queue.
 pub struct LuaDeliver {
+    /// The policy version whose Lua runs the constructor and the session's
+    /// `send`.
     pub policy: Arc<Policy>,
+    /// The event the queue's custom_lua protocol names; its handler returns the
+    /// connection object.
     pub constructor: String,
+    /// The domain of the scheduled queue, passed to the constructor.
     pub domain: String,
+    /// The tenant of the scheduled queue, if any, passed to the constructor.
     pub tenant: Option<String>,
+    /// The campaign of the scheduled queue, if any, passed to the constructor.
     pub campaign: Option<String>,
+    /// How many messages one send takes (`batch_size`, `min_batch_size`,
+    /// `max_batch_latency`); more than one means `send_batch`.
     pub batch: Batch,
 }
 
@@ -115,5 +124,36 @@ impl Session for LuaSession {
 
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move { self.conn.close().await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_results_become_outcomes_and_421_or_errors_end_the_session() {
+        let rejected = |code: u16| {
+            Err(EventError::Rejected {
+                code,
+                text: format!("{code} text"),
+            })
+        };
+        let cases: Vec<(Result<String, EventError>, &str, bool)> = vec![
+            (Ok("queued as 12".into()), "delivered", false),
+            (rejected(450), "transient", false),
+            (rejected(421), "transient", true),
+            (rejected(550), "bounced", false),
+            (Err(EventError::Failed("boom".into())), "transient", true),
+        ];
+        for (result, want, closes) in cases {
+            let (o, close) = outcome(&result);
+            let kind = match o {
+                Outcome::Delivered(_) => "delivered",
+                Outcome::Transient(_) => "transient",
+                Outcome::Bounced(_) => "bounced",
+            };
+            assert_eq!((kind, close), (want, closes), "{result:?}");
+        }
     }
 }

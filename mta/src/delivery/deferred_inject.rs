@@ -11,10 +11,18 @@ use crate::message::MessageRef;
 use crate::policy::{ConnMeta, EventError, Policy};
 use std::sync::Arc;
 
+/// The internal queue that holds messages a `deferred_queue` listener accepted
+/// before their real queue was decided.
 pub const DEFERRED_QUEUE: &str = "deferred_smtp_inject.kumomta.internal";
+/// The delivery protocol name the deferred-inject dispatcher's attempts and log
+/// records carry.
 pub const DELIVERY_PROTOCOL: &str = "DeferredSmtpInjection";
 
+/// The [`Deliver`] of the deferred queue: each session runs
+/// `smtp_server_message_deferred_inject` and answers with the message's real
+/// queue.
 pub struct DeferredInject {
+    /// The policy version whose handler decides where each message goes.
     pub policy: Arc<Policy>,
 }
 

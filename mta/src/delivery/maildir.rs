@@ -16,23 +16,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Values the `maildir_path` template can refer to.
 pub struct TemplateVars<'a> {
+    /// The message's meta, for `{{ meta.key }}`.
     pub meta: &'a Map<String, Value>,
+    /// The scheduled queue's full name, for `{{ queue }}`.
     pub queue: &'a str,
+    /// The queue name's campaign, for `{{ campaign }}` (empty when absent).
     pub campaign: Option<&'a str>,
+    /// The queue name's tenant, for `{{ tenant }}` (empty when absent).
     pub tenant: Option<&'a str>,
+    /// The queue name's domain, for `{{ domain }}`.
     pub domain: &'a str,
+    /// The queue name's routing domain, for `{{ routing_domain }}` (empty
+    /// when absent).
     pub routing_domain: Option<&'a str>,
+    /// The envelope sender: `{{ sender_email }}`, and split for
+    /// `{{ sender_local_part }}` and `{{ sender_domain_part }}`.
     pub sender: &'a str,
 }
 
 /// Why a maildir delivery failed for a recipient.
 #[derive(Debug, thiserror::Error)]
 pub enum MaildirError {
+    /// The template is malformed, names something unknown, or expands to a
+    /// value that cannot be part of a path.
     #[error("{0}")]
     Template(String),
+    /// Writing the copy into the maildir failed.
     #[error("{path}: {source}")]
     Write {
+        /// The expanded maildir path.
         path: String,
+        /// The failure creating, writing, syncing or renaming the file.
         source: std::io::Error,
     },
 }

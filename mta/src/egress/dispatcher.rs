@@ -70,6 +70,12 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
             source: rq.source.clone(),
             config: config.clone(),
         };
+        // the shared limits this path names, held for the session
+        let mut shared = vec![];
+        for (name, limit) in &config.additional_connection_limits {
+            let sem = egress.named_limit(name, limit.limit.max(1));
+            shared.push(sem.acquire_owned().await.expect("never closed"));
+        }
         let mut session = match rq.deliver.connect(&path).await {
             Ok(s) => s,
             Err(refused) => {

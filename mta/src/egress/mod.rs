@@ -36,14 +36,14 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How long a ready queue stays after it last held a message or a
-/// connection (KumoMTA's default `reap_interval`).
-pub const READY_REAP_AFTER: Duration = Duration::from_secs(600);
-
 /// A message waiting in a ready queue, with the scheduled queue it came from.
 pub struct Ready {
+    /// The message, as the scheduled queue holds it.
     pub msg: MessageRef,
+    /// The name of the scheduled queue it came from, and goes back to on a
+    /// retry.
     pub queue: String,
+    /// That queue's config when the message was submitted.
     pub config: Arc<QueueConfig>,
 }
 
@@ -86,14 +86,30 @@ pub enum Submitted {
 /// Egress failures, each a transient failure of the message.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
+    /// A policy hook (`get_egress_pool`, `get_egress_source`) failed.
     #[error("{0}")]
     Policy(#[from] EventError),
+    /// Every source of the queue's pool has weight zero, or the pool is
+    /// empty.
     #[error("no sources for {queue} pool=`{pool}` are eligible for selection at this time")]
-    NoSource { queue: String, pool: String },
+    NoSource {
+        /// The scheduled queue whose message needed a source.
+        queue: String,
+        /// The queue's `egress_pool` (`unspecified` when it names none).
+        pool: String,
+    },
+    /// `get_egress_path_config` failed for a new ready queue.
     #[error("get_egress_path_config for {name}: {source}")]
-    PathConfig { name: String, source: EventError },
+    PathConfig {
+        /// The ready queue's name, `source->site@protocol`.
+        name: String,
+        /// The hook's failure.
+        source: EventError,
+    },
 }
 
+/// Egress for one node: the cached pools and sources, the ready queues and
+/// their connections, and the shared connection limits.
 pub struct Egress {
     policy: Arc<Policy>,
     dns: Arc<Dns>,
@@ -104,9 +120,14 @@ pub struct Egress {
     pools: Mutex<HashMap<String, (Arc<EgressPool>, Instant)>>,
     sources: Mutex<HashMap<String, (Arc<EgressSource>, Instant)>>,
     ready: Mutex<HashMap<String, Arc<ReadyQueue>>>,
+    /// `additional_connection_limits`: each name one limit for every path
+    /// that names it (on this node).
+    limits: Mutex<HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
 }
 
 impl Egress {
+    /// Egress with nothing cached and no ready queues; outcomes go nowhere
+    /// until [`Egress::report_to`] is called.
     pub fn new(
         policy: Arc<Policy>,
         dns: Arc<Dns>,
@@ -124,7 +145,22 @@ impl Egress {
             pools: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The shared limit `name` of `limit` connections; a changed limit
+    /// starts a new one (sessions holding the old one keep it until done).
+    fn named_limit(&self, name: &str, limit: usize) -> Arc<tokio::sync::Semaphore> {
+        let mut limits = self.limits.lock();
+        match limits.get(name) {
+            Some((n, sem)) if *n == limit => sem.clone(),
+            _ => {
+                let sem = Arc::new(tokio::sync::Semaphore::new(limit));
+                limits.insert(name.to_string(), (limit, sem.clone()));
+                sem
+            }
+        }
     }
 
     /// Where outcomes go (set once, by the queue engine that owns this).
@@ -185,10 +221,7 @@ impl Egress {
                 {
                     Ok(site) => (
                         site.name.clone(),
-                        Arc::new(SmtpDeliver {
-                            dns: self.dns.clone(),
-                            site,
-                        }),
+                        Arc::new(SmtpDeliver::new(self.dns.clone(), site)),
                     ),
                     Err(NoSite::Transient(r)) => {
                         return Submitted::Refused(item, Refusal::Transient(r));
@@ -238,9 +271,11 @@ impl Egress {
 
     /// Add `item` to `rq` and make sure enough connections serve it.
     fn place(self: &Arc<Self>, rq: Arc<ReadyQueue>, item: Ready) -> Submitted {
+        let reap_after = item.config.reap_interval;
         match rq.push(item) {
             Err(item) => Submitted::Full(item),
             Ok(queued) => {
+                rq.set_reap_after(reap_after);
                 rq.work.notify_one();
                 let wanted = ready::wanted_connections(queued, rq.config().connection_limit.limit);
                 while rq.claim_connection(wanted) {
@@ -311,6 +346,8 @@ impl Egress {
         })
     }
 
+    /// The pool `name`, from the cache while its `ttl` lasts, else from
+    /// `get_egress_pool`; resolving a pool resolves all its sources.
     pub async fn pool(&self, name: &str) -> Result<Arc<EgressPool>, EgressError> {
         if let Some((p, at)) = self.pools.lock().get(name)
             && at.elapsed() < p.ttl
@@ -328,6 +365,8 @@ impl Egress {
         Ok(pool)
     }
 
+    /// The source `name`, from the cache while its `ttl` lasts, else from
+    /// `get_egress_source`.
     pub async fn source(&self, name: &str) -> Result<Arc<EgressSource>, EgressError> {
         if let Some((s, at)) = self.sources.lock().get(name)
             && at.elapsed() < s.ttl
@@ -404,17 +443,19 @@ impl Egress {
         names
     }
 
+    /// Every ready queue now held.
     pub fn ready_queues(&self) -> Vec<Arc<ReadyQueue>> {
         self.ready.lock().values().cloned().collect()
     }
 
-    /// Drop the ready queues idle for `after`: empty, no connection, and
-    /// held by nothing else. Returns how many went.
-    pub fn reap(&self, after: Duration) -> usize {
+    /// Drop the ready queues idle for the `reap_interval` of the queues
+    /// that fed them: empty, no connection, and held by nothing else.
+    /// Returns how many went.
+    pub fn reap(&self) -> usize {
         let now = Instant::now();
         let mut ready = self.ready.lock();
         let before = ready.len();
-        ready.retain(|_, rq| Arc::strong_count(rq) > 1 || !rq.reapable(now, after));
+        ready.retain(|_, rq| Arc::strong_count(rq) > 1 || !rq.reapable(now));
         before - ready.len()
     }
 }

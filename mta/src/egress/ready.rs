@@ -12,18 +12,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// The messages due on one egress path, in order, with the path's config and
+/// a count of the connections serving them.
 pub struct ReadyQueue {
     /// `source->site@protocol`.
     pub name: String,
+    /// The egress source its connections send from.
     pub source: Arc<EgressSource>,
+    /// The site name (SMTP), or the routing domain or queue the protocol
+    /// delivers for.
     pub site: String,
+    /// The protocol its connections drive.
     pub deliver: Arc<dyn Deliver>,
     pub(super) config: Mutex<Fetched<EgressPathConfig>>,
     items: Mutex<VecDeque<Ready>>,
     connections: AtomicUsize,
     pub(super) work: Notify,
-    /// When it last held a message or ran a connection, for reaping.
+    /// When it last held a message or ran a connection, and how long it
+    /// then stays: the `reap_interval` of the queue that fed it last.
     active: Mutex<Instant>,
+    reap_after: Mutex<std::time::Duration>,
 }
 
 /// Connections wanted for `queued` ready messages under `limit` (spec §4.4):
@@ -51,21 +59,31 @@ impl ReadyQueue {
             connections: AtomicUsize::new(0),
             work: Notify::new(),
             active: Mutex::new(Instant::now()),
+            reap_after: Mutex::new(std::time::Duration::from_secs(600)),
         }
     }
 
+    pub(super) fn set_reap_after(&self, after: std::time::Duration) {
+        *self.reap_after.lock() = after;
+    }
+
+    /// The path config now in force (refreshed when stale, on the next
+    /// submit).
     pub fn config(&self) -> Arc<EgressPathConfig> {
         self.config.lock().value.clone()
     }
 
+    /// How many messages wait.
     pub fn len(&self) -> usize {
         self.items.lock().len()
     }
 
+    /// Whether no message waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// How many connections serve it now.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Acquire)
     }
@@ -136,10 +154,10 @@ impl ReadyQueue {
         self.items.lock().drain(..).collect()
     }
 
-    /// Idle for `after`: no message, no connection, nothing since.
-    pub(super) fn reapable(&self, now: Instant, after: std::time::Duration) -> bool {
+    /// Idle for its reap interval: no message, no connection, nothing since.
+    pub(super) fn reapable(&self, now: Instant) -> bool {
         let idle_for = now.saturating_duration_since(*self.active.lock());
-        self.is_empty() && self.connection_count() == 0 && idle_for >= after
+        self.is_empty() && self.connection_count() == 0 && idle_for >= *self.reap_after.lock()
     }
 }
 
@@ -158,5 +176,79 @@ mod tests {
         assert_eq!(wanted_connections(5, 1), 1);
         // never more connections than messages
         assert!((0..200).all(|q| wanted_connections(q, 32) <= q));
+    }
+
+    struct Nothing;
+    impl Deliver for Nothing {
+        fn label(&self) -> String {
+            "nothing".into()
+        }
+        fn connect<'a>(
+            &'a self,
+            _: &'a crate::delivery::Path,
+        ) -> crate::delivery::BoxFuture<
+            'a,
+            Result<Box<dyn crate::delivery::Session>, crate::delivery::Refused>,
+        > {
+            unreachable!("not connected in these tests")
+        }
+    }
+
+    fn ready_queue(max_ready: usize, limit: usize) -> ReadyQueue {
+        let config = EgressPathConfig {
+            max_ready,
+            connection_limit: sluice_common::egress::ConnectionLimit {
+                limit,
+                force_local: false,
+            },
+            ..EgressPathConfig::default()
+        };
+        ReadyQueue::new(
+            "unspecified->site@nothing".into(),
+            Arc::new(serde_json::from_value(serde_json::json!({ "name": "unspecified" })).unwrap()),
+            "site".into(),
+            Arc::new(Nothing),
+            Fetched::new(Arc::new(config), 1),
+        )
+    }
+
+    fn item() -> Ready {
+        Ready {
+            msg: crate::message::Message::new(
+                crate::message::MessageId::new(),
+                "s@x".into(),
+                vec!["r@y".into()],
+                Default::default(),
+                vec![],
+            ),
+            queue: "y".into(),
+            config: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_ready_queue_refuses_and_gives_the_message_back() {
+        let rq = ready_queue(2, 1);
+        assert_eq!(rq.push(item()).ok(), Some(1));
+        assert_eq!(rq.push(item()).ok(), Some(2));
+        let refused = rq.push(item());
+        assert!(refused.is_err(), "max_ready = 2");
+        assert_eq!(rq.len(), 2);
+        rq.pop();
+        assert!(rq.push(refused.err().unwrap()).is_ok(), "room again");
+    }
+
+    #[test]
+    fn connection_slots_are_claimed_up_to_what_is_wanted() {
+        let rq = ready_queue(10, 3);
+        assert!(rq.claim_connection(2));
+        assert!(rq.claim_connection(2));
+        assert!(!rq.claim_connection(2), "two wanted, two running");
+        assert_eq!(rq.connection_count(), 2);
+        // the last one to stop with work left restarts a connection
+        rq.push(item()).ok().unwrap();
+        assert!(!rq.release_connection(), "another still runs");
+        assert!(rq.release_connection(), "none runs and a message waits");
+        assert_eq!(rq.connection_count(), 1);
     }
 }

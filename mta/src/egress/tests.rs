@@ -433,11 +433,37 @@ async fn idle_ready_queues_are_reaped_and_busy_ones_kept() {
     let rq = f.ready_queue(TestDeliver::new(&rec)).await;
     f.submit(&rq, 1);
     f.settle(&rq).await;
-    let after = Duration::from_secs(600);
-    assert_eq!(f.egress.reap(after), 0, "held by this test");
+    // the queue's reap_interval (QueueConfig's default: 10 minutes)
+    let after = QueueConfig::default().reap_interval;
+    assert_eq!(f.egress.reap(), 0, "held by this test");
     drop(rq);
-    assert_eq!(f.egress.reap(after), 0, "not idle long enough");
+    assert_eq!(f.egress.reap(), 0, "not idle long enough");
     tokio::time::advance(after).await;
-    assert_eq!(f.egress.reap(after), 1);
+    assert_eq!(f.egress.reap(), 1);
     assert!(f.egress.ready_queues().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_named_connection_limit_is_shared_by_every_path_naming_it() {
+    let f = fixture("connection_limit = 3, additional_connection_limits = { shared = 2 }");
+    let rec = Arc::new(Recorder::default());
+    let source = f.egress.source("unspecified").await.unwrap();
+    let mut queues = vec![];
+    for site in ["a", "b"] {
+        let mut d = TestDeliver::new(&rec);
+        d.send_for = Duration::from_secs(1);
+        let rq = f
+            .egress
+            .ready_queue(source.clone(), site.into(), "example.com", Arc::new(d))
+            .await
+            .unwrap();
+        f.submit(&rq, 6);
+        queues.push(rq);
+    }
+    for rq in &queues {
+        f.settle(rq).await;
+    }
+    assert_eq!(f.delivered(), 12);
+    // 3 each allowed by connection_limit, 2 in all by the shared limit
+    assert_eq!(rec.most_open.load(Ordering::SeqCst), 2);
 }

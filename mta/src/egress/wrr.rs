@@ -1,6 +1,8 @@
 //! Weighted round robin over a pool's sources (spec §4.3): interleaved, so
 //! weights 2 and 1 give B, A, A, B, A, A, ... rather than bursts.
 
+/// The position in a weighted round robin: one per scheduled queue, over its
+/// pool's source weights.
 #[derive(Default, Debug)]
 pub struct Wrr {
     idx: usize,

@@ -15,15 +15,21 @@ pub struct Credentials {
     pub authz: String,
     /// The identity the password belongs to.
     pub authc: String,
+    /// The password, as sent.
     pub password: String,
 }
 
+/// Why an AUTH response could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// The response is not base64.
     #[error("not valid base64")]
     Base64,
+    /// The decoded response is not UTF-8.
     #[error("not valid UTF-8")]
     Utf8,
+    /// A PLAIN response without exactly three NUL-separated parts, or with an
+    /// empty authcid.
     #[error("PLAIN needs authzid NUL authcid NUL password")]
     Plain,
 }
@@ -91,6 +97,8 @@ impl Failures {
         }
     }
 
+    /// Count a failure from `ip`; a window that has run out starts over,
+    /// and when too many addresses are tracked the oldest is dropped.
     pub fn failed(&self, ip: IpAddr) {
         let mut map = self.by_address.lock();
         if map.len() >= TRACKED && !map.contains_key(&ip) {
@@ -109,6 +117,7 @@ impl Failures {
         entry.0 += 1;
     }
 
+    /// Forget `ip`'s failures: it authenticated.
     pub fn succeeded(&self, ip: IpAddr) {
         self.by_address.lock().remove(&ip);
     }

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+/// One ESMTP listener: its merged `peer`/`via` configs with a host name and
+/// TLS acceptor for each, the session limit, and the AUTH failure counts.
 pub struct Listener {
     spec: ListenerSpec,
     /// Host name and TLS acceptor of each of `spec.configs`.
@@ -28,16 +30,26 @@ pub struct Listener {
 
 /// What one session runs with.
 pub struct Params {
+    /// The listener config that applies to this session (its `via` and `peer`
+    /// blocks merged in).
     pub config: Arc<EsmtpListenerConfig>,
+    /// The host name the session greets with.
     pub hostname: String,
+    /// The TLS acceptor for STARTTLS, with that config's certificate.
     pub acceptor: TlsAcceptor,
 }
 
 /// What a session needs from the rest of the daemon.
 pub struct Services {
+    /// The policy whose events the session fires.
     pub policy: Arc<Policy>,
+    /// The queue engine accepted messages go to, and whose logger records
+    /// them.
     pub queues: Arc<QueueManager>,
+    /// The daemon's drain state: each session counts as busy while it runs,
+    /// and an idle one ends when a drain starts.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Where the session counts its connection.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -47,27 +59,79 @@ type TlsKey = (
     String,
 );
 
-fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
+/// Why a listener's TLS set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `tls_certificate` cannot be read as PEM certificates.
+    #[error("tls_certificate {}: {source}", path.display())]
+    Certificate {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// What the PEM reader said.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// `tls_private_key` cannot be read as a PEM private key.
+    #[error("tls_private_key {}: {source}", path.display())]
+    PrivateKey {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// What the PEM reader said.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// Only one of the two files is configured.
+    #[error("tls_certificate and tls_private_key must be set together")]
+    HalfConfigured,
+    /// The self-signed certificate cannot be made.
+    #[error("self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+    /// rustls refused the certificate and key (e.g. they do not match).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Why a listener (ESMTP or HTTP) cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The address cannot be listened on.
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        /// The configured `listen` address.
+        listen: String,
+        /// What the socket layer said.
+        source: std::io::Error,
+    },
+    /// The configuration asks for something this build does not do.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> Result<TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (certs, key) = match (&config.tls_certificate, &config.tls_private_key) {
         (Some(cert), Some(key)) => {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow::anyhow!("tls_certificate {}: {e}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| anyhow::anyhow!("tls_private_key {}: {e}", key.display()))?;
+                .map_err(|source| TlsError::Certificate {
+                    path: cert.clone(),
+                    source,
+                })?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::PrivateKey {
+                path: key.clone(),
+                source,
+            })?;
             (certs, key)
         }
         (None, None) => {
             // STARTTLS is always offered; without configured files, a
             // self-signed certificate for the host name is made at start.
             let cert = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
-            let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
-                .map_err(|e| anyhow::anyhow!("self-signed key: {e}"))?;
+            let key = PrivateKeyDer::from(rustls::pki_types::PrivatePkcs8KeyDer::from(
+                cert.signing_key.serialize_der(),
+            ));
             (vec![cert.cert.der().clone()], key)
         }
-        _ => anyhow::bail!("tls_certificate and tls_private_key must be set together"),
+        _ => return Err(TlsError::HalfConfigured),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
@@ -78,7 +142,9 @@ fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> anyhow::Result<TlsA
 }
 
 impl Listener {
-    pub fn new(spec: ListenerSpec) -> anyhow::Result<Listener> {
+    /// The listener for `spec`, loading each config's certificate (or making
+    /// a self-signed one) once per distinct certificate and host name.
+    pub fn new(spec: ListenerSpec) -> Result<Listener, TlsError> {
         let mut hostnames = vec![];
         let mut acceptors: Vec<TlsAcceptor> = vec![];
         // one acceptor per distinct certificate (and, self-signed, host name)
@@ -110,6 +176,7 @@ impl Listener {
         })
     }
 
+    /// The configs this listener was made from.
     pub fn spec(&self) -> &ListenerSpec {
         &self.spec
     }
@@ -127,13 +194,19 @@ impl Listener {
         }
     }
 
-    pub async fn bind(&self) -> anyhow::Result<TcpListener> {
+    /// Bind the base config's `listen` address.
+    pub async fn bind(&self) -> Result<TcpListener, BindError> {
         let listen = &self.spec.base().listen;
         TcpListener::bind(listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
+            .map_err(|source| BindError::Listen {
+                listen: listen.clone(),
+                source,
+            })
     }
 
+    /// Accept connections forever, a session each; past `max_connections`, or
+    /// while draining, a connection gets a 421 and is closed.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, services: Arc<Services>) {
         loop {
             let (stream, peer) = match listener.accept().await {

@@ -44,6 +44,7 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 /// One listener's relay policy, as the admin API reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayReport {
+    /// The address the listener binds.
     pub listen: String,
     /// Clients in these ranges relay to any domain without authenticating.
     pub relay_hosts: Vec<String>,
@@ -61,10 +62,16 @@ pub struct RelayReport {
     pub warning: Option<String>,
 }
 
+/// One `peer` block's relay parameters, merged over the base ones (outside
+/// any `via` block).
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerReport {
+    /// The client range the block applies to.
     pub peer: String,
+    /// The block's `relay_hosts`: clients in these ranges relay to any
+    /// domain without authenticating.
     pub relay_hosts: Vec<String>,
+    /// Whether these clients' sessions must start with a PROXY header.
     pub require_proxy_protocol: bool,
 }
 
@@ -73,6 +80,8 @@ fn strings(nets: &[IpNet]) -> Vec<String> {
 }
 
 impl RelayReport {
+    /// The report for the listener made from `spec`; `auth_offered` says
+    /// whether the policy handles `smtp_server_auth_plain`.
     pub fn new(spec: &ListenerSpec, auth_offered: bool) -> Self {
         let base = spec.base();
         // the parameters a client outside every peer block gets, for each via block

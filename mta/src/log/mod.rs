@@ -20,6 +20,7 @@ pub const HOOK_RECEPTION_PROTOCOL: &str = "LogRecord";
 
 /// Something that sees every record as it is logged (the metrics).
 pub trait Observer: Send + Sync {
+    /// See one record, before the writers and hooks get it.
     fn observe(&self, record: &LogRecord);
 }
 
@@ -69,18 +70,41 @@ fn select(record: &LogRecord, meta: &[String], headers: &[String]) -> LogRecord 
     r
 }
 
+/// What a log hook's worker receives.
 pub enum HookItem {
+    /// A record to make a message of, with the hook's `meta` and `headers`
+    /// selected.
     Record(Box<LogRecord>),
+    /// Answer on this channel once everything sent before it has been queued.
     Flush(mpsc::Sender<()>),
 }
 
 /// The submitting end of one log hook: records wait here (at most
 /// `back_pressure` of them) for the hook's worker to make them messages.
 pub struct HookSender {
+    /// The hook's `configure_log_hook` parameters.
     pub config: LogHookConfig,
+    /// The channel to the hook's worker thread, bounded by `back_pressure`.
     pub tx: mpsc::SyncSender<HookItem>,
 }
 
+/// Why the local logs cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A `configure_local_logs` directory cannot be created.
+    #[error("cannot create log_dir {}: {source}", path.display())]
+    LogDir {
+        /// The `log_dir`.
+        path: std::path::PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// The writer thread cannot be started.
+    #[error("cannot start a log writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Sends every record to the local log writers, the log hooks and the observer.
 #[derive(Default)]
 pub struct Logger {
     sinks: Vec<Sink>,
@@ -89,11 +113,14 @@ pub struct Logger {
 }
 
 impl Logger {
-    pub fn new(configs: Vec<LocalLogConfig>) -> anyhow::Result<Self> {
+    /// Start one writer thread per `configure_local_logs`; fails when a
+    /// `log_dir` cannot be created.
+    pub fn new(configs: Vec<LocalLogConfig>) -> Result<Self, LogError> {
         let mut sinks = vec![];
         for config in configs {
-            fs::create_dir_all(&config.log_dir).map_err(|e| {
-                anyhow::anyhow!("cannot create log_dir {}: {e}", config.log_dir.display())
+            fs::create_dir_all(&config.log_dir).map_err(|source| LogError::LogDir {
+                path: config.log_dir.clone(),
+                source,
             })?;
             if config.compression_level.is_some() {
                 tracing::warn!(
@@ -109,7 +136,8 @@ impl Logger {
             };
             std::thread::Builder::new()
                 .name("log-writer".into())
-                .spawn(move || writer.run(rx))?;
+                .spawn(move || writer.run(rx))
+                .map_err(LogError::Thread)?;
             sinks.push(Sink { config, tx });
         }
         Ok(Logger {
@@ -153,11 +181,16 @@ impl Logger {
         }
     }
 
+    /// Whether any log or hook selects headers, so that records must carry the
+    /// message's header block.
     pub fn needs_headers(&self) -> bool {
         self.sinks.iter().any(|s| !s.config.headers.is_empty())
             || self.hooks().iter().any(|h| !h.config.headers.is_empty())
     }
 
+    /// Log a record: to the observer, to every writer, and, unless it is a
+    /// record of a hook message, to every hook. Blocks while a writer or hook
+    /// has `back_pressure` records waiting.
     pub fn log(&self, record: LogRecord) {
         if let Some(o) = &self.observer {
             o.observe(&record);

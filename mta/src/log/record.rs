@@ -5,32 +5,60 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// A record's `type`: the event it reports, named as in KumoMTA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub enum RecordType {
+    /// A message was accepted over SMTP or HTTP.
     Reception,
+    /// An attempt delivered the message to the record's recipients.
     Delivery,
+    /// The message failed permanently for the record's recipients, which are
+    /// dropped.
     Bounce,
+    /// An attempt failed temporarily; the message will be tried again.
     TransientFailure,
+    /// The message was given up undelivered (too old, past its `expires` time,
+    /// or with an unusable queue name) and removed.
     Expiration,
+    /// An admin bounce rule (`/api/admin/bounce/v1`) removed the message.
     AdminBounce,
+    /// The SMTP server answered the client with a 4xx or 5xx; the record has no
+    /// message id.
     Rejection,
+    /// KumoMTA's record of an admin rebind; Sluice has no admin rebind and
+    /// writes none.
     AdminRebind,
+    /// A `deferred_queue` message left the deferred queue for the queue
+    /// `smtp_server_message_deferred_inject` gave it.
     DeferredInjectionRebind,
+    /// The message waits without an attempt (scheduling, a throttle, a full
+    /// ready queue, a suspension); `delay_reason` says why.
     Delayed,
 }
 
+/// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EnhancedCode {
+    /// 2 (success), 4 (transient) or 5 (permanent).
     pub class: u8,
+    /// The subject, 7 in `5.7.1`.
     pub subject: u16,
+    /// The detail, 1 in `5.7.1`.
     pub detail: u16,
 }
 
+/// The SMTP response a record carries: the reply that decided the event, or one
+/// Sluice composed for it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Response {
+    /// The three-digit reply code.
     pub code: u16,
+    /// The enhanced status code the reply text opened with, if any.
     pub enhanced_code: Option<EnhancedCode>,
+    /// The reply text after the enhanced code.
     pub content: String,
+    /// The command that drew the reply, on Rejection records (AUTH credentials
+    /// redacted); otherwise `None`.
     pub command: Option<String>,
 }
 
@@ -47,6 +75,7 @@ impl Response {
         }
     }
 
+    /// The same response, with `command` set.
     pub fn with_command(mut self, command: &str) -> Self {
         self.command = Some(command.to_string());
         self
@@ -114,44 +143,92 @@ impl DelayReason {
     }
 }
 
+/// The far end of the connection an event happened on.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PeerAddress {
+    /// Its name: the client's EHLO name on reception, the host connected to on
+    /// delivery; empty when unknown.
     pub name: String,
+    /// Its IP address, as text.
     pub addr: String,
 }
 
+/// One log record: a JSON line in KumoMTA's shape. The fields after
+/// `tls_protocol_version` are not written; they serve the sinks' selections and
+/// the metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogRecord {
+    /// The event this record reports (`type` in the JSON).
     #[serde(rename = "type")]
     pub kind: RecordType,
+    /// The message id, 32 hex digits; empty on a Rejection.
     pub id: String,
+    /// The envelope sender.
     pub sender: String,
     /// A string for one recipient, an array for several.
     pub recipient: Value,
+    /// The message's scheduled queue; empty when it has none (a Rejection, an
+    /// unusable queue name).
     pub queue: String,
+    /// The ready queue (`source->site@protocol`) of the attempt, or that a
+    /// Delayed message was throttled in; otherwise empty.
     pub site: String,
+    /// The message's size in bytes (headers and body); 0 on a Rejection.
     pub size: usize,
+    /// The response that decided the event: the remote reply of an attempt, the
+    /// reply sent to a client, or one Sluice composed.
     pub response: Response,
+    /// The client on Reception and Rejection, the host delivered to on Delivery
+    /// and Bounce; otherwise `None`.
     pub peer_address: Option<PeerAddress>,
+    /// When the event happened, in unix seconds.
     pub timestamp: i64,
+    /// When the event happened: RFC 3339, UTC, microseconds.
     pub event_time: String,
+    /// When the message was created (from its id): RFC 3339, UTC, microseconds;
+    /// empty on a Rejection.
     pub created: String,
+    /// When the message was created, in unix seconds; 0 on a Rejection.
     pub created_time: i64,
+    /// The message's attempt count when the record was made: it rises after
+    /// each transient failure, so a record of a first attempt has 0.
     pub num_attempts: u16,
+    /// The bounce classification; always `Uncategorized`, as no classifier
+    /// runs.
     pub bounce_classification: &'static str,
+    /// The queue's `egress_pool` (`unspecified` when unset), on records of an
+    /// attempt through a ready queue.
     pub egress_pool: Option<String>,
+    /// The egress source of that ready queue (its name before `->`).
     pub egress_source: Option<String>,
+    /// KumoMTA's local address of the delivery connection; Sluice leaves it
+    /// `null`.
     pub source_address: Option<Value>,
+    /// KumoMTA's parsed ARF feedback report; Sluice leaves it `null`.
     pub feedback_report: Option<Value>,
+    /// Message meta, as the log's `meta` patterns select it; a Rejection logged
+    /// without patterns carries its session's meta.
     pub meta: Map<String, Value>,
+    /// Message headers, as the log's `headers` patterns select them, by
+    /// lowercase name.
     pub headers: Map<String, Value>,
+    /// The protocol of the attempt behind the record (`ESMTP`, `Maildir`,
+    /// `DeferredSmtpInjection`, a Lua one); `None` when there was no attempt.
     pub delivery_protocol: Option<String>,
+    /// How the message arrived: `ESMTP`, `HTTP`, or `LogRecord` for a log
+    /// hook's message.
     pub reception_protocol: Option<String>,
+    /// The id of the node that wrote the record (`SLUICE_NODE_ID`,
+    /// `KUMO_NODE_ID` or the host name).
     pub nodeid: String,
+    /// KumoMTA's session id; Sluice sets none, so the key is left out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The TLS cipher suite of the connection the event happened on; left out
+    /// without TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cipher: Option<String>,
+    /// That connection's TLS version; left out without TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_protocol_version: Option<String>,
     /// The full message meta, for the per-sink `meta` selection; not logged.
@@ -169,6 +246,8 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
+    /// A record of `kind` for message `id` with `response`, stamped now; the
+    /// other fields are empty for the caller to fill.
     pub fn new(kind: RecordType, id: String, response: Response) -> Self {
         let now = Utc::now();
         LogRecord {
@@ -206,12 +285,14 @@ impl LogRecord {
         }
     }
 
+    /// Set `created` and `created_time` from the message's creation time.
     pub fn set_created(&mut self, created: DateTime<Utc>) {
         self.created = created.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.created_time = created.timestamp();
         self.created_at = Some(created);
     }
 
+    /// Set `recipient`: a string for one recipient, an array for several.
     pub fn set_recipients(&mut self, recipients: &[String]) {
         self.recipient = match recipients {
             [one] => Value::String(one.clone()),

@@ -51,6 +51,8 @@ pub fn iter_headers(block: &str) -> impl Iterator<Item = (&str, String)> {
     out.into_iter()
 }
 
+/// The unfolded value of the first header called `name` (case-insensitively),
+/// if there is one.
 pub fn first_named_header_value(data: &[u8], name: &str) -> Option<String> {
     let block = header_block(data);
     iter_headers(&block)

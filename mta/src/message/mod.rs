@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 pub struct MessageId(pub [u8; 16]);
 
 impl MessageId {
+    /// A fresh id, stamped with the current time.
     pub fn new() -> Self {
         static NODE: OnceLock<[u8; 6]> = OnceLock::new();
         let node = NODE.get_or_init(|| {
@@ -31,6 +32,7 @@ impl MessageId {
         MessageId(*uuid::Uuid::now_v1(node).as_bytes())
     }
 
+    /// The creation time the id carries (the Unix epoch for an id without one).
     pub fn created(&self) -> DateTime<Utc> {
         let uuid = uuid::Uuid::from_bytes(self.0);
         match uuid.get_timestamp() {
@@ -42,6 +44,8 @@ impl MessageId {
         }
     }
 
+    /// The id a UUID string names (32 hex digits, or another UUID form); `None`
+    /// for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         uuid::Uuid::try_parse(s)
             .ok()
@@ -70,8 +74,11 @@ impl fmt::Debug for MessageId {
 /// What the spool keeps as the message's metadata record (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpooledMeta {
+    /// The envelope sender.
     pub sender: String,
+    /// The recipients still to deliver to.
     pub recipient: Vec<String>,
+    /// The message's meta.
     #[serde(default)]
     pub meta: Map<String, Value>,
     /// Unlike KumoMTA, the attempt count and next due time are persisted so
@@ -86,15 +93,25 @@ pub struct SpooledMeta {
     pub schedule: Option<Scheduling>,
 }
 
+/// The mutable part of a [`Message`], behind its lock.
 #[derive(Debug)]
 pub struct MessageState {
+    /// The envelope sender; empty while the meta is shrunk.
     pub sender: String,
+    /// The recipients still to deliver to; empty while the meta is shrunk.
     pub recipients: Vec<String>,
+    /// The message's meta; empty while the meta is shrunk.
     pub meta: Map<String, Value>,
+    /// Attempts made so far: it rises after each transient failure.
     pub num_attempts: u16,
+    /// When the next attempt is due, unix milliseconds; `None` means now.
     pub due: Option<i64>,
+    /// Constraints from `msg:set_scheduling`.
     pub schedule: Option<Scheduling>,
+    /// The body (headers and content) while it is in memory: released while the
+    /// message waits, absent for a recovered one until read back.
     pub data: Option<Arc<Vec<u8>>>,
+    /// The body's length in bytes, known whether or not `data` is in memory.
     pub data_len: usize,
     /// Envelope and meta were released while the message waits; the spool's
     /// latest META record has them.
@@ -105,15 +122,20 @@ pub struct MessageState {
     pub spooled: bool,
 }
 
+/// A message in the queue engine: its id and its locked state.
 #[derive(Debug)]
 pub struct Message {
+    /// The message's id, its key in the spool.
     pub id: MessageId,
     state: Mutex<MessageState>,
 }
 
+/// A shared message: the listener, queues, delivery and policy all hold the
+/// same one.
 pub type MessageRef = Arc<Message>;
 
 impl Message {
+    /// A newly received message, its body in memory and not yet spooled.
     pub fn new(
         id: MessageId,
         sender: String,
@@ -158,10 +180,12 @@ impl Message {
         })
     }
 
+    /// Lock the state.
     pub fn state(&self) -> parking_lot::MutexGuard<'_, MessageState> {
         self.state.lock()
     }
 
+    /// The state as the spool's META record stores it.
     pub fn spooled_meta(&self) -> SpooledMeta {
         let s = self.state.lock();
         SpooledMeta {
@@ -174,6 +198,7 @@ impl Message {
         }
     }
 
+    /// The meta value `key`, if it is a string.
     pub fn meta_string(&self, key: &str) -> Option<String> {
         match self.state.lock().meta.get(key) {
             Some(Value::String(s)) => Some(s.clone()),
@@ -181,6 +206,7 @@ impl Message {
         }
     }
 
+    /// Set meta `key`; a null value removes it.
     pub fn set_meta(&self, key: &str, value: Value) {
         let mut s = self.state.lock();
         if value.is_null() {
@@ -190,22 +216,27 @@ impl Message {
         }
     }
 
+    /// The envelope sender.
     pub fn sender(&self) -> String {
         self.state.lock().sender.clone()
     }
 
+    /// The recipients still to deliver to.
     pub fn recipients(&self) -> Vec<String> {
         self.state.lock().recipients.clone()
     }
 
+    /// Attempts made so far.
     pub fn num_attempts(&self) -> u16 {
         self.state.lock().num_attempts
     }
 
+    /// The body, if it is in memory.
     pub fn data(&self) -> Option<Arc<Vec<u8>>> {
         self.state.lock().data.clone()
     }
 
+    /// Replace the body (and its length).
     pub fn set_data(&self, data: Vec<u8>) {
         let mut s = self.state.lock();
         s.data_len = data.len();
@@ -245,18 +276,22 @@ impl Message {
         Ok(())
     }
 
+    /// Whether the spool holds the message.
     pub fn is_spooled(&self) -> bool {
         self.state.lock().spooled
     }
 
+    /// Record that the message is now in the spool.
     pub fn set_spooled(&self) {
         self.state.lock().spooled = true;
     }
 
+    /// Whether envelope and meta are released (see `shrink_meta`).
     pub fn is_meta_shrunk(&self) -> bool {
         self.state.lock().meta_shrunk
     }
 
+    /// The body's length in bytes.
     pub fn size(&self) -> usize {
         self.state.lock().data_len
     }

@@ -3,11 +3,20 @@
 use crate::message::{Message, split_address};
 use serde_json::Value;
 
+/// The parts of a scheduled-queue name,
+/// `campaign:tenant@domain!routing_domain`: the arguments of
+/// `get_queue_config`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QueueName {
+    /// From the message's `campaign` meta.
     pub campaign: Option<String>,
+    /// From the message's `tenant` meta; present (perhaps empty) whenever
+    /// `campaign` is.
     pub tenant: Option<String>,
+    /// The first recipient's domain, lowercased.
     pub domain: String,
+    /// From the message's `routing_domain` meta: the domain to route on instead
+    /// of `domain`.
     pub routing_domain: Option<String>,
 }
 
@@ -37,6 +46,7 @@ impl QueueName {
         }
     }
 
+    /// The name as text; an absent part is left out with its separator.
     pub fn render(&self) -> String {
         let mut s = String::new();
         if let Some(c) = &self.campaign {
@@ -66,8 +76,16 @@ impl QueueName {
 /// Why a message's queue name cannot be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NameError {
+    /// A meta value the queue name is made from (`queue`, `campaign`,
+    /// `tenant`, `routing_domain`) is not a string.
     #[error("meta '{key}' must be a string, not {value}")]
-    NotAString { key: String, value: Value },
+    NotAString {
+        /// The meta key.
+        key: String,
+        /// The value it holds instead.
+        value: Value,
+    },
+    /// The message has no recipient to take the domain from.
     #[error("message has no recipients")]
     NoRecipients,
 }

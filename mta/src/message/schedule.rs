@@ -11,31 +11,46 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulingInput {
+    /// No attempt before this time (RFC 3339).
     pub first_attempt: Option<String>,
+    /// A message due at or after this time (RFC 3339) expires instead.
     pub expires: Option<String>,
+    /// The days the window is open, comma-separated (`Mon,Wed,Fri`); given with
+    /// `tz`, `start` and `end`.
     pub dow: Option<String>,
+    /// The window's IANA time zone (`America/New_York`).
     pub tz: Option<String>,
+    /// When the window opens each day, `HH:MM:SS` local time.
     pub start: Option<String>,
+    /// When the window closes each day, `HH:MM:SS` local time, after `start`.
     pub end: Option<String>,
 }
 
 /// Normalised scheduling constraints, stored in the message's spool record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scheduling {
+    /// The earliest attempt: earlier due times are raised to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_attempt: Option<DateTime<Utc>>,
+    /// A message due at or after this time expires instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<DateTime<Utc>>,
+    /// The weekly window every attempt must fall in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restriction: Option<Window>,
 }
 
+/// A weekly delivery window: from `start` to `end` on the given days, in zone
+/// `tz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     /// Days as three-letter names, e.g. `["Mon", "Wed"]`.
     pub dow: Vec<String>,
+    /// The IANA time zone the times are in.
     pub tz: String,
+    /// When the window opens, local time of day.
     pub start: NaiveTime,
+    /// When the window closes, local time of day (not itself inside it).
     pub end: NaiveTime,
 }
 

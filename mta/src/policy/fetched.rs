@@ -7,6 +7,7 @@ use std::sync::Arc;
 /// for: `Ttl` configs are asked again after `refresh_interval`, `Epoch`
 /// ones only after a reload (spec §11).
 pub struct Fetched<T> {
+    /// The config as the policy returned it.
     pub value: Arc<T>,
     /// tokio's clock, so a test with paused time can age it.
     at: tokio::time::Instant,
@@ -14,6 +15,7 @@ pub struct Fetched<T> {
 }
 
 impl<T> Fetched<T> {
+    /// `value` as fetched now, in the policy epoch `epoch`.
     pub fn new(value: Arc<T>, epoch: u64) -> Self {
         Fetched {
             value,
@@ -22,6 +24,8 @@ impl<T> Fetched<T> {
         }
     }
 
+    /// Whether it may still be used: within `interval` of the fetch for
+    /// `Ttl`, still in the same `epoch` for `Epoch`.
     pub fn is_fresh(
         &self,
         strategy: sluice_common::queue_config::RefreshStrategy,

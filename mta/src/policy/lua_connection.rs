@@ -6,6 +6,9 @@ use super::{EventError, LuaMessage, Policy, PolicyState, describe, event_error};
 use mlua::{Function, IntoLuaMulti, Lua, Table, Value};
 use std::sync::Arc;
 
+/// A custom_lua session: the object a constructor returned, with the Lua
+/// state it lives in, which goes back to its policy version when this is
+/// dropped.
 pub struct LuaConnection {
     lua: Option<Lua>,
     conn: Table,

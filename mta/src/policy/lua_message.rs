@@ -13,6 +13,7 @@ use std::sync::Arc;
 pub struct ConnMeta(pub Arc<Mutex<Map<String, serde_json::Value>>>);
 
 impl ConnMeta {
+    /// The value of `key` if it is a string.
     pub fn get_str(&self, key: &str) -> Option<String> {
         self.0
             .lock()
@@ -20,10 +21,12 @@ impl ConnMeta {
             .and_then(|v| v.as_str().map(str::to_string))
     }
 
+    /// Set `key` to `value`.
     pub fn set(&self, key: &str, value: serde_json::Value) {
         self.0.lock().insert(key.to_string(), value);
     }
 
+    /// A copy of every key and value as they are now.
     pub fn snapshot(&self) -> Map<String, serde_json::Value> {
         self.0.lock().clone()
     }
@@ -38,6 +41,7 @@ fn to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<Value> {
     )
 }
 
+/// The connection meta as Lua sees it, with `get_meta` and `set_meta`.
 pub struct LuaConnMeta(pub ConnMeta);
 
 impl UserData for LuaConnMeta {
@@ -56,6 +60,8 @@ impl UserData for LuaConnMeta {
     }
 }
 
+/// The message as Lua handlers see it: envelope, meta, headers, body and
+/// scheduling; the body is read from the spool when first needed.
 pub struct LuaMessage(pub MessageRef);
 
 impl LuaMessage {

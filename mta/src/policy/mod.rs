@@ -35,19 +35,34 @@ const MULTI_HANDLER_EVENTS: &[&str] = &[
 const EVENTS_KEY: &str = "sluice.events";
 const EVENT_SITES_KEY: &str = "sluice.event_sites";
 
+/// Why a policy could not be loaded or started.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The file could not be read, the Lua failed to load or run, or no Lua
+    /// state could be made.
     #[error("{0}")]
     Load(String),
+    /// A start-up event (`init`, `validate_config`, a sample
+    /// `get_queue_config`) failed.
     #[error("{event}: {message}")]
-    Event { event: String, message: String },
+    Event {
+        /// The event's name.
+        event: String,
+        /// What the handler's failure said.
+        message: String,
+    },
 }
 
 /// What a handler's failure means to the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventError {
     /// `kumo.reject(code, text)`.
-    Rejected { code: u16, text: String },
+    Rejected {
+        /// The SMTP reply code.
+        code: u16,
+        /// The reply text.
+        text: String,
+    },
     /// Any other error, with the message (file:line where Lua gave one).
     Failed(String),
 }
@@ -67,7 +82,9 @@ impl std::fmt::Display for EventError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("kumo.reject({code}, {text:?})")]
 pub struct Rejection {
+    /// The SMTP reply code given to `kumo.reject`.
     pub code: u16,
+    /// The reply text (empty when none was given).
     pub text: String,
 }
 
@@ -109,15 +126,20 @@ struct Phase {
     init: Option<InitConfig>,
 }
 
+/// A policy's Lua text and where it came from.
 #[derive(Clone)]
 pub struct PolicySource {
     /// File name shown in errors and used for the chunk name.
     pub name: String,
+    /// The Lua text.
     pub code: String,
+    /// The file's directory, put first on `package.path` so the policy can
+    /// `require` its own modules; `None` when embedded.
     pub dir: Option<PathBuf>,
 }
 
 impl PolicySource {
+    /// Read the policy at `path`.
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
         let code = std::fs::read_to_string(path)
             .map_err(|e| PolicyError::Load(format!("{}: {e}", path.display())))?;
@@ -128,6 +150,8 @@ impl PolicySource {
         })
     }
 
+    /// A policy compiled into the binary (or written by a test), shown as
+    /// `name`.
     pub fn embedded(name: &str, code: &str) -> Self {
         PolicySource {
             name: name.into(),
@@ -239,6 +263,7 @@ impl Policy {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The current policy's file name, as errors show it.
     pub fn name(&self) -> String {
         self.current().source.name.clone()
     }
@@ -304,6 +329,8 @@ impl Policy {
         Ok(init)
     }
 
+    /// Whether the current policy registered a handler for `event` with
+    /// `kumo.on`.
     pub fn has_handler(&self, event: &str) -> bool {
         self.current().events.contains(event)
     }

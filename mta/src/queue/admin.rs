@@ -15,15 +15,23 @@ use std::time::Duration;
 /// Which scheduled queues a rule applies to; no criteria means all.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Criteria {
+    /// Only queues for this domain (case-insensitive).
     pub domain: Option<String>,
+    /// Only queues of this tenant (case-insensitive).
     pub tenant: Option<String>,
+    /// Only queues of this campaign (case-insensitive).
     pub campaign: Option<String>,
+    /// Only queues routed to this domain (case-insensitive): the queue's
+    /// routing domain, else its domain.
     pub routing_domain: Option<String>,
+    /// Only these queues, by exact full name; empty means any.
     #[serde(default)]
     pub queue_names: Vec<String>,
 }
 
 impl Criteria {
+    /// Whether the scheduled queue `name`, parsed as `parts`, meets every
+    /// criterion given.
     pub fn matches(&self, name: &str, parts: &QueueName) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
             want.as_deref()
@@ -40,29 +48,42 @@ impl Criteria {
 /// `POST /api/admin/bounce/v1` and `/api/admin/suspend/v1` bodies.
 #[derive(Debug, Deserialize)]
 pub struct RuleRequest {
+    /// Which queues the rule applies to (the body's top-level fields).
     #[serde(flatten)]
     pub criteria: Criteria,
+    /// Why: logged with what the rule does, and shown in the rule list.
     pub reason: String,
     /// How long the rule stays (default five minutes).
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     pub duration: Option<Duration>,
+    /// Bounce without writing AdminBounce log records.
     #[serde(default)]
     pub suppress_logging: bool,
 }
 
+/// What an admin rule does to the queues it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum RuleKind {
+    /// Bounce their messages, those queued now and those attempted while it
+    /// lasts.
     Bounce,
+    /// Hold what falls due until the rule is deleted or expires.
     Suspend,
 }
 
+/// An admin rule as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleInfo {
+    /// The rule's id (a UUID), for deleting it.
     pub id: String,
+    /// Bounce or suspend.
     pub kind: RuleKind,
+    /// Which queues it applies to.
     #[serde(flatten)]
     pub criteria: Criteria,
+    /// The reason it was given.
     pub reason: String,
+    /// When it lapses.
     pub expires: DateTime<Utc>,
     /// Messages bounced so far, or held by the suspension now.
     pub messages: usize,
@@ -75,6 +96,7 @@ struct Rule {
     parked: Vec<MessageRef>,
 }
 
+/// The admin rules in force on this node, in memory only.
 #[derive(Default)]
 pub struct AdminRules {
     rules: parking_lot::Mutex<Vec<Rule>>,
@@ -93,6 +115,7 @@ impl AdminRules {
             .map(|r| r.info.id.clone())
     }
 
+    /// The unexpired rules of `kind` at `now`.
     pub fn list(&self, kind: RuleKind, now: DateTime<Utc>) -> Vec<RuleInfo> {
         self.rules
             .lock()
@@ -268,11 +291,13 @@ impl QueueManager {
                     "name": q.name,
                     "count": waiting.get(&q.name).copied().unwrap_or(0),
                     "suspended": self.rules.is_suspended(q, now),
+                    "provider": q.config().provider_name,
                 })
             })
             .collect();
         scheduled.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
         let total_scheduled: usize = waiting.values().sum();
+        let scheduled_queues = scheduled.len();
         scheduled.truncate(limit);
         let mut ready: Vec<serde_json::Value> = self
             .egress
@@ -283,6 +308,8 @@ impl QueueManager {
                     "name": rq.name,
                     "count": rq.len(),
                     "connections": rq.connection_count(),
+                    // kcli's queue-summary groups ready queues by provider
+                    "provider": rq.config().provider_name,
                 })
             })
             .collect();
@@ -290,8 +317,65 @@ impl QueueManager {
         ready.truncate(limit);
         serde_json::json!({
             "scheduled_total": total_scheduled,
+            "scheduled_queues": scheduled_queues,
             "scheduled": scheduled,
             "ready": ready,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn criteria(json: &str) -> Criteria {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn criteria_match_the_parts_of_a_queue_name() {
+        let queue = "spring:acme@example.com!mx.example.net";
+        let parts = QueueName::parse(queue);
+        for (json, hit) in [
+            ("{}", true),
+            (r#"{"domain": "EXAMPLE.com"}"#, true),
+            (r#"{"domain": "example.org"}"#, false),
+            (r#"{"tenant": "acme", "campaign": "spring"}"#, true),
+            (r#"{"tenant": "other"}"#, false),
+            (r#"{"routing_domain": "mx.example.net"}"#, true),
+            (
+                r#"{"queue_names": ["spring:acme@example.com!mx.example.net"]}"#,
+                true,
+            ),
+            (r#"{"queue_names": ["example.com"]}"#, false),
+            (r#"{"domain": "example.com", "tenant": "nobody"}"#, false),
+        ] {
+            assert_eq!(criteria(json).matches(queue, &parts), hit, "{json}");
+        }
+        // a queue without a tenant does not match a tenant criterion
+        let plain = QueueName::parse("example.com");
+        assert!(!criteria(r#"{"tenant": "acme"}"#).matches("example.com", &plain));
+    }
+
+    #[test]
+    fn rules_lapse_at_their_expiry() {
+        let rules = AdminRules::default();
+        let now = Utc::now();
+        rules.rules.lock().push(Rule {
+            info: RuleInfo {
+                id: "1".into(),
+                kind: RuleKind::Suspend,
+                criteria: criteria(r#"{"domain": "example.com"}"#),
+                reason: "maintenance".into(),
+                expires: now + chrono::TimeDelta::minutes(5),
+                messages: 0,
+            },
+            suppress_logging: false,
+            parked: vec![],
+        });
+        assert_eq!(rules.list(RuleKind::Suspend, now).len(), 1);
+        assert!(rules.list(RuleKind::Bounce, now).is_empty(), "kinds apart");
+        let later = now + chrono::TimeDelta::minutes(5);
+        assert!(rules.list(RuleKind::Suspend, later).is_empty(), "lapsed");
     }
 }

@@ -46,11 +46,16 @@ const PROMOTION_WORKERS: usize = 128;
 /// Why a message cannot be routed to a queue.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// The queue name cannot be made from the message (a non-string meta
+    /// value, no recipients).
     #[error("{0}")]
     Name(#[from] NameError),
+    /// The policy's `get_queue_config` failed for the queue.
     #[error("get_queue_config for {queue}: {source}")]
     Config {
+        /// The queue's full name.
         queue: String,
+        /// The hook's failure.
         source: crate::policy::EventError,
     },
 }
@@ -67,16 +72,30 @@ impl QueueError {
 
 /// What the engine is built from.
 pub struct Parts {
+    /// The policy whose events (`get_queue_config`, `requeue_message`, ...)
+    /// the engine fires.
     pub policy: Arc<Policy>,
+    /// Where messages are kept until they are delivered, bounced or expired.
     pub spool: Arc<Spool>,
+    /// Where delivery, bounce, delay and expiry records go.
     pub logger: Arc<Logger>,
+    /// Where due messages are submitted; it reports outcomes back to the
+    /// engine.
     pub egress: Arc<Egress>,
+    /// The throttles that enforce each queue's `max_message_rate`.
     pub throttles: Arc<dyn Throttle>,
+    /// The drain state: promotions stop when a drain starts, and running
+    /// deliveries count as busy.
     pub lifecycle: Arc<Lifecycle>,
+    /// The engine's time, for scheduling and expiry (stoppable in tests).
     pub clock: Arc<dyn Clock>,
+    /// This node's id, written into every log record.
     pub nodeid: String,
 }
 
+/// The scheduled-queue engine: it holds each message until it is due, submits
+/// it to egress, and applies what its attempts did (retry, bounce, expire,
+/// move).
 pub struct QueueManager {
     /// Itself, for the methods egress calls through a reference.
     me: std::sync::Weak<QueueManager>,
@@ -144,18 +163,22 @@ impl QueueManager {
         qm
     }
 
+    /// The spool the engine keeps messages in.
     pub fn spool(&self) -> &Arc<Spool> {
         &self.spool
     }
 
+    /// This node's id, as log records carry it.
     pub fn nodeid(&self) -> &str {
         &self.nodeid
     }
 
+    /// The egress the engine submits to.
     pub fn egress(&self) -> &Egress {
         &self.egress
     }
 
+    /// The policy the engine runs.
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
     }
@@ -235,6 +258,7 @@ impl QueueManager {
         rec
     }
 
+    /// Write `rec` to the engine's log.
     pub fn log(&self, rec: LogRecord) {
         self.logger.log(rec);
     }

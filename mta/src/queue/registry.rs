@@ -16,8 +16,13 @@ use tokio::time::Instant;
 /// How often idle queues are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(10);
 
+/// One scheduled queue: its name, its config from `get_queue_config`
+/// (refreshed when stale), and its place in its pool's source rotation.
 pub struct ScheduledQueue {
+    /// The full queue name, `campaign:tenant@domain!routing`.
     pub name: String,
+    /// The name's parts (domain, tenant, campaign, routing domain), which
+    /// admin rules match on.
     pub parts: QueueName,
     config: Mutex<Fetched<QueueConfig>>,
     /// Source selection state over the queue's egress pool.
@@ -27,6 +32,19 @@ pub struct ScheduledQueue {
 }
 
 impl ScheduledQueue {
+    /// A queue with this config, outside any registry.
+    #[cfg(test)]
+    pub(super) fn for_tests(name: &str, config: Fetched<QueueConfig>) -> Self {
+        ScheduledQueue {
+            name: name.to_string(),
+            parts: QueueName::parse(name),
+            config: Mutex::new(config),
+            wrr: Mutex::new(Wrr::default()),
+            active: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The queue config now in force.
     pub fn config(&self) -> Arc<QueueConfig> {
         self.config.lock().value.clone()
     }
@@ -131,7 +149,7 @@ impl QueueManager {
             .retain(|name, q| in_ready_queues.contains(name) || !ScheduledQueue::reapable(q, now));
         let scheduled = before - queues.len();
         drop(queues);
-        (scheduled, self.egress.reap(crate::egress::READY_REAP_AFTER))
+        (scheduled, self.egress.reap())
     }
 
     /// Runs while the engine lives.
@@ -146,5 +164,46 @@ impl QueueManager {
                 tracing::debug!(scheduled, ready, "reaped idle queues");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::duration::parse_duration;
+
+    fn queue(reap_interval: &str) -> Arc<ScheduledQueue> {
+        let config = QueueConfig {
+            reap_interval: parse_duration(reap_interval).unwrap(),
+            ..QueueConfig::default()
+        };
+        Arc::new(ScheduledQueue::for_tests(
+            "example.com",
+            Fetched::new(Arc::new(config), 1),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_queue_is_reapable_after_its_reap_interval() {
+        let q = queue("10m");
+        assert!(!ScheduledQueue::reapable(&q, Instant::now()));
+        tokio::time::advance(Duration::from_secs(599)).await;
+        assert!(!ScheduledQueue::reapable(&q, Instant::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(ScheduledQueue::reapable(&q, Instant::now()));
+        // use starts the interval again
+        q.touch();
+        assert!(!ScheduledQueue::reapable(&q, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_something_holds_is_never_reaped() {
+        let q = queue("1s");
+        // as a timer entry or an attempt in flight holds its queue
+        let held = q.clone();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(!ScheduledQueue::reapable(&q, Instant::now()));
+        drop(held);
+        assert!(ScheduledQueue::reapable(&q, Instant::now()));
     }
 }

@@ -218,4 +218,28 @@ mod tests {
         let (_, when) = fired.recv().await.unwrap();
         assert!(when - now <= 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_messages_are_counted_and_taken_by_their_queue() {
+        use crate::message::name::QueueName;
+        use crate::policy::Fetched;
+        let queue = |name: &str| {
+            Arc::new(ScheduledQueue::for_tests(
+                name,
+                Fetched::new(Arc::default(), 1),
+            ))
+        };
+        let (a, b) = (queue("a.example"), queue("b.example"));
+        let timer = Timer::new(TokioClock::starting_at(chrono::Utc::now()));
+        let later = chrono::Utc::now().timestamp_millis() + 3_600_000;
+        for q in [&a, &a, &b] {
+            timer.insert(later, msg(), Some(q.clone()));
+        }
+        timer.insert(later, msg(), None);
+        let counts = timer.counts();
+        assert_eq!((counts["a.example"], counts["b.example"]), (2, 1));
+        let taken = timer.take_matching(|q| q.parts == QueueName::parse("a.example"));
+        assert_eq!(taken.len(), 2);
+        assert_eq!(timer.len(), 2, "b's and the one without a queue stay");
+    }
 }

@@ -33,16 +33,23 @@ mod writer;
 
 use record::{HEADER_LEN, read_record_meta, replay_segment};
 use writer::Writer;
+/// Why a spool operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    /// Reading or writing a segment failed; the error's kind (ENOSPC, say) is
+    /// kept.
     #[error("spool I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The writer thread has stopped.
     #[error("spool writer has stopped")]
     Stopped,
+    /// No live message has this id.
     #[error("message {0} is not in the spool")]
     NotFound(MessageId),
+    /// The message's body is not in memory, so it cannot be written.
     #[error("message {0} has no body in memory")]
     NoBody(MessageId),
+    /// A spooled META record does not parse.
     #[error("spooled meta is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
@@ -82,9 +89,14 @@ struct Shared {
     files: Mutex<BTreeMap<u64, Arc<File>>>,
 }
 
+/// A message to store with [`Spool::put`].
 pub struct NewMessage {
+    /// Its id, the spool's key.
     pub id: MessageId,
+    /// Its metadata record (a [`SpooledMeta`](crate::message::SpooledMeta) as
+    /// JSON).
     pub meta: Vec<u8>,
+    /// Its body.
     pub data: Arc<Vec<u8>>,
 }
 
@@ -98,17 +110,25 @@ enum Request {
 
 /// A recovered message: its id, latest meta record and body size.
 pub struct Recovered {
+    /// Its id.
     pub id: MessageId,
+    /// Its latest metadata record (JSON).
     pub meta: Vec<u8>,
+    /// Its body's length in bytes; the body stays on disk until read.
     pub data_len: usize,
 }
 
+/// An open spool: writes go to its writer thread, reads go straight to the
+/// segment files.
 pub struct Spool {
     tx: Mutex<mpsc::Sender<Request>>,
     shared: Arc<Shared>,
 }
 
+/// How the spool writes.
 pub struct SpoolOptions {
+    /// A new segment file is started once the current one reaches this many
+    /// bytes; default 64 MiB.
     pub segment_size: u64,
     /// fdatasync every batch before acknowledging it. Off only for tests
     /// and benchmarks that measure what the sync costs.
@@ -272,10 +292,12 @@ impl Spool {
         wait.await.map_err(|_| SpoolError::Stopped)
     }
 
+    /// How many live messages the spool holds.
     pub fn len(&self) -> usize {
         self.shared.index.lock().len()
     }
 
+    /// Whether the spool holds no live message.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -21,13 +21,19 @@ pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
 /// The fleet's objects (one namespace).
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
+    /// The QueuePolicy objects.
     pub queue_policies: Vec<QueuePolicy>,
+    /// The EgressPool objects.
     pub egress_pools: Vec<EgressPool>,
+    /// The EgressPath objects.
     pub egress_paths: Vec<EgressPath>,
 }
 
+/// Render settings that do not come from the objects.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Where the MTA pods mount Secrets (`{dir}/{secret}/{key}`), for the file
+    /// paths the generated policy reads them from.
     pub secrets_dir: String,
 }
 
@@ -42,8 +48,11 @@ impl Default for Options {
 /// Which object a verdict is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
+    /// The kind, e.g. `QueuePolicy`.
     pub kind: String,
+    /// The namespace (`default` when the object names none).
     pub namespace: String,
+    /// The object's name.
     pub name: String,
 }
 
@@ -57,10 +66,14 @@ impl std::fmt::Display for ObjectKey {
 /// field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// CamelCase reason, e.g. `InvalidCidr`, used in the object's conditions.
     pub reason: &'static str,
+    /// What is wrong, naming the field at fault.
     pub message: String,
 }
 
+/// What a render produces: the ConfigMap's files, their hash and every
+/// object's verdict.
 #[derive(Debug, Clone)]
 pub struct Rendered {
     /// File name => content.
@@ -72,6 +85,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
+    /// The objects left out, each with its rejection.
     pub fn rejected(&self) -> impl Iterator<Item = (&ObjectKey, &Rejection)> {
         self.verdicts
             .iter()
@@ -79,6 +93,8 @@ impl Rendered {
     }
 }
 
+/// The key of `obj`'s verdict; an object without a namespace counts as in
+/// `default`.
 pub fn key_of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
     ObjectKey {
         kind: K::kind(&()).into_owned(),
@@ -335,6 +351,7 @@ pub fn render(inputs: &Inputs, options: &Options) -> Rendered {
     }
 }
 
+/// SHA-256 of `bytes`, as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()

@@ -15,7 +15,9 @@ use tokio::net::TcpSocket;
 /// A reply from the server; `text` holds every line's text joined by `\n`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
+    /// The three-digit reply code.
     pub code: u16,
+    /// The text after the code and separator, one line per reply line.
     pub text: String,
 }
 
@@ -26,30 +28,51 @@ impl Reply {
     }
 }
 
+/// Why an SMTP client connection failed; after any of these the connection is
+/// unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No answer within the configured timeout (the duration) to the named
+    /// phase.
     #[error("Timed Out waiting {0:?} for response to {1}")]
     Timeout(Duration, &'static str),
+    /// The socket failed, or the server closed the connection.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A reply line that is not a valid SMTP reply.
     #[error("malformed reply: {0:?}")]
     Malformed(String),
+    /// The server refused the banner, HELO or RSET, which ends the session.
     #[error("{phase}: {reply}", reply = .reply.line())]
-    Rejected { phase: &'static str, reply: Reply },
+    Rejected {
+        /// The step the reply answered (`banner`, `HELO`, `RSET`).
+        phase: &'static str,
+        /// The server's reply.
+        reply: Reply,
+    },
+    /// The path requires TLS, but the server does not offer STARTTLS or
+    /// refused it.
     #[error("STARTTLS is required but {0}")]
     TlsRequired(String),
+    /// The TLS handshake after STARTTLS failed.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
 }
 
 /// The result of one transaction for each recipient.
 pub struct Transaction {
+    /// Each recipient with its final reply, in the order given.
     pub results: Vec<(String, Reply)>,
 }
 
+/// One connection to an SMTP server, past EHLO (and STARTTLS when it
+/// applies), ready for transactions.
 pub struct SmtpClient {
     io: BufReader<Box<dyn Io>>,
+    /// The address connected to.
     pub peer: SocketAddr,
+    /// The host name the address was resolved from: used for TLS server name
+    /// verification and in logs.
     pub name: String,
     extensions: HashSet<String>,
     /// (protocol version, cipher suite) once STARTTLS succeeded.
@@ -350,6 +373,8 @@ impl SmtpClient {
         Ok(Transaction { results })
     }
 
+    /// Send QUIT (waiting up to 5 seconds for the reply, which is ignored)
+    /// and drop the connection.
     pub async fn quit(mut self) {
         let _ = self.command("QUIT", Duration::from_secs(5), "QUIT").await;
     }

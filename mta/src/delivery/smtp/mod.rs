@@ -12,6 +12,7 @@ use crate::log::{PeerAddress, Response};
 use crate::message::MessageRef;
 use client::{ClientError, Reply, SmtpClient};
 use site::Site;
+use sluice_common::egress::ReconnectStrategy;
 use sluice_common::queue_config::SmtpProtocol;
 use std::sync::Arc;
 
@@ -61,8 +62,24 @@ pub fn classify(reply: &Reply) -> Outcome {
 
 /// SMTP to one site.
 pub struct SmtpDeliver {
+    /// The resolver for the targets' host names.
     pub dns: Arc<Dns>,
+    /// The site's plan: the hosts to try, in order.
     pub site: Site,
+    /// Where the next connection starts in the site's plan, after a session
+    /// that failed (the path's `reconnect_strategy`); the top otherwise.
+    restart: Arc<parking_lot::Mutex<Option<usize>>>,
+}
+
+impl SmtpDeliver {
+    /// SMTP to `site`; the first connection starts at the top of its plan.
+    pub fn new(dns: Arc<Dns>, site: Site) -> SmtpDeliver {
+        SmtpDeliver {
+            dns,
+            site,
+            restart: Default::default(),
+        }
+    }
 }
 
 impl Deliver for SmtpDeliver {
@@ -72,15 +89,40 @@ impl Deliver for SmtpDeliver {
 
     fn connect<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<Box<dyn Session>, Refused>> {
         Box::pin(async move {
-            let client = connect(&self.dns, &self.site, path).await?;
+            let start = self.restart.lock().take().unwrap_or(0);
+            let (client, target) = connect(&self.dns, &self.site, path, start).await?;
             let batch = path.config.max_recipients_per_batch.max(1);
-            Ok(Box::new(SmtpSession { client, batch }) as Box<dyn Session>)
+            Ok(Box::new(SmtpSession {
+                client,
+                batch,
+                target,
+                targets: self.site.targets.len(),
+                strategy: path.config.reconnect_strategy,
+                restart: self.restart.clone(),
+            }) as Box<dyn Session>)
         })
     }
 }
 
-/// Open a connection to the first reachable host of the site's plan.
-async fn connect(dns: &Dns, site: &Site, path: &Path) -> Result<SmtpClient, Refused> {
+/// Where a connection after a session that failed on target `failed` (of
+/// `n`) starts in the plan.
+fn restart_at(strategy: ReconnectStrategy, failed: usize, n: usize) -> Option<usize> {
+    match strategy {
+        ReconnectStrategy::ConnectNextHost => Some((failed + 1) % n.max(1)),
+        ReconnectStrategy::ReconnectSameHost => Some(failed),
+        // a fresh session, from the top of the plan
+        ReconnectStrategy::TerminateSession => None,
+    }
+}
+
+/// Open a connection to the first reachable host of the site's plan,
+/// trying from target `start` on (and around); the target it reached.
+async fn connect(
+    dns: &Dns,
+    site: &Site,
+    path: &Path,
+    start: usize,
+) -> Result<(SmtpClient, usize), Refused> {
     let config = &path.config;
     let port = path.source.remote_port;
     let ehlo = config
@@ -90,7 +132,9 @@ async fn connect(dns: &Dns, site: &Site, path: &Path) -> Result<SmtpClient, Refu
         .unwrap_or_else(crate::hostname);
     let mut errors = vec![];
     let mut candidates = 0;
-    for target in &site.targets {
+    let n = site.targets.len();
+    for index in (0..n).map(|k| (start + k) % n) {
+        let target = &site.targets[index];
         let port = port.or(target.port).unwrap_or(config.smtp_port);
         let addrs = match site::resolve(dns, target, port, config.ip_lookup_strategy).await {
             Ok(a) => a,
@@ -127,7 +171,7 @@ async fn connect(dns: &Dns, site: &Site, path: &Path) -> Result<SmtpClient, Refu
             )
             .await
             {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok((c, index)),
                 Err(e) => errors.push(format!("{}:{}: {e}", target.name, addr)),
             }
         }
@@ -152,6 +196,11 @@ struct SmtpSession {
     client: SmtpClient,
     /// `max_recipients_per_batch`: recipients per transaction.
     batch: usize,
+    /// The plan's target this session reached, of `targets`.
+    target: usize,
+    targets: usize,
+    strategy: ReconnectStrategy,
+    restart: Arc<parking_lot::Mutex<Option<usize>>>,
 }
 
 impl Session for SmtpSession {
@@ -171,6 +220,7 @@ impl Session for SmtpSession {
                     Err((e, results)) => {
                         tracing::debug!(peer = %self.client.peer, "connection failed mid-transaction: {e}");
                         close = true;
+                        *self.restart.lock() = restart_at(self.strategy, self.target, self.targets);
                         Attempt {
                             protocol: "ESMTP",
                             peer: None,
@@ -236,5 +286,63 @@ impl SmtpSession {
             results,
             rebind: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_session_reconnects_where_reconnect_strategy_says() {
+        use ReconnectStrategy::*;
+        assert_eq!(restart_at(ConnectNextHost, 0, 3), Some(1));
+        assert_eq!(
+            restart_at(ConnectNextHost, 2, 3),
+            Some(0),
+            "around the plan"
+        );
+        assert_eq!(restart_at(ReconnectSameHost, 2, 3), Some(2));
+        assert_eq!(restart_at(TerminateSession, 2, 3), None);
+        assert_eq!(restart_at(ConnectNextHost, 0, 1), Some(0));
+    }
+
+    #[test]
+    fn replies_map_to_outcomes_as_the_spec_table_says() {
+        let kind = |code: u16| match classify(&Reply {
+            code,
+            text: "x".into(),
+        }) {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Transient(_) => "transient",
+            Outcome::Bounced(_) => "bounced",
+        };
+        for (code, want) in [
+            (250, "delivered"),
+            (251, "delivered"),
+            (354, "transient"),
+            (421, "transient"),
+            (450, "transient"),
+            (452, "transient"),
+            // 503 (bad sequence) is the MTA's fault, not the recipient's
+            (503, "transient"),
+            (550, "bounced"),
+            (551, "bounced"),
+            (552, "bounced"),
+            (554, "bounced"),
+        ] {
+            assert_eq!(kind(code), want, "{code}");
+        }
+        let multi = classify(&Reply {
+            code: 550,
+            text: "5.1.1 no such user\nsee https://example.com".into(),
+        });
+        assert_eq!(
+            multi,
+            Outcome::Bounced(Response::new(
+                550,
+                "5.1.1 no such user see https://example.com"
+            ))
+        );
     }
 }

@@ -18,20 +18,33 @@ pub enum SiteError {
 /// One candidate host: the name used in logs and TLS, and how to reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
+    /// The host's name (or the address literal's IP), for logs and TLS
+    /// verification.
     pub name: String,
+    /// What to connect to: an IP address as is, or a name to resolve.
     pub host: Host,
+    /// The port the entry named; the source's `remote_port` overrides it, and
+    /// the path's `smtp_port` applies when neither is set.
     pub port: Option<u16>,
 }
 
+/// How a target is reached.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Host {
+    /// An address used as is.
     Ip(IpAddr),
+    /// A host name, resolved when a connection is made.
     Name(String),
 }
 
+/// Where an SMTP queue delivers: the targets to try in order, and the site
+/// name that identifies them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
+    /// The site name in the ready queue's name: the factored MX host names,
+    /// `mx_list:...`, or the literal's IP.
     pub name: String,
+    /// The candidate hosts, in the order connections try them.
     pub targets: Vec<Target>,
 }
 

@@ -42,6 +42,9 @@ pub struct AdminState {
     /// This listener's `trusted_hosts`: clients in these networks need no
     /// credentials.
     pub trusted: Arc<Vec<IpNet>>,
+    /// Free space on the spool and log volumes: while short, injection and
+    /// both readiness checks answer 503.
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 /// Lets a request through to a non-probe endpoint: from `trusted_hosts`, or
@@ -123,15 +126,31 @@ async fn alive() -> &'static str {
 }
 
 async fn liveness(State(s): State<AdminState>) -> Response {
-    match s.lifecycle.is_draining() {
-        false => (StatusCode::OK, "OK\n").into_response(),
-        true => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    if s.lifecycle.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    if let Some(short) = s.storage.shortage() {
+        return not_accepting(&short);
+    }
+    (StatusCode::OK, "OK\n").into_response()
+}
+
+/// 503 naming the volume that is short; `Retry-After` says when to look again.
+fn not_accepting(short: &crate::storage::Shortage) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "10")],
+        format!("not accepting new mail: {short}\n"),
+    )
+        .into_response()
 }
 
 async fn readiness(State(s): State<AdminState>) -> Response {
     if s.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if let Some(short) = s.storage.shortage() {
+        return not_accepting(&short);
     }
     let spool_ok =
         tokio::time::timeout(std::time::Duration::from_secs(2), s.queues.spool().flush())
@@ -156,6 +175,23 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     );
     s.metrics.spooled.set(s.queues.spool().len() as i64);
     s.metrics.draining.set(i64::from(s.lifecycle.is_draining()));
+    s.metrics
+        .storage_short
+        .set(i64::from(s.storage.shortage().is_some()));
+    for (volume, usage) in s.storage.volumes() {
+        let path = volume.path.display().to_string();
+        if let Some(u) = usage {
+            let labels = [volume.kind, path.as_str()];
+            s.metrics
+                .storage_free_bytes
+                .with_label_values(&labels)
+                .set(u.free_bytes as i64);
+            s.metrics
+                .storage_free_inodes
+                .with_label_values(&labels)
+                .set(u.free_inodes as i64);
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -207,6 +243,9 @@ async fn inject(
 ) -> Response {
     if s.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n").into_response();
+    }
+    if let Some(short) = s.storage.shortage() {
+        return not_accepting(&short);
     }
     let req: crate::inject::InjectRequest = match parse_body(&body) {
         Ok(r) => r,

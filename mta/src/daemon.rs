@@ -97,6 +97,13 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.set_config(&policy.content_hash());
     let logger = Arc::new(Logger::new(init.logs.clone())?.with_observer(metrics.clone()));
+    // measured once before any listener starts, then every second
+    let storage = Arc::new(crate::storage::Storage::new(
+        volumes(spool_def, &init.logs),
+        spool.clone(),
+    ));
+    storage.check();
+    tokio::spawn(storage.clone().watch(std::time::Duration::from_secs(1)));
     let dns = match &init.resolver {
         Some(r) => crate::dns::Dns::with_servers(&r.servers()?)?,
         None => crate::dns::Dns::system()?,
@@ -165,6 +172,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         policy: policy.clone(),
         listeners: Arc::new(reports),
         trusted: Arc::new(vec![]),
+        storage: storage.clone(),
     };
     for config in &init.http_listeners {
         let state = crate::admin::AdminState {
@@ -180,6 +188,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         queues: queues.clone(),
         lifecycle: lifecycle.clone(),
         metrics: metrics.clone(),
+        storage: storage.clone(),
     });
     for listener in listeners {
         let socket = listener.bind().await?;
@@ -213,6 +222,27 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     spool.flush().await.ok();
     logger.flush();
     Ok(())
+}
+
+/// The volumes whose free space decides whether new mail is accepted: the
+/// spool's and each local log directory's.
+fn volumes(
+    spool: &crate::config::SpoolDefinition,
+    logs: &[crate::config::logs::LocalLogConfig],
+) -> Vec<crate::storage::Volume> {
+    let spool = crate::storage::Volume {
+        kind: "spool",
+        path: spool.path.clone(),
+        min_free_space: spool.min_free_space,
+        min_free_inodes: spool.min_free_inodes,
+    };
+    let logs = logs.iter().map(|l| crate::storage::Volume {
+        kind: "logs",
+        path: l.log_dir.clone(),
+        min_free_space: l.min_free_space,
+        min_free_inodes: l.min_free_inodes,
+    });
+    std::iter::once(spool).chain(logs).collect()
 }
 
 /// Resolves when no session is open and no delivery is in flight.

@@ -23,6 +23,7 @@ pub mod queue;
 pub mod reload;
 pub mod smtp;
 pub mod spool;
+pub mod storage;
 pub mod throttle;
 
 /// The machine's host name (the pod's, in Kubernetes: the UTS namespace's),

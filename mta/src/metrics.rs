@@ -46,6 +46,13 @@ pub struct Metrics {
     pub proxy_refused_total: IntCounterVec,
     /// Admin API requests refused, by `reason` (unauthenticated, bad_credentials, error).
     pub admin_refused_total: IntCounterVec,
+    /// Free bytes per watched volume (`volume` spool or logs, and its `path`:
+    /// a handful), set at each scrape.
+    pub storage_free_bytes: IntGaugeVec,
+    /// Free inodes per watched volume, set at each scrape.
+    pub storage_free_inodes: IntGaugeVec,
+    /// `sluice_storage_short`: 1 while new mail is refused for lack of space.
+    pub storage_short: IntGauge,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -105,6 +112,23 @@ impl Metrics {
         .expect("valid");
         r.register(Box::new(latency.clone())).expect("unique");
         Metrics {
+            storage_free_bytes: gauge_vec(
+                &r,
+                "sluice_storage_free_bytes",
+                "Free bytes on a volume the MTA writes",
+                &["volume", "path"],
+            ),
+            storage_free_inodes: gauge_vec(
+                &r,
+                "sluice_storage_free_inodes",
+                "Free inodes on a volume the MTA writes",
+                &["volume", "path"],
+            ),
+            storage_short: gauge(
+                &r,
+                "sluice_storage_short",
+                "1 while new mail is refused because a volume is short of space",
+            ),
             relay_private_ranges: gauge_vec(
                 &r,
                 "sluice_listener_relay_private_ranges",

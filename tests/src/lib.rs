@@ -11,6 +11,7 @@ pub mod netns;
 pub mod pod;
 pub mod projector;
 pub mod rabbit;
+pub mod tmpfs;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};

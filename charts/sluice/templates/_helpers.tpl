@@ -189,3 +189,11 @@ ranges by address alone. Also the admin API's credentials.
 {{- fail "mta.admin.auth.enabled is false and mta.admin.trustedHosts is empty: nobody, the operator included, could use the admin API" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+A min_free_space / min_free_inodes value as the MTA reads it: a string such as
+"10%" as given, a number as its integer digits (toString would write 1e+09).
+*/}}
+{{- define "sluice.minFree" -}}
+{{- if kindIs "string" . -}}{{ . }}{{- else -}}{{ int64 . }}{{- end -}}
+{{- end -}}

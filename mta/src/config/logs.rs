@@ -37,6 +37,24 @@ pub struct LocalLogConfig {
     /// (matched as `meta` is); default none.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// Free space the log volume must keep (`"10%"`, the default, or bytes):
+    /// below it new mail is refused with a 4xx, as for the spool.
+    #[serde(default)]
+    pub min_free_space: super::MinFree,
+    /// Free inodes the log volume must keep (`"10%"`, the default, or a
+    /// number).
+    #[serde(default)]
+    pub min_free_inodes: super::MinFree,
+    /// Sluice: the most bytes the segments in `log_dir` may take together:
+    /// closed segments are deleted, oldest first, so that the rest plus a
+    /// full `max_file_size` segment fit. Default none (KumoMTA keeps every
+    /// segment).
+    #[serde(default)]
+    pub max_total_size: Option<u64>,
+    /// Sluice: closed segments older than this (a duration such as `"7d"`)
+    /// are deleted. Default none.
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub retention: Option<Duration>,
 }
 
 fn default_max_file_size() -> u64 {

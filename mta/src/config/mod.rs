@@ -8,6 +8,9 @@
 pub mod http;
 pub mod listener;
 pub mod logs;
+pub mod min_free;
+
+pub use min_free::MinFree;
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -40,12 +43,15 @@ pub struct SpoolDefinition {
     /// Accepted for compatibility; ignored (there is no RocksDB).
     #[serde(default)]
     pub rocks_params: Option<serde_json::Value>,
-    /// Accepted for compatibility; not enforced.
+    /// Free space the spool's volume must keep (`"10%"` of it, the default,
+    /// or a number of bytes): below it, SMTP and HTTP injection are refused
+    /// with a 4xx and readiness fails until deliveries free space.
     #[serde(default)]
-    pub min_free_space: Option<serde_json::Value>,
-    /// Accepted for compatibility; not enforced.
+    pub min_free_space: MinFree,
+    /// Free inodes the spool's volume must keep (`"10%"`, the default, or a
+    /// number), with the same effect as `min_free_space`.
     #[serde(default)]
-    pub min_free_inodes: Option<serde_json::Value>,
+    pub min_free_inodes: MinFree,
 }
 
 /// KumoMTA's spool kinds, accepted in `define_spool{ kind = ... }`; either

@@ -51,6 +51,8 @@ pub struct Services {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Where the session counts its connection.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Free space on the spool and log volumes: while short, MAIL gets 452.
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 type TlsKey = (

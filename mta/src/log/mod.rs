@@ -133,6 +133,12 @@ impl Logger {
                 max_size: config.max_file_size,
                 max_age: config.max_segment_duration,
                 current: None,
+                retention: writer::Retention {
+                    max_total_size: config.max_total_size,
+                    max_age: config.retention,
+                },
+                dropped: 0,
+                reported: None,
             };
             std::thread::Builder::new()
                 .name("log-writer".into())
@@ -232,6 +238,10 @@ mod tests {
             back_pressure: 10,
             meta: vec![],
             headers: vec![],
+            min_free_space: Default::default(),
+            min_free_inodes: Default::default(),
+            max_total_size: None,
+            retention: None,
         }])
         .unwrap();
         for i in 0..20 {

@@ -87,6 +87,13 @@ struct Segment {
 struct Shared {
     index: Mutex<HashMap<MessageId, IndexEntry>>,
     files: Mutex<BTreeMap<u64, Arc<File>>>,
+    /// The last failed write's error kind and time (ENOSPC matters).
+    last_failure: Mutex<Option<(io::ErrorKind, std::time::Instant)>>,
+    /// When a write last succeeded.
+    last_success: Mutex<Option<std::time::Instant>>,
+    /// Set while the volume is short of space: an emptied current segment
+    /// is then rolled at once so that its space can be freed.
+    space_short: std::sync::atomic::AtomicBool,
 }
 
 /// A message to store with [`Spool::put`].
@@ -105,7 +112,7 @@ enum Request {
     Put(Vec<NewMessage>, oneshot::Sender<Result<(), Arc<io::Error>>>),
     Meta(MessageId, Vec<u8>, Option<oneshot::Sender<()>>),
     Del(MessageId),
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Result<(), Arc<io::Error>>>),
 }
 
 /// A recovered message: its id, latest meta record and body size.
@@ -197,6 +204,9 @@ impl Spool {
         let shared = Arc::new(Shared {
             index: Mutex::new(index),
             files: Mutex::new(files),
+            last_failure: Mutex::new(None),
+            last_success: Mutex::new(None),
+            space_short: Default::default(),
         });
 
         let mut recovered = vec![];
@@ -220,6 +230,8 @@ impl Spool {
             shared: shared.clone(),
             opts,
             buf: Vec::with_capacity(1 << 20),
+            retry: vec![],
+            pressure: false,
         };
         writer.collect_garbage()?;
         std::thread::Builder::new()
@@ -285,11 +297,35 @@ impl Spool {
         self.send(Request::Del(id))
     }
 
-    /// Wait until everything sent so far is written and synced.
+    /// Wait until everything sent so far is written and synced; fails when
+    /// the write it waited for failed (the volume is full, say).
     pub async fn flush(&self) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
         self.send(Request::Flush(done))?;
-        wait.await.map_err(|_| SpoolError::Stopped)
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
+            Err(_) => Err(SpoolError::Stopped),
+        }
+    }
+
+    /// The kind and time of the last write that failed, if any did.
+    pub fn last_write_failure(&self) -> Option<(io::ErrorKind, std::time::Instant)> {
+        *self.shared.last_failure.lock()
+    }
+
+    /// When a write last succeeded, if one has.
+    pub fn last_write_success(&self) -> Option<std::time::Instant> {
+        *self.shared.last_success.lock()
+    }
+
+    /// Say whether the spool's volume is short of space (the storage
+    /// monitor does): while it is, a current segment whose messages are all
+    /// gone is closed at once, so it can be deleted and its space freed.
+    pub fn set_space_short(&self, short: bool) {
+        self.shared
+            .space_short
+            .store(short, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many live messages the spool holds.
@@ -357,107 +393,4 @@ fn read_meta(shared: &Shared, e: &IndexEntry) -> io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(i: u8, body: &[u8]) -> NewMessage {
-        NewMessage {
-            id: MessageId([i; 16]),
-            meta: format!("{{\"n\":{i}}}").into_bytes(),
-            data: Arc::new(body.to_vec()),
-        }
-    }
-
-    fn small() -> SpoolOptions {
-        SpoolOptions {
-            segment_size: 4096,
-            sync: true,
-        }
-    }
-
-    #[tokio::test]
-    async fn put_survives_reopen_and_delete_is_final() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (spool, rec) = Spool::open(dir.path(), small()).unwrap();
-            assert!(rec.is_empty());
-            spool
-                .put(vec![msg(1, b"one"), msg(2, b"two")])
-                .await
-                .unwrap();
-            spool
-                .update_meta(MessageId([1; 16]), b"{\"n\":11}".to_vec())
-                .unwrap();
-            spool.remove(MessageId([2; 16])).unwrap();
-            spool.flush().await.unwrap();
-            assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), b"one");
-        }
-        let (spool, rec) = Spool::open(dir.path(), small()).unwrap();
-        assert_eq!(rec.len(), 1);
-        assert_eq!(rec[0].id, MessageId([1; 16]));
-        assert_eq!(rec[0].meta, b"{\"n\":11}");
-        assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), b"one");
-    }
-
-    #[tokio::test]
-    async fn torn_tail_is_truncated_and_earlier_records_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
-            spool.put(vec![msg(1, b"one")]).await.unwrap();
-            spool.put(vec![msg(2, b"two")]).await.unwrap();
-        }
-        // tear the last record in half, as a crash during write would
-        let seg = segment_path(dir.path(), 1);
-        let len = fs::metadata(&seg).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
-        let (spool, rec) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
-        assert_eq!(rec.len(), 1);
-        assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), b"one");
-        spool.put(vec![msg(3, b"three")]).await.unwrap();
-        drop(spool);
-        let (_, rec) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
-        assert_eq!(rec.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn empty_segments_are_deleted_and_sparse_ones_compacted() {
-        let dir = tempfile::tempdir().unwrap();
-        let body = vec![b'x'; 1000];
-        let (spool, _) = Spool::open(dir.path(), small()).unwrap();
-        for i in 0..40u8 {
-            spool.put(vec![msg(i, &body)]).await.unwrap();
-        }
-        let count_segs = || {
-            fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .ends_with(".seg")
-                })
-                .count()
-        };
-        assert!(count_segs() >= 8, "{}", count_segs());
-        // keep message 0 (in the oldest segment) and delete the rest
-        for i in 1..40u8 {
-            spool.remove(MessageId([i; 16])).unwrap();
-        }
-        spool.flush().await.unwrap();
-        spool.flush().await.unwrap();
-        assert!(count_segs() <= 2, "{}", count_segs());
-        assert_eq!(spool.read_data(MessageId([0; 16])).unwrap(), body);
-        drop(spool);
-        let (spool, rec) = Spool::open(dir.path(), small()).unwrap();
-        assert_eq!(rec.len(), 1);
-        assert_eq!(rec[0].meta, b"{\"n\":0}");
-        assert_eq!(spool.read_data(MessageId([0; 16])).unwrap(), body);
-    }
-}
+mod tests;

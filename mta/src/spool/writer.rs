@@ -2,6 +2,14 @@
 //! arrived during the previous sync shares the next `write` and
 //! `fdatasync`), segment roll-over, deletion of dead segments and
 //! compaction of a sparse oldest one.
+//!
+//! A failed write (a full volume, most often) loses nothing and leaves
+//! nothing behind: the segment is cut back to where the batch began, so no
+//! torn record sits in the middle of the log; PUTs are refused to their
+//! senders (who answer 4xx); DELs take effect in memory at once and, with
+//! META records, are written again with a later batch. Because a message
+//! whose segment is deleted cannot come back, dead segments are still freed
+//! while the volume is full, which is how the space returns.
 
 use super::record::{HEADER_LEN, KIND_DEL, KIND_META, KIND_PUT, encode};
 use super::{IndexEntry, Request, Segment, Shared, SpoolOptions, create_segment, read_meta};
@@ -12,7 +20,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::time::Duration;
+
+/// How often records that failed to be written are tried again when no new
+/// request comes.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     pub(super) dir: PathBuf,
@@ -20,12 +34,29 @@ pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) opts: SpoolOptions,
     pub(super) buf: Vec<u8>,
+    /// META and DEL requests whose write failed, written with the next batch.
+    pub(super) retry: Vec<Request>,
+    /// A write failed since the current segment was opened.
+    pub(super) pressure: bool,
 }
 
 impl Writer {
     pub(super) fn run(mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+        loop {
+            let first = if self.retry.is_empty() {
+                match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(r) => Some(r),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut batch: Vec<Request> = std::mem::take(&mut self.retry);
+            batch.extend(first);
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
                 if self.buf.len() > 8 << 20 {
@@ -34,6 +65,9 @@ impl Writer {
             }
             if let Err(e) = self.write_batch(batch) {
                 tracing::error!("spool write failed: {e}");
+            }
+            if let Err(e) = self.maintain() {
+                tracing::error!("spool maintenance failed: {e}");
             }
         }
     }
@@ -69,10 +103,7 @@ impl Writer {
                 Request::Meta(id, meta, ack) => {
                     let off = base + self.buf.len() as u64;
                     encode(&mut self.buf, KIND_META, id, &meta, &[]);
-                    metas.push((id, off));
-                    if let Some(ack) = ack {
-                        meta_acks.push(ack);
-                    }
+                    metas.push((id, off, meta, ack));
                 }
                 Request::Del(id) => {
                     encode(&mut self.buf, KIND_DEL, id, &[], &[]);
@@ -81,13 +112,19 @@ impl Writer {
                 Request::Flush(done) => flushes.push(done),
             }
         }
-        let result = self.write_and_sync();
-        if let Err(e) = &result {
+        if let Err(e) = self.write_and_sync(base) {
             let shared = Arc::new(io::Error::new(e.kind(), e.to_string()));
-            for w in waiters {
+            for w in waiters.into_iter().chain(flushes) {
                 let _ = w.send(Err(shared.clone()));
             }
-            return result;
+            self.forget(&dels);
+            self.retry.extend(dels.into_iter().map(Request::Del));
+            self.retry.extend(
+                metas
+                    .into_iter()
+                    .map(|(id, _, meta, ack)| Request::Meta(id, meta, ack)),
+            );
+            return Err(e);
         }
         {
             let mut index = self.shared.index.lock();
@@ -105,49 +142,98 @@ impl Writer {
                     },
                 );
             }
-            for (id, off) in metas {
+            for (id, off, _, ack) in metas {
                 if let Some(e) = index.get_mut(&id) {
                     e.meta_seg = seg_no;
                     e.meta_off = off;
                 }
-            }
-            let mut dead_in: HashMap<u64, u64> = HashMap::new();
-            for id in dels {
-                if let Some(e) = index.remove(&id) {
-                    *dead_in.entry(e.put_seg).or_default() += 1;
-                }
+                meta_acks.extend(ack);
             }
             drop(index);
             let cur = self.current();
             cur.1.live += n_puts;
             cur.1.puts += n_puts;
-            for (seg, n) in dead_in {
-                if let Some((_, s)) = self.segments.iter_mut().find(|(k, _)| *k == seg) {
-                    s.live = s.live.saturating_sub(n);
+        }
+        self.forget(&dels);
+        for w in waiters.into_iter().chain(flushes) {
+            let _ = w.send(Ok(()));
+        }
+        for ack in meta_acks {
+            let _ = ack.send(());
+        }
+        Ok(())
+    }
+
+    /// Drop deleted messages from the index and their segments' live counts.
+    fn forget(&mut self, dels: &[MessageId]) {
+        let mut dead_in: HashMap<u64, u64> = HashMap::new();
+        {
+            let mut index = self.shared.index.lock();
+            for id in dels {
+                if let Some(e) = index.remove(id) {
+                    *dead_in.entry(e.put_seg).or_default() += 1;
                 }
             }
         }
-        for w in waiters {
-            let _ = w.send(Ok(()));
+        for (seg, n) in dead_in {
+            if let Some((_, s)) = self.segments.iter_mut().find(|(k, _)| *k == seg) {
+                s.live = s.live.saturating_sub(n);
+            }
         }
-        for f in flushes.into_iter().chain(meta_acks) {
-            let _ = f.send(());
-        }
-        if self.current().1.file.metadata()?.len() >= self.opts.segment_size {
+    }
+
+    /// Roll the current segment when it is full, or when it is the only one
+    /// and rolling lets its space be freed: its messages are all gone (it is
+    /// then deleted) or, while space is short, few are left (they are then
+    /// compacted into the new one). Then free dead segments.
+    fn maintain(&mut self) -> io::Result<()> {
+        let short = self.short();
+        let alone = self.segments.len() == 1;
+        let (live, puts, len) = {
+            let seg = &self.current().1;
+            (seg.live, seg.puts, seg.file.metadata()?.len())
+        };
+        let freeable = alone
+            && len > 0
+            && ((live == 0 && len >= self.opts.segment_size / 16) || (short && live * 4 <= puts));
+        if len >= self.opts.segment_size || freeable {
             self.roll()?;
         }
         self.collect_garbage()
     }
 
-    fn write_and_sync(&mut self) -> io::Result<()> {
+    /// Space is short: the monitor says so, or a write failed since the
+    /// current segment was opened.
+    fn short(&self) -> bool {
+        self.pressure || self.shared.space_short.load(Ordering::Relaxed)
+    }
+
+    /// Write the buffer at the end of the current segment and sync it; on
+    /// failure cut the segment back to `base`, where the buffer began.
+    fn write_and_sync(&mut self, base: u64) -> io::Result<()> {
         let file = self.current().1.file.clone();
-        if !self.buf.is_empty() {
-            (&*file).write_all(&self.buf)?;
+        let result: io::Result<()> = (|| {
+            if !self.buf.is_empty() {
+                (&*file).write_all(&self.buf)?;
+            }
+            if self.opts.sync {
+                file.sync_data()?;
+            }
+            Ok(())
+        })();
+        if result.is_ok() && !self.buf.is_empty() {
+            *self.shared.last_success.lock() = Some(std::time::Instant::now());
         }
-        if self.opts.sync {
-            file.sync_data()?;
+        if let Err(e) = &result {
+            *self.shared.last_failure.lock() = Some((e.kind(), std::time::Instant::now()));
+            self.pressure = true;
+            if let Err(t) = file.set_len(base).and_then(|()| file.sync_data()) {
+                // the torn tail stays: close the segment so nothing follows it
+                tracing::error!("cannot cut a failed write out of the spool segment: {t}");
+                let _ = self.roll();
+            }
         }
-        Ok(())
+        result
     }
 
     fn roll(&mut self) -> io::Result<()> {
@@ -155,6 +241,7 @@ impl Writer {
         let seg = create_segment(&self.dir, next)?;
         self.shared.files.lock().insert(next, seg.file.clone());
         self.segments.push_back((next, seg));
+        self.pressure = false;
         Ok(())
     }
 
@@ -173,7 +260,12 @@ impl Writer {
                 fs::remove_file(&seg.path)?;
                 continue;
             }
-            if oldest.live * 4 <= oldest.puts && self.segments.len() >= 3 {
+            // compaction needs room for the copy: not after a failed write
+            // (until the next roll); with only one other segment, only when
+            // space is short (otherwise a just-rolled segment would be
+            // compacted at once)
+            let sparse = oldest.live * 4 <= oldest.puts;
+            if sparse && !self.pressure && (self.segments.len() >= 3 || self.short()) {
                 self.compact_oldest(n)?;
                 continue;
             }
@@ -214,7 +306,7 @@ impl Writer {
             encode(&mut self.buf, KIND_PUT, *id, &meta, &data);
             moved.push((*id, off, meta.len() as u32, data.len() as u32));
         }
-        self.write_and_sync()?;
+        self.write_and_sync(base)?;
         let mut index = self.shared.index.lock();
         let mut n_moved = 0;
         for (id, off, meta_len, data_len) in moved {

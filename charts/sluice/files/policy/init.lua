@@ -16,12 +16,20 @@ kumo.on('init', function()
   if settings.dns then
     kumo.dns.configure_resolver(settings.dns)
   end
-  kumo.define_spool { name = 'data', path = settings.spool_dir }
-  kumo.define_spool { name = 'meta', path = settings.spool_dir }
+  for _, name in ipairs { 'data', 'meta' } do
+    kumo.define_spool {
+      name = name,
+      path = settings.spool_dir,
+      min_free_space = settings.spool_min_free_space,
+      min_free_inodes = settings.spool_min_free_inodes,
+    }
+  end
   if settings.log_dir then
     kumo.configure_local_logs {
       log_dir = settings.log_dir,
       max_file_size = settings.log_max_file_size,
+      max_total_size = settings.log_max_total_size,
+      retention = settings.log_retention,
       -- who authenticated (SMTP AUTH), in every record of the message
       meta = { 'authn_id', 'authz_id' },
     }

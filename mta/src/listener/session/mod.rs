@@ -344,6 +344,15 @@ impl Session {
                     );
                     return Ok(Flow::Continue);
                 }
+                if let Some(short) = self.services.storage.shortage() {
+                    tracing::warn!(peer = %self.peer, "MAIL refused: {short}");
+                    self.error(
+                        452,
+                        "4.3.1 insufficient system storage, try again later",
+                        Some(line),
+                    );
+                    return Ok(Flow::Continue);
+                }
                 for (k, v) in &params {
                     if k == "SIZE" {
                         let size = v.as_deref().and_then(|v| v.parse::<usize>().ok());

@@ -1,0 +1,207 @@
+//! The spool's unit tests: durability across reopen, torn tails, segment
+//! deletion and compaction, and failed writes.
+
+use super::*;
+
+fn msg(i: u8, body: &[u8]) -> NewMessage {
+    NewMessage {
+        id: MessageId([i; 16]),
+        meta: format!("{{\"n\":{i}}}").into_bytes(),
+        data: Arc::new(body.to_vec()),
+    }
+}
+
+fn small() -> SpoolOptions {
+    SpoolOptions {
+        segment_size: 4096,
+        sync: true,
+    }
+}
+
+#[tokio::test]
+async fn put_survives_reopen_and_delete_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (spool, rec) = Spool::open(dir.path(), small()).unwrap();
+        assert!(rec.is_empty());
+        spool
+            .put(vec![msg(1, b"one"), msg(2, b"two")])
+            .await
+            .unwrap();
+        spool
+            .update_meta(MessageId([1; 16]), b"{\"n\":11}".to_vec())
+            .unwrap();
+        spool.remove(MessageId([2; 16])).unwrap();
+        spool.flush().await.unwrap();
+        assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), b"one");
+    }
+    let (spool, rec) = Spool::open(dir.path(), small()).unwrap();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].id, MessageId([1; 16]));
+    assert_eq!(rec[0].meta, b"{\"n\":11}");
+    assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), b"one");
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_and_earlier_records_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+        spool.put(vec![msg(1, b"one")]).await.unwrap();
+        spool.put(vec![msg(2, b"two")]).await.unwrap();
+    }
+    // tear the last record in half, as a crash during write would
+    let seg = segment_path(dir.path(), 1);
+    let len = fs::metadata(&seg).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let (spool, rec) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), b"one");
+    spool.put(vec![msg(3, b"three")]).await.unwrap();
+    drop(spool);
+    let (_, rec) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    assert_eq!(rec.len(), 2);
+}
+
+#[tokio::test]
+async fn empty_segments_are_deleted_and_sparse_ones_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = vec![b'x'; 1000];
+    let (spool, _) = Spool::open(dir.path(), small()).unwrap();
+    for i in 0..40u8 {
+        spool.put(vec![msg(i, &body)]).await.unwrap();
+    }
+    let count_segs = || {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            })
+            .count()
+    };
+    assert!(count_segs() >= 8, "{}", count_segs());
+    // keep message 0 (in the oldest segment) and delete the rest
+    for i in 1..40u8 {
+        spool.remove(MessageId([i; 16])).unwrap();
+    }
+    spool.flush().await.unwrap();
+    spool.flush().await.unwrap();
+    assert!(count_segs() <= 2, "{}", count_segs());
+    assert_eq!(spool.read_data(MessageId([0; 16])).unwrap(), body);
+    drop(spool);
+    let (spool, rec) = Spool::open(dir.path(), small()).unwrap();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].meta, b"{\"n\":0}");
+    assert_eq!(spool.read_data(MessageId([0; 16])).unwrap(), body);
+}
+
+/// The spool's segment files and their sizes, oldest first.
+fn segments(dir: &Path) -> Vec<u64> {
+    let mut segs: Vec<(String, u64)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    segs.sort();
+    segs.into_iter().map(|(_, len)| len).collect()
+}
+
+fn one_mib() -> SpoolOptions {
+    SpoolOptions {
+        segment_size: 1 << 20,
+        sync: true,
+    }
+}
+
+#[tokio::test]
+async fn an_emptied_segment_is_kept_while_small_and_freed_when_space_is_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = vec![b'x'; 1000];
+    let (spool, _) = Spool::open(dir.path(), one_mib()).unwrap();
+    for i in 0..10u8 {
+        spool.put(vec![msg(i, &body)]).await.unwrap();
+    }
+    for i in 0..10u8 {
+        spool.remove(MessageId([i; 16])).unwrap();
+    }
+    spool.flush().await.unwrap();
+    spool.flush().await.unwrap();
+    // 10 KB is under a sixteenth of the segment size: not worth a new file
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 1);
+    assert!(segs[0] > 10_000, "{segs:?}");
+
+    spool.set_space_short(true);
+    spool.remove(MessageId([0; 16])).unwrap(); // any request wakes the writer
+    spool.flush().await.unwrap();
+    spool.flush().await.unwrap();
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert!(segs[0] < 100, "the emptied segment is gone: {segs:?}");
+}
+
+#[tokio::test]
+async fn an_emptied_large_segment_is_freed_without_waiting_to_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = vec![b'x'; 10_000];
+    let (spool, _) = Spool::open(dir.path(), one_mib()).unwrap();
+    // 100 KB: more than a sixteenth of 1 MiB, far less than the whole
+    for i in 0..10u8 {
+        spool.put(vec![msg(i, &body)]).await.unwrap();
+    }
+    for i in 0..10u8 {
+        spool.remove(MessageId([i; 16])).unwrap();
+    }
+    spool.flush().await.unwrap();
+    spool.flush().await.unwrap();
+    let segs = segments(dir.path());
+    assert!(segs.iter().sum::<u64>() < 1000, "{segs:?}");
+}
+
+#[tokio::test]
+async fn while_space_is_short_a_sparse_lone_segment_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = vec![b'x'; 1000];
+    let (spool, _) = Spool::open(dir.path(), one_mib()).unwrap();
+    for i in 0..8u8 {
+        spool.put(vec![msg(i, &body)]).await.unwrap();
+    }
+    for i in 2..8u8 {
+        spool.remove(MessageId([i; 16])).unwrap();
+    }
+    spool.flush().await.unwrap();
+    spool.flush().await.unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    let before = segments(dir.path())[0];
+
+    spool.set_space_short(true);
+    spool
+        .update_meta(MessageId([0; 16]), b"{\"n\":100}".to_vec())
+        .unwrap();
+    spool.flush().await.unwrap();
+    spool.flush().await.unwrap();
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert!(segs[0] < before / 2, "{before} -> {segs:?}");
+    drop(spool);
+    let (spool, rec) = Spool::open(dir.path(), one_mib()).unwrap();
+    let mut metas: Vec<_> = rec.iter().map(|r| r.meta.clone()).collect();
+    metas.sort();
+    let mut want = vec![b"{\"n\":1}".to_vec(), b"{\"n\":100}".to_vec()];
+    want.sort();
+    assert_eq!(metas, want);
+    assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), body);
+}

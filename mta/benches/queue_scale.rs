@@ -86,6 +86,7 @@ fn main() {
             lifecycle,
             clock: sluice_mta::clock::system(),
             nodeid: "bench".into(),
+            memory: Arc::new(sluice_mta::memory::Memory::new(Default::default())),
         });
         let body = Arc::new(vec![b'x'; 300]);
         // far enough ahead that the enqueue ends first on a slow machine

@@ -42,9 +42,9 @@ pub struct AdminState {
     /// This listener's `trusted_hosts`: clients in these networks need no
     /// credentials.
     pub trusted: Arc<Vec<IpNet>>,
-    /// Free space on the spool and log volumes: while short, injection and
-    /// both readiness checks answer 503.
-    pub storage: Arc<crate::storage::Storage>,
+    /// Storage and memory: while either is short, injection and both
+    /// readiness checks answer 503.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// Lets a request through to a non-probe endpoint: from `trusted_hosts`, or
@@ -129,14 +129,14 @@ async fn liveness(State(s): State<AdminState>) -> Response {
     if s.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if let Some(short) = s.storage.shortage() {
-        return not_accepting(&short);
+    if let Some(refusal) = s.admission.refusal() {
+        return not_accepting(&refusal);
     }
     (StatusCode::OK, "OK\n").into_response()
 }
 
-/// 503 naming the volume that is short; `Retry-After` says when to look again.
-fn not_accepting(short: &crate::storage::Shortage) -> Response {
+/// 503 naming what is short; `Retry-After` says when to look again.
+fn not_accepting(short: &crate::admission::Refusal) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(axum::http::header::RETRY_AFTER, "10")],
@@ -149,8 +149,8 @@ async fn readiness(State(s): State<AdminState>) -> Response {
     if s.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if let Some(short) = s.storage.shortage() {
-        return not_accepting(&short);
+    if let Some(refusal) = s.admission.refusal() {
+        return not_accepting(&refusal);
     }
     let spool_ok =
         tokio::time::timeout(std::time::Duration::from_secs(2), s.queues.spool().flush())
@@ -177,8 +177,24 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     s.metrics.draining.set(i64::from(s.lifecycle.is_draining()));
     s.metrics
         .storage_short
-        .set(i64::from(s.storage.shortage().is_some()));
-    for (volume, usage) in s.storage.volumes() {
+        .set(i64::from(s.admission.storage.shortage().is_some()));
+    let memory = &s.admission.memory;
+    s.metrics.memory_usage_bytes.set(memory.usage() as i64);
+    s.metrics
+        .memory_short
+        .set(i64::from(memory.shortage().is_some()));
+    let limits = memory.limits();
+    for (name, value) in [
+        ("hard", limits.hard),
+        ("soft", limits.soft),
+        ("low", limits.low),
+    ] {
+        s.metrics
+            .memory_limit_bytes
+            .with_label_values(&[name])
+            .set(value.min(i64::MAX as u64) as i64);
+    }
+    for (volume, usage) in s.admission.storage.volumes() {
         let path = volume.path.display().to_string();
         if let Some(u) = usage {
             let labels = [volume.kind, path.as_str()];
@@ -244,8 +260,8 @@ async fn inject(
     if s.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining: not accepting\n").into_response();
     }
-    if let Some(short) = s.storage.shortage() {
-        return not_accepting(&short);
+    if let Some(refusal) = s.admission.refusal() {
+        return not_accepting(&refusal);
     }
     let req: crate::inject::InjectRequest = match parse_body(&body) {
         Ok(r) => r,

@@ -104,6 +104,22 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     ));
     storage.check();
     tokio::spawn(storage.clone().watch(std::time::Duration::from_secs(1)));
+    let memory = Arc::new(crate::memory::Memory::new(init.memory));
+    let limits = memory.limits();
+    tracing::info!(
+        accounting = %memory.accounting(),
+        hard_mib = limits.hard >> 20,
+        soft_mib = limits.soft >> 20,
+        low_mib = limits.low >> 20,
+        "memory limits"
+    );
+    memory.check();
+    // often enough that a burst cannot cross from soft to hard between looks
+    tokio::spawn(memory.clone().watch(std::time::Duration::from_millis(100)));
+    let admission = Arc::new(crate::admission::Admission {
+        storage: storage.clone(),
+        memory: memory.clone(),
+    });
     let dns = match &init.resolver {
         Some(r) => crate::dns::Dns::with_servers(&r.servers()?)?,
         None => crate::dns::Dns::system()?,
@@ -126,7 +142,13 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         lifecycle: lifecycle.clone(),
         clock: crate::clock::system(),
         nodeid: node_id(),
+        memory: memory.clone(),
     });
+    tokio::spawn(release_under_pressure(
+        memory.clone(),
+        queues.clone(),
+        metrics.clone(),
+    ));
 
     logger.attach_hooks(
         crate::log_hook::start(&init.log_hooks, queues.clone()).map_err(StartError::LogHook)?,
@@ -172,7 +194,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         policy: policy.clone(),
         listeners: Arc::new(reports),
         trusted: Arc::new(vec![]),
-        storage: storage.clone(),
+        admission: admission.clone(),
     };
     for config in &init.http_listeners {
         let state = crate::admin::AdminState {
@@ -188,7 +210,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         queues: queues.clone(),
         lifecycle: lifecycle.clone(),
         metrics: metrics.clone(),
-        storage: storage.clone(),
+        admission: admission.clone(),
     });
     for listener in listeners {
         let socket = listener.bind().await?;
@@ -259,5 +281,23 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Each time the memory watch asks (on going short, and while short), release
+/// the bodies of spooled messages waiting in memory, at most once a second.
+async fn release_under_pressure(
+    memory: Arc<crate::memory::Memory>,
+    queues: Arc<QueueManager>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    loop {
+        memory.released_wanted().await;
+        let released = queues.release_bodies();
+        metrics.memory_bodies_released_total.inc_by(released as u64);
+        if released > 0 {
+            tracing::info!(released, "message bodies released from memory");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

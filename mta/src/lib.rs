@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -16,6 +17,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod log;
 pub mod log_hook;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod policy;

@@ -53,6 +53,16 @@ pub struct Metrics {
     pub storage_free_inodes: IntGaugeVec,
     /// `sluice_storage_short`: 1 while new mail is refused for lack of space.
     pub storage_short: IntGauge,
+    /// The working set the memory watch measured (cgroup usage less
+    /// page cache), set at each scrape.
+    pub memory_usage_bytes: IntGauge,
+    /// The memory limits in force, by `limit` (hard, soft, low).
+    pub memory_limit_bytes: IntGaugeVec,
+    /// `sluice_memory_short`: 1 while new mail is refused for lack of memory.
+    pub memory_short: IntGauge,
+    /// Message bodies released from memory under pressure (read back from
+    /// the spool when delivered).
+    pub memory_bodies_released_total: IntCounter,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -129,6 +139,31 @@ impl Metrics {
                 "sluice_storage_short",
                 "1 while new mail is refused because a volume is short of space",
             ),
+            memory_usage_bytes: gauge(
+                &r,
+                "sluice_memory_usage_bytes",
+                "Working set of the MTA: its cgroup's usage less page cache",
+            ),
+            memory_limit_bytes: gauge_vec(
+                &r,
+                "sluice_memory_limit_bytes",
+                "Memory limits in force: hard, soft (refuse new mail), low (release bodies)",
+                &["limit"],
+            ),
+            memory_short: gauge(
+                &r,
+                "sluice_memory_short",
+                "1 while new mail is refused because the working set passed the soft limit",
+            ),
+            memory_bodies_released_total: {
+                let c = IntCounter::new(
+                    "sluice_memory_bodies_released_total",
+                    "Message bodies released from memory under pressure",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             relay_private_ranges: gauge_vec(
                 &r,
                 "sluice_listener_relay_private_ranges",

@@ -6,6 +6,7 @@
 //! error (with file and line) goes to the log, the admin API and metrics.
 
 use crate::metrics::Metrics;
+use crate::policy::files::policy_files;
 use crate::policy::{Policy, PolicyError, PolicySource};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -52,12 +53,8 @@ impl ConfigStatus {
     }
 }
 
-const WATCHED_EXTENSIONS: &[&str] = &["lua", "json", "toml", "yaml", "yml"];
-
 /// Hash of the policy file and of every policy-like file beside it (what a
-/// policy may `require`, `dofile` or read), read through symlinks. Entries
-/// whose names start with `.` are skipped: they are the kubelet's
-/// `..data`/`..2026_...` directories, seen through the visible symlinks.
+/// policy may `require`, `dofile` or read), read through symlinks.
 pub fn fingerprint(policy: &Path) -> String {
     let mut hasher = Sha256::new();
     for f in policy_files(policy) {
@@ -68,17 +65,6 @@ pub fn fingerprint(policy: &Path) -> String {
         }
     }
     hex(&hasher.finalize())
-}
-
-/// The policy file and the policy-like files beside it, sorted.
-fn policy_files(policy: &Path) -> Vec<PathBuf> {
-    let mut files = vec![policy.to_path_buf()];
-    if let Some(dir) = policy.parent() {
-        collect(dir, 0, &mut files);
-    }
-    files.sort();
-    files.dedup();
-    files
 }
 
 /// SHA-256 of each policy file, by its path relative to the policy's directory.
@@ -100,30 +86,6 @@ pub fn file_hashes(policy: &Path) -> std::collections::BTreeMap<String, String> 
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            if depth < 3 {
-                collect(&path, depth + 1, out);
-            }
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| WATCHED_EXTENSIONS.contains(&e))
-        {
-            out.push(path);
-        }
-    }
 }
 
 /// Reloads the policy: from its file on a change, or on demand.

@@ -3,6 +3,7 @@
 //! Python's smtplib, openssl), and read what a user would see: SMTP replies,
 //! log records and maildir files.
 
+pub mod cgroup;
 pub mod chart;
 pub mod fleet;
 pub mod haproxy;
@@ -64,6 +65,9 @@ pub struct Mta {
     pub policy_path: PathBuf,
     /// Extra command-line arguments for `sluice-mta`.
     pub args: Vec<String>,
+    /// A cgroup's `cgroup.procs`: the MTA runs in that cgroup from its
+    /// first instruction.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The init block most tests share; `{DIR}` and `{PORT}` are substituted.
@@ -139,6 +143,7 @@ impl Mta {
             port,
             policy_path,
             args: vec![],
+            cgroup: None,
         }
     }
 
@@ -152,7 +157,19 @@ impl Mta {
             .append(true)
             .open(self.path("mta.log"))
             .unwrap();
-        let child = Command::new(binary("sluice-mta"))
+        let mut command = match &self.cgroup {
+            // the shell moves itself in, then becomes the MTA
+            Some(procs) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("echo $$ > \"$SLUICE_CGROUP_PROCS\" && exec \"$0\" \"$@\"")
+                    .arg(binary("sluice-mta"))
+                    .env("SLUICE_CGROUP_PROCS", procs);
+                c
+            }
+            None => Command::new(binary("sluice-mta")),
+        };
+        let child = command
             .arg("--policy")
             .arg(&self.policy_path)
             .args(&self.args)
@@ -491,13 +508,17 @@ pub struct Sink {
 impl Sink {
     /// `extra` are smtp-sink options such as `["-r", "RCPT"]` (soft-reject RCPT).
     pub fn start(extra: &[&str]) -> Sink {
+        Sink::start_at(free_port(), extra)
+    }
+
+    /// A sink on `port` (e.g. one that replaces a stopped sink).
+    pub fn start_at(port: u16, extra: &[&str]) -> Sink {
         let dir = tempfile::tempdir().unwrap();
         let dump = dir.path().join("mail");
         std::fs::create_dir(&dump).unwrap();
         // smtp-sink drops to `nobody` before writing
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let port = free_port();
         let out = std::fs::File::create(dir.path().join("counters")).unwrap();
         let child = Command::new("/usr/sbin/smtp-sink")
             .args(["-c", "-u", "nobody", "-d"])

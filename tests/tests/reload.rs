@@ -164,3 +164,49 @@ fn reload_under_load_delivers_each_message_once_by_the_policy_in_force() {
     assert_eq!(samples[format!("sluice_config_info{{hash={hash}}}")], 1.0);
     mta.stop();
 }
+
+/// A module the policy `require`s changes on disk, with no reload (the
+/// watcher looks once an hour): every Lua state of the running epoch, also
+/// those made later because 20 sessions at once need more than the pool
+/// holds, runs the module as it was when the epoch was loaded. Before the
+/// snapshot, states made after the change ran the new module beside the old.
+#[test]
+fn states_made_after_a_module_changed_on_disk_run_the_epochs_module() {
+    let mut mta = Mta::prepare(&policy(
+        "",
+        "local route = require 'route'\n\
+         kumo.on('smtp_server_message_received', function(msg)\n  \
+           msg:prepend_header('X-Route', route.version)\n\
+         end)\n\
+         kumo.on('get_queue_config', function()\n  \
+           return kumo.make_queue_config { protocol = { maildir_path = '{DIR}/maildir' } }\n\
+         end)\n",
+    ));
+    std::fs::write(mta.path("route.lua"), "return { version = 'loaded' }").unwrap();
+    mta.args = vec!["--reload-interval".into(), "1h".into()];
+    mta.spawn();
+    std::fs::write(mta.path("route.lua"), "return { version = 'edited' }").unwrap();
+    let mut client = start_injection(&mta, 600);
+    client.wait().unwrap();
+    let accepted = injection_results(&mta)
+        .iter()
+        .filter(|r| r["code"] == 250)
+        .count();
+    assert_eq!(accepted, 600);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mta.maildir_files("maildir").len() < 600 {
+        assert!(Instant::now() < deadline, "deliveries stalled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut routes: HashMap<String, usize> = HashMap::new();
+    for f in mta.maildir_files("maildir") {
+        let text = std::fs::read_to_string(f).unwrap();
+        let route = text
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Route: "))
+            .unwrap_or("none")
+            .to_string();
+        *routes.entry(route).or_default() += 1;
+    }
+    assert_eq!(routes, HashMap::from([("loaded".to_string(), 600)]));
+}

@@ -106,4 +106,7 @@ pub struct InitConfig {
     pub http_listeners: Vec<http::HttpListenerConfig>,
     /// One per `configure_log_hook` call.
     pub log_hooks: Vec<logs::LogHookConfig>,
+    /// From `kumo.set_memory_hard_limit`, `set_memory_soft_limit` and
+    /// `set_memory_low_thresh` (in `pre_init` or `init`).
+    pub memory: crate::memory::Settings,
 }

@@ -206,6 +206,10 @@ impl Egress {
         let transient = |text: String| Refusal::Transient(Response::new(451, &text));
         let (site, deliver): (String, Arc<dyn Deliver>) = match &item.config.protocol {
             Protocol::Maildir(proto) => {
+                if let Err(e) = self.load_body(&item.msg) {
+                    let text = format!("KumoMTA internal: cannot read spooled body: {e}");
+                    return Submitted::Refused(item, Refusal::Transient(Response::new(400, &text)));
+                }
                 let attempt = self.maildir(&item, parts, proto.clone()).await;
                 return Submitted::Done(item, attempt);
             }
@@ -446,6 +450,23 @@ impl Egress {
     /// Every ready queue now held.
     pub fn ready_queues(&self) -> Vec<Arc<ReadyQueue>> {
         self.ready.lock().values().cloned().collect()
+    }
+
+    /// Messages waiting in ready queues, and connections serving them.
+    pub fn backlog(&self) -> (usize, usize) {
+        let ready = self.ready.lock();
+        ready.values().fold((0, 0), |(msgs, conns), rq| {
+            (msgs + rq.len(), conns + rq.connection_count())
+        })
+    }
+
+    /// Release the bodies of spooled messages waiting in ready queues (a
+    /// connection reads each back when it takes it); how many went.
+    pub fn release_bodies(&self) -> usize {
+        self.ready_queues()
+            .iter()
+            .map(|rq| rq.release_bodies())
+            .sum()
     }
 
     /// Drop the ready queues idle for the `reap_interval` of the queues

@@ -136,6 +136,13 @@ impl ReadyQueue {
                 .is_ok()
     }
 
+    /// Release the bodies of the spooled messages waiting here (not those a
+    /// connection has taken); how many went.
+    pub fn release_bodies(&self) -> usize {
+        let items = self.items.lock();
+        items.iter().filter(|item| item.msg.release_body()).count()
+    }
+
     /// Take out the waiting messages `f` selects.
     pub fn take_matching(&self, f: impl Fn(&Ready) -> bool) -> Vec<Ready> {
         let mut items = self.items.lock();

@@ -6,24 +6,36 @@ use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// One line as [`Conn::read_line`] read it.
 pub enum Line {
     /// A line without its line ending; `bare_lf` when it ended in LF alone.
-    Ok { bytes: Vec<u8>, bare_lf: bool },
+    Ok {
+        /// The line's bytes, without CRLF or LF.
+        bytes: Vec<u8>,
+        /// It ended in a bare LF.
+        bare_lf: bool,
+    },
     /// Longer than the limit; the rest of it was discarded.
     TooLong,
 }
 
+/// Why reading from the client stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// Nothing arrived within the client timeout.
     #[error("client timed out")]
     Timeout,
+    /// The client closed its side.
     #[error("client closed the connection")]
     Closed,
+    /// The transport failed.
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
+/// A client connection: buffered input, batched replies.
 pub struct Conn {
+    /// The transport (TCP, or TLS after STARTTLS).
     pub io: Box<dyn Io>,
     buf: Vec<u8>,
     pos: usize,
@@ -32,6 +44,7 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Wrap `io`; a read waiting longer than `timeout` fails.
     pub fn new(io: Box<dyn Io>, timeout: Duration) -> Self {
         Conn {
             io,
@@ -52,6 +65,7 @@ impl Conn {
         }
     }
 
+    /// Send the queued replies.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
@@ -176,10 +190,15 @@ impl Conn {
     }
 }
 
+/// A DATA body as [`Conn::read_data`] read it.
 #[derive(Default)]
 pub struct DataBody {
+    /// The body, dot-unstuffed, CRLF line endings (empty past the limit).
     pub data: Vec<u8>,
+    /// It was larger than the size limit.
     pub too_big: bool,
+    /// A line was longer than the line limit (and was dropped).
     pub line_too_long: bool,
+    /// A line ended in a bare LF, or held a bare CR.
     pub bare_line_ending: bool,
 }

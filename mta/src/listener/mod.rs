@@ -3,7 +3,7 @@
 
 pub mod auth;
 
-mod io;
+pub mod io;
 mod proxy;
 pub mod relay;
 mod session;
@@ -51,8 +51,9 @@ pub struct Services {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Where the session counts its connection.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Free space on the spool and log volumes: while short, MAIL gets 452.
-    pub storage: Arc<crate::storage::Storage>,
+    /// Storage and memory: while either is short, MAIL gets a 4xx; while
+    /// memory is short, a new connection gets 421.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 type TlsKey = (
@@ -207,8 +208,9 @@ impl Listener {
             })
     }
 
-    /// Accept connections forever, a session each; past `max_connections`, or
-    /// while draining, a connection gets a 421 and is closed.
+    /// Accept connections forever, a session each; past `max_connections`,
+    /// while draining, or while memory is short, a connection gets a 421 and
+    /// is closed.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, services: Arc<Services>) {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -225,25 +227,29 @@ impl Listener {
             let services = services.clone();
             tokio::spawn(async move {
                 let local = stream.local_addr().ok();
-                let permit = match services.lifecycle.is_draining() {
-                    true => None,
-                    false => me.sessions.clone().try_acquire_owned().ok(),
+                let hostname = &me.hostnames[0];
+                let short = services.admission.memory.shortage();
+                let permit = match (services.lifecycle.is_draining(), short) {
+                    (true, _) => Err(format!("{hostname} is shutting down")),
+                    // a session costs memory: turn it away at the door
+                    (false, Some(short)) => {
+                        tracing::warn!(%peer, "connection refused: {short}");
+                        Err(format!("{hostname} is short of memory"))
+                    }
+                    (false, None) => me
+                        .sessions
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| format!("{hostname} too many concurrent sessions")),
                 };
-                match permit.ok_or(()) {
+                match permit {
                     Ok(permit) => {
                         session::run(stream, peer, local, me.clone(), services, permit).await;
                     }
-                    Err(_) => {
+                    Err(why) => {
                         use tokio::io::AsyncWriteExt;
                         let mut stream = stream;
-                        let hostname = &me.hostnames[0];
-                        let line = if services.lifecycle.is_draining() {
-                            format!("421 4.3.2 {hostname} is shutting down. Try later\r\n")
-                        } else {
-                            format!(
-                                "421 4.3.2 {hostname} too many concurrent sessions. Try later\r\n"
-                            )
-                        };
+                        let line = format!("421 4.3.2 {why}. Try later\r\n");
                         let _ = stream.write_all(line.as_bytes()).await;
                         let _ = stream.shutdown().await;
                     }

@@ -248,6 +248,13 @@ impl Message {
         self.state.lock().data = None;
     }
 
+    /// Under memory pressure: release the body if the spool has it; whether
+    /// one was released.
+    pub fn release_body(&self) -> bool {
+        let mut s = self.state.lock();
+        s.spooled && s.data.take().is_some()
+    }
+
     /// Release the envelope and meta too (ShrinkDataAndMeta), but only while
     /// the message is still due later than `not_before` (unix ms), so that a
     /// delivery attempt never sees them vanish.

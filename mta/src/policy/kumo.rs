@@ -114,7 +114,7 @@ fn with_init<R>(
         Some(init) => Ok(f(init)),
         None => Err(located_error(
             lua,
-            format!("kumo.{function} can only be called from the 'init' event"),
+            format!("kumo.{function} can only be called from the 'pre_init' or 'init' event"),
         )),
     }
 }
@@ -281,6 +281,21 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
             with_init(lua, "configure_local_logs", |init| init.logs.push(logs))
         })?,
     )?;
+
+    type Setter = fn(&mut crate::memory::Settings, u64);
+    let setters: [(&str, Setter); 3] = [
+        ("set_memory_hard_limit", |m, n| m.hard = Some(n)),
+        ("set_memory_soft_limit", |m, n| m.soft = Some(n)),
+        ("set_memory_low_thresh", |m, n| m.low = Some(n)),
+    ];
+    for (name, set) in setters {
+        kumo.set(
+            name,
+            lua.create_function(move |lua, bytes: u64| {
+                with_init(lua, name, |init| set(&mut init.memory, bytes))
+            })?,
+        )?;
+    }
 
     kumo.set(
         "configure_log_hook",

@@ -5,6 +5,7 @@
 mod amqp;
 mod events;
 mod fetched;
+pub mod files;
 mod http;
 pub(crate) mod kumo;
 mod lua_connection;
@@ -136,6 +137,9 @@ pub struct PolicySource {
     /// The file's directory, put first on `package.path` so the policy can
     /// `require` its own modules; `None` when embedded.
     pub dir: Option<PathBuf>,
+    /// The Lua modules beside it, read with it: what every state of this
+    /// version `require`s.
+    pub modules: Arc<files::Snapshot>,
 }
 
 impl PolicySource {
@@ -147,6 +151,7 @@ impl PolicySource {
             name: path.display().to_string(),
             code,
             dir: path.parent().map(Path::to_path_buf),
+            modules: Arc::new(files::Snapshot::take(path)),
         })
     }
 
@@ -157,6 +162,7 @@ impl PolicySource {
             name: name.into(),
             code: code.into(),
             dir: None,
+            modules: Default::default(),
         }
     }
 }
@@ -306,7 +312,8 @@ impl Policy {
         })
     }
 
-    /// Run the `init` event and return what it configured.
+    /// Run the `pre_init` then the `init` event and return what they
+    /// configured.
     pub async fn run_init(&self) -> Result<InitConfig, PolicyError> {
         let lua = self
             .checkout()
@@ -315,15 +322,23 @@ impl Policy {
             loading: false,
             init: Some(InitConfig::default()),
         });
-        let result = self
-            .call_handlers(&lua, "init", |_| Ok(MultiValue::new()))
-            .await;
+        // pre_init (KumoMTA: where memory limits are set) then init
+        let mut result = self
+            .call_handlers(&lua, "pre_init", |_| Ok(MultiValue::new()))
+            .await
+            .map_err(|e| ("pre_init", e));
+        if result.is_ok() {
+            result = self
+                .call_handlers(&lua, "init", |_| Ok(MultiValue::new()))
+                .await
+                .map_err(|e| ("init", e));
+        }
         let init = lua
             .app_data_mut::<Phase>()
             .and_then(|mut p| p.init.take())
             .unwrap_or_default();
-        result.map_err(|e| PolicyError::Event {
-            event: "init".into(),
+        result.map_err(|(event, e)| PolicyError::Event {
+            event: event.into(),
             message: e.to_string(),
         })?;
         Ok(init)
@@ -390,6 +405,7 @@ fn new_state(source: &PolicySource, amqp: &Arc<amqp::Pools>) -> Result<Lua, Poli
             let dir = dir.display();
             package.set("path", format!("{dir}/?.lua;{dir}/?/init.lua;{path}"))?;
         }
+        source.modules.install(&lua)?;
         Ok(())
     };
     setup().map_err(|e| PolicyError::Load(describe(&e)))?;

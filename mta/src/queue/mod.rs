@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod deferred;
 mod outcome;
+mod pressure;
 mod promote;
 mod registry;
 mod requeue;
@@ -91,6 +92,9 @@ pub struct Parts {
     pub clock: Arc<dyn Clock>,
     /// This node's id, written into every log record.
     pub nodeid: String,
+    /// The memory watch: under pressure bodies are released and promotion
+    /// slows to what the connections take.
+    pub memory: Arc<crate::memory::Memory>,
 }
 
 /// The scheduled-queue engine: it holds each message until it is due, submits
@@ -107,6 +111,7 @@ pub struct QueueManager {
     lifecycle: Arc<Lifecycle>,
     clock: Arc<dyn Clock>,
     nodeid: String,
+    memory: Arc<crate::memory::Memory>,
     queues: Mutex<HashMap<String, Arc<ScheduledQueue>>>,
     timer: Timer,
     rules: admin::AdminRules,
@@ -135,6 +140,7 @@ impl QueueManager {
             lifecycle: parts.lifecycle,
             clock: parts.clock,
             nodeid: parts.nodeid,
+            memory: parts.memory,
             queues: Mutex::new(HashMap::new()),
             rules: Default::default(),
             due: Mutex::new(VecDeque::new()),
@@ -210,6 +216,11 @@ impl QueueManager {
     /// Queue a freshly received (already admitted) message. A message whose
     /// scheduling holds it for later logs `Delayed` and waits.
     pub fn insert(self: &Arc<Self>, msg: MessageRef, queue: &str) {
+        if !self.keep_bodies() {
+            // memory is getting short: the spool has the body (KumoMTA
+            // releases message data as messages move between queues)
+            msg.release_body();
+        }
         let now = self.now();
         let due = retry::constrained(msg.state().schedule.as_ref(), now);
         if due > now {

@@ -1,6 +1,8 @@
 //! Promotion (spec §3.2): a due message gets its queue, passes the admin
-//! rules and the queue's `max_message_rate`, has its body read back, and is
-//! handed to egress, which places it on a path or says why it cannot.
+//! rules and the queue's `max_message_rate`, and is handed to egress, which
+//! places it on a path or says why it cannot. While memory is short,
+//! promotion waits for the ready queues to drain to what their connections
+//! take.
 
 use super::{QueueManager, retry};
 use crate::egress::{Ready, Refusal, Submitted};
@@ -88,25 +90,9 @@ impl QueueManager {
                 return;
             }
         }
-        if msg.data().is_none() {
-            match self.spool.read_data(msg.id) {
-                Ok(data) => msg.set_data(data),
-                Err(e) => {
-                    tracing::error!(id = %msg.id, "cannot read message body: {e}");
-                    let text = format!("KumoMTA internal: cannot read spooled body: {e}");
-                    self.transient(
-                        &msg,
-                        &queue_name,
-                        &config,
-                        Response::new(400, &text),
-                        None,
-                        None,
-                    )
-                    .await;
-                    return;
-                }
-            }
-        }
+        // the body is read back (if released) when a connection takes the
+        // message, so ready queues hold no more bodies than they send
+        self.hold_while_short().await;
         let item = Ready {
             msg,
             queue: queue_name,

@@ -32,6 +32,7 @@ mod record;
 mod writer;
 
 use record::{HEADER_LEN, read_record_meta, replay_segment};
+pub use record::{Record, Scan, scan};
 use writer::Writer;
 /// Why a spool operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -166,16 +167,18 @@ impl Spool {
         let last = seg_numbers.last().copied();
         for &n in &seg_numbers {
             let path = segment_path(dir, n);
-            let good_len = replay_segment(&path, n, &mut index)?;
+            let found = replay_segment(&path, n, &mut index)?;
             let file = OpenOptions::new().read(true).append(true).open(&path)?;
-            if file.metadata()?.len() > good_len {
-                if Some(n) == last {
-                    tracing::warn!(segment = %path.display(), good_len, "truncating torn tail of spool segment");
-                    file.set_len(good_len)?;
-                    file.sync_all()?;
+            for range in &found.skipped {
+                if range.start >= found.valid_end {
+                    tracing::warn!(segment = %path.display(), offset = range.start, "torn tail of spool segment (a write the crash interrupted)");
                 } else {
-                    tracing::error!(segment = %path.display(), good_len, "corrupt record in spool segment; later records in it were skipped");
+                    tracing::error!(segment = %path.display(), offset = range.start, bytes = range.end - range.start, "corrupt bytes in spool segment skipped; the records after them were recovered");
                 }
+            }
+            if Some(n) == last && file.metadata()?.len() > found.valid_end {
+                file.set_len(found.valid_end)?;
+                file.sync_all()?;
             }
             segments.push_back((
                 n,

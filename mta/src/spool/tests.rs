@@ -1,5 +1,5 @@
-//! The spool's unit tests: durability across reopen, torn tails, segment
-//! deletion and compaction, and failed writes.
+//! The spool's unit tests: durability across reopen, torn tails, corrupt
+//! records, segment deletion and compaction, and failed writes.
 
 use super::*;
 
@@ -204,4 +204,64 @@ async fn while_space_is_short_a_sparse_lone_segment_is_compacted() {
     want.sort();
     assert_eq!(metas, want);
     assert_eq!(spool.read_data(MessageId([1; 16])).unwrap(), body);
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_skipped_and_the_records_after_it_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+        for i in 1..=3 {
+            spool.put(vec![msg(i, &[b'a' + i; 100])]).await.unwrap();
+        }
+    }
+    // flip one byte of the second body, as a bad sector would
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&seg).unwrap();
+    let second = record::scan(&bytes).records[1];
+    bytes[(second.off + second.span() - 1) as usize] ^= 0xff;
+    fs::write(&seg, &bytes).unwrap();
+
+    let (spool, rec) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    let mut ids: Vec<u8> = rec.iter().map(|r| r.id.0[0]).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 3]);
+    assert_eq!(
+        spool.read_data(MessageId([3; 16])).unwrap(),
+        [b'a' + 3; 100]
+    );
+    // the segment was not cut at the bad record
+    assert_eq!(fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
+}
+
+#[test]
+fn scan_resynchronises_after_garbage_and_reports_a_torn_tail() {
+    let mut bytes = vec![];
+    record::encode(
+        &mut bytes,
+        record::KIND_PUT,
+        MessageId([1; 16]),
+        b"m",
+        b"one",
+    );
+    let first = bytes.len() as u64;
+    bytes.extend_from_slice(b"garbage SLS1 not a record");
+    let junk_end = bytes.len() as u64;
+    record::encode(&mut bytes, record::KIND_DEL, MessageId([1; 16]), b"", b"");
+    let good = bytes.len() as u64;
+    let mut torn = vec![];
+    record::encode(
+        &mut torn,
+        record::KIND_PUT,
+        MessageId([2; 16]),
+        b"m",
+        b"two",
+    );
+    bytes.extend_from_slice(&torn[..torn.len() - 2]);
+
+    let found = record::scan(&bytes);
+    let kinds: Vec<u8> = found.records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [record::KIND_PUT, record::KIND_DEL]);
+    assert_eq!(found.skipped, [first..junk_end, good..bytes.len() as u64]);
+    assert_eq!(found.valid_end, good);
 }

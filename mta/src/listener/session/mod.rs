@@ -344,13 +344,10 @@ impl Session {
                     );
                     return Ok(Flow::Continue);
                 }
-                if let Some(short) = self.services.storage.shortage() {
-                    tracing::warn!(peer = %self.peer, "MAIL refused: {short}");
-                    self.error(
-                        452,
-                        "4.3.1 insufficient system storage, try again later",
-                        Some(line),
-                    );
+                if let Some(refusal) = self.services.admission.refusal() {
+                    tracing::warn!(peer = %self.peer, "MAIL refused: {refusal}");
+                    let (code, text) = refusal.mail_reply();
+                    self.error(code, text, Some(line));
                     return Ok(Flow::Continue);
                 }
                 for (k, v) in &params {

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Run every fuzz target (fuzz/fuzz_targets/) for N minutes each with
+# cargo-fuzz on the nightly toolchain, two at a time, growing the corpora
+# in fuzz/corpus/ (merged, so they stay small). Not part of CI: the
+# ordinary tests replay the corpora (tests/tests/fuzz_corpus.rs).
+#
+#   bench/fuzz.sh              # every target, 10 minutes each
+#   MINUTES=1 bench/fuzz.sh smtp_command spool_scan
+#
+# Prints, per target: executions, coverage (libFuzzer's cov/ft) and
+# crashes; a crash's input is left in fuzz/artifacts/<target>/.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+minutes=${MINUTES:-10}
+jobs=${JOBS:-2}
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "cargo-fuzz is needed: cargo install cargo-fuzz" >&2
+  exit 1
+fi
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/sluice-fuzz-target}"
+logs=$(mktemp -d /var/tmp/sluice-fuzz.XXXXXX)
+for t in "${targets[@]}"; do
+  cargo +nightly fuzz build -O "$t" >&2
+done
+
+run() {
+  local t=$1 new="$logs/$1.new"
+  mkdir -p "corpus/$t" "$new"
+  # new inputs go to a scratch directory, merged into the corpus afterwards
+  cargo +nightly fuzz run -O "$t" "$new" "corpus/$t" -- \
+    -max_total_time=$((minutes * 60)) -rss_limit_mb=4096 -timeout=30 \
+    -print_final_stats=1 >"$logs/$t.log" 2>&1 || true
+  cargo +nightly fuzz cmin -O "$t" "corpus/$t" -- >/dev/null 2>&1 || true
+  local merged="$logs/$t.merged"
+  mkdir -p "$merged"
+  cargo +nightly fuzz run -O "$t" "$merged" "corpus/$t" "$new" -- -merge=1 \
+    >"$logs/$t.merge.log" 2>&1 || true
+  if [ -n "$(ls -A "$merged")" ]; then
+    rm -rf "corpus/$t" && mv "$merged" "corpus/$t"
+  fi
+}
+
+running=0
+for t in "${targets[@]}"; do
+  run "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n
+    running=$((running - 1))
+  fi
+done
+wait
+
+printf '%-15s %12s %8s %8s %8s %s\n' target executions exec/s cov ft crashes
+for t in "${targets[@]}"; do
+  log="$logs/$t.log"
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo 0)
+  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo 0)
+  crashes=$(ls "artifacts/$t" 2>/dev/null | wc -l)
+  printf '%-15s %12s %8s %8s %8s %s\n' "$t" "${execs:-0}" "${rate:-0}" "${cov:-0}" "${ft:-0}" "$crashes"
+done
+echo "logs: $logs" >&2

@@ -6,12 +6,14 @@
 #
 #   bench/fuzz.sh              # every target, 10 minutes each
 #   MINUTES=1 bench/fuzz.sh smtp_command spool_scan
+#   NO_BUILD=1 JOBS=1 bench/fuzz.sh   # the binaries as built, one core
 #
 # Prints, per target: executions, coverage (libFuzzer's cov/ft) and
 # crashes; a crash's input is left in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 minutes=${MINUTES:-10}
+seconds=${SECONDS_EACH:-$((minutes * 60))}
 jobs=${JOBS:-2}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -23,22 +25,24 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/sluice-fuzz-target}"
 logs=$(mktemp -d /var/tmp/sluice-fuzz.XXXXXX)
-for t in "${targets[@]}"; do
-  cargo +nightly fuzz build -O "$t" >&2
-done
+if [ -z "${NO_BUILD:-}" ]; then
+  for t in "${targets[@]}"; do
+    cargo +nightly fuzz build -O "$t" >&2
+  done
+fi
 
+bin_dir="$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release"
+
+# the binaries run directly (not through cargo fuzz run), so that editing
+# the tree meanwhile neither rebuilds them nor changes what is fuzzed
 run() {
-  local t=$1 new="$logs/$1.new"
-  mkdir -p "corpus/$t" "$new"
-  # new inputs go to a scratch directory, merged into the corpus afterwards
-  cargo +nightly fuzz run -O "$t" "$new" "corpus/$t" -- \
-    -max_total_time=$((minutes * 60)) -rss_limit_mb=4096 -timeout=30 \
+  local t=$1 new="$logs/$1.new" merged="$logs/$1.merged"
+  mkdir -p "corpus/$t" "$new" "$merged" "artifacts/$t"
+  "$bin_dir/$t" "$new" "corpus/$t" -artifact_prefix="artifacts/$t/" \
+    -max_total_time=$seconds -rss_limit_mb=4096 -timeout=30 \
     -print_final_stats=1 >"$logs/$t.log" 2>&1 || true
-  cargo +nightly fuzz cmin -O "$t" "corpus/$t" -- >/dev/null 2>&1 || true
-  local merged="$logs/$t.merged"
-  mkdir -p "$merged"
-  cargo +nightly fuzz run -O "$t" "$merged" "corpus/$t" "$new" -- -merge=1 \
-    >"$logs/$t.merge.log" 2>&1 || true
+  # keep the corpus small: only inputs that add coverage
+  "$bin_dir/$t" -merge=1 "$merged" "corpus/$t" "$new" >"$logs/$t.merge.log" 2>&1 || true
   if [ -n "$(ls -A "$merged")" ]; then
     rm -rf "corpus/$t" && mv "$merged" "corpus/$t"
   fi

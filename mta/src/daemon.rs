@@ -74,6 +74,7 @@ pub struct Options {
 /// logs, a listener).
 pub async fn run(source: PolicySource, options: Options) -> Result<(), StartError> {
     let drain_timeout = options.drain_timeout;
+    raise_open_files_limit();
     let embedded = source.clone();
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let policy = Policy::load(source)?;
@@ -299,5 +300,19 @@ async fn release_under_pressure(
             tracing::info!(released, "message bodies released from memory");
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard
+/// one (often 1024 against 1,048,576), so `max_connections` and not the
+/// default limit decides how many clients are served.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open files limit: {e}");
+        }
     }
 }

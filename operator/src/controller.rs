@@ -8,9 +8,9 @@
 //! 4. writes each object's status (only when it changed) and an event on
 //!    each transition.
 
-use crate::crd::{EgressPath, EgressPool, PolicyStatus, QueuePolicy};
+use crate::crd::{EgressPath, EgressPool, HasStatus, PolicyStatus, QueuePolicy};
 use crate::metrics::Metrics;
-use crate::render::{self, Inputs, ObjectKey, POLICY_FILE, Rejection, Rendered};
+use crate::render::{self, Inputs, ObjectKey, POLICY_FILE, Rendered};
 use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -269,13 +269,14 @@ impl Controller {
     /// One pass over the fleet.
     async fn reconcile(&mut self, stores: &Stores) -> Result<(), Error> {
         let inputs = stores.inputs();
-        let rendered = render::render(
+        let outcome = crate::last_accepted::render(
             &inputs,
             &render::Options {
                 secrets_dir: self.config.secrets_dir.clone(),
             },
         );
-        let changed = self.apply_configmap(&rendered).await?;
+        let rendered = &outcome.rendered;
+        let changed = self.apply_configmap(rendered).await?;
         if changed {
             tracing::info!(hash = %rendered.hash, objects = rendered.verdicts.len(), "config rendered");
         }
@@ -287,7 +288,7 @@ impl Controller {
             self.write_status(
                 Api::<QueuePolicy>::namespaced(self.client.clone(), ns),
                 o,
-                &rendered,
+                &outcome,
                 &rollout,
                 changed,
             )
@@ -297,7 +298,7 @@ impl Controller {
             self.write_status(
                 Api::<EgressPool>::namespaced(self.client.clone(), ns),
                 o,
-                &rendered,
+                &outcome,
                 &rollout,
                 changed,
             )
@@ -307,7 +308,7 @@ impl Controller {
             self.write_status(
                 Api::<EgressPath>::namespaced(self.client.clone(), ns),
                 o,
-                &rendered,
+                &outcome,
                 &rollout,
                 changed,
             )
@@ -442,22 +443,28 @@ impl Controller {
         &self,
         api: Api<K>,
         obj: &K,
-        rendered: &Rendered,
+        outcome: &crate::last_accepted::Outcome,
         rollout: &Rollout,
         config_changed: bool,
     ) -> Result<(), Error>
     where
-        K: Resource<DynamicType = ()> + HasStatus + Clone + DeserializeOwned + std::fmt::Debug,
+        K: Resource<DynamicType = ()>
+            + HasStatus
+            + Clone
+            + DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
     {
         let key = render::key_of(obj);
-        let verdict = rendered.verdicts.get(&key).cloned().unwrap_or(Ok(()));
+        let verdict = outcome.verdict(&key);
         let old = obj.status().cloned().unwrap_or_default();
         let new = status::compute(
             &old,
             obj.meta().generation,
             &verdict,
-            &rendered.hash,
+            &outcome.rendered.hash,
             rollout,
+            crate::last_accepted::spec_json(obj),
         );
         if new == old {
             return Ok(());
@@ -484,7 +491,7 @@ impl Controller {
         key: &ObjectKey,
         old: &PolicyStatus,
         new: &PolicyStatus,
-        verdict: &Result<(), Rejection>,
+        verdict: &crate::last_accepted::Verdict,
         config_changed: bool,
     ) {
         let mut events = Vec::new();
@@ -495,8 +502,11 @@ impl Controller {
             .filter(|c| c.status == "False")
             .map(|c| c.message.as_str());
         let hash = new.config_hash.as_deref().unwrap_or_default();
+        use crate::last_accepted::Verdict;
         match verdict {
-            Err(r) if rejected_before != Some(r.message.as_str()) => {
+            Verdict::Rejected(r) | Verdict::ServingLastAccepted(r)
+                if rejected_before != Some(r.message.as_str()) =>
+            {
                 events.push(Event {
                     type_: EventType::Warning,
                     reason: "ConfigRejected".into(),
@@ -505,7 +515,7 @@ impl Controller {
                     secondary: None,
                 });
             }
-            Ok(()) if config_changed || was("Accepted").as_deref() != Some("True") => {
+            Verdict::Accepted if config_changed || was("Accepted").as_deref() != Some("True") => {
                 events.push(Event {
                     type_: EventType::Normal,
                     reason: "ConfigRendered".into(),
@@ -535,29 +545,5 @@ impl Controller {
                 tracing::warn!(object = %key, "cannot publish event {}: {e}", event.reason);
             }
         }
-    }
-}
-
-/// The three kinds share one status type.
-pub trait HasStatus {
-    /// The object's status, if it has one yet.
-    fn status(&self) -> Option<&PolicyStatus>;
-}
-
-impl HasStatus for QueuePolicy {
-    fn status(&self) -> Option<&PolicyStatus> {
-        self.status.as_ref()
-    }
-}
-
-impl HasStatus for EgressPool {
-    fn status(&self) -> Option<&PolicyStatus> {
-        self.status.as_ref()
-    }
-}
-
-impl HasStatus for EgressPath {
-    fn status(&self) -> Option<&PolicyStatus> {
-        self.status.as_ref()
     }
 }

@@ -421,6 +421,13 @@ pub struct PolicyStatus {
     /// MTA pods running `configHash`, of those found: `2/3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<String>,
+    /// The generation of the spec last accepted. While a later edit is
+    /// rejected, the config keeps serving that spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted_generation: Option<i64>,
+    /// That spec, as JSON: kept here so that it survives an operator restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted_spec: Option<String>,
 }
 
 fn one() -> u32 {
@@ -450,4 +457,28 @@ fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::S
             "required": ["lastTransitionTime", "message", "reason", "status", "type"]
         }
     })
+}
+
+/// The three kinds share one status type.
+pub trait HasStatus {
+    /// The object's status, if it has one yet.
+    fn status(&self) -> Option<&PolicyStatus>;
+}
+
+impl HasStatus for QueuePolicy {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for EgressPool {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for EgressPath {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::controller::Rollout;
 use crate::crd::PolicyStatus;
-use crate::render::Rejection;
+use crate::last_accepted::Verdict;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The condition of type `type_` in `status`, if there is one.
@@ -19,13 +19,15 @@ pub fn short(hash: &str) -> &str {
 }
 
 /// The status for an object of `generation` with this verdict, given the
-/// one it has (`old`).
+/// one it has (`old`); `spec` is its current spec as JSON, kept as the last
+/// accepted one when it is accepted.
 pub fn compute(
     old: &PolicyStatus,
     generation: Option<i64>,
-    verdict: &Result<(), Rejection>,
+    verdict: &Verdict,
     hash: &str,
     rollout: &Rollout,
+    spec: Option<String>,
 ) -> PolicyStatus {
     let make = |type_: &str, ok: bool, reason: &str, message: String| {
         let status = if ok { "True" } else { "False" };
@@ -44,53 +46,62 @@ pub fn compute(
         }
     };
     let pods = format!("{}/{}", rollout.updated, rollout.total);
+    let config = short(hash);
+    // Ready (and Reconciling) for an object that is part of the config
+    let rolled_out = |reason: &str, what: String| {
+        if rollout.total == 0 {
+            let message = "no MTA pods match the selector".to_string();
+            return vec![make("Ready", false, "NoMtaPods", message)];
+        }
+        let message = format!("{what}{pods} MTA pods run config {config}");
+        if rollout.updated == rollout.total {
+            vec![make("Ready", true, reason, message)]
+        } else {
+            vec![
+                make("Ready", false, "RollingOut", message.clone()),
+                make("Reconciling", true, "RollingOut", message),
+            ]
+        }
+    };
     let mut conditions = Vec::new();
-    match verdict {
-        Err(r) => {
-            conditions.push(make("Accepted", false, r.reason, r.message.clone()));
-            conditions.push(make("Ready", false, r.reason, r.message.clone()));
-            conditions.push(make("Stalled", true, r.reason, r.message.clone()));
-        }
-        Ok(()) => {
-            let config = short(hash);
-            conditions.push(make(
-                "Accepted",
-                true,
-                "Rendered",
-                format!("part of config {config}"),
-            ));
-            if rollout.total == 0 {
-                conditions.push(make(
-                    "Ready",
-                    false,
-                    "NoMtaPods",
-                    "no MTA pods match the selector".into(),
-                ));
-            } else if rollout.updated == rollout.total {
-                conditions.push(make(
-                    "Ready",
-                    true,
-                    "RolloutComplete",
-                    format!("{pods} MTA pods run config {config}"),
-                ));
-            } else {
-                let message = format!("{pods} MTA pods run config {config}");
-                conditions.push(make("Ready", false, "RollingOut", message.clone()));
-                conditions.push(make("Reconciling", true, "RollingOut", message));
+    let (last_generation, last_spec) = match verdict {
+        Verdict::Rejected(r) => {
+            for (type_, ok) in [("Accepted", false), ("Ready", false), ("Stalled", true)] {
+                conditions.push(make(type_, ok, r.reason, r.message.clone()));
             }
+            (None, None)
         }
-    }
+        Verdict::ServingLastAccepted(r) => {
+            conditions.push(make("Accepted", false, r.reason, r.message.clone()));
+            let served = old
+                .last_accepted_generation
+                .map(|g| format!("generation {g}"))
+                .unwrap_or_else(|| "the last accepted spec".into());
+            let what = format!("{} (serving {served} instead); ", r.message);
+            conditions.extend(rolled_out("ServingLastAccepted", what));
+            (old.last_accepted_generation, old.last_accepted_spec.clone())
+        }
+        Verdict::Accepted => {
+            let message = format!("part of config {config}");
+            conditions.push(make("Accepted", true, "Rendered", message));
+            conditions.extend(rolled_out("RolloutComplete", String::new()));
+            (generation, spec)
+        }
+    };
     PolicyStatus {
         observed_generation: generation,
         conditions,
-        config_hash: verdict.is_ok().then(|| hash.to_string()),
+        config_hash: (!matches!(verdict, Verdict::Rejected(_))).then(|| hash.to_string()),
         pods: Some(pods),
+        last_accepted_generation: last_generation,
+        last_accepted_spec: last_spec,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::Rejection;
 
     fn rollout(updated: usize, total: usize) -> Rollout {
         Rollout { updated, total }
@@ -101,14 +112,22 @@ mod tests {
         let first = compute(
             &PolicyStatus::default(),
             Some(1),
-            &Ok(()),
+            &Verdict::Accepted,
             "abc",
             &rollout(1, 2),
+            None,
         );
         assert_eq!(condition(&first, "Ready").unwrap().reason, "RollingOut");
         assert_eq!(condition(&first, "Reconciling").unwrap().status, "True");
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let done = compute(&first, Some(1), &Ok(()), "abc", &rollout(2, 2));
+        let done = compute(
+            &first,
+            Some(1),
+            &Verdict::Accepted,
+            "abc",
+            &rollout(2, 2),
+            None,
+        );
         assert_eq!(condition(&done, "Ready").unwrap().status, "True");
         assert!(condition(&done, "Reconciling").is_none());
         assert_eq!(
@@ -121,7 +140,14 @@ mod tests {
         );
         // nothing changed: the same status, so no write
         assert_eq!(
-            compute(&done, Some(1), &Ok(()), "abc", &rollout(2, 2)),
+            compute(
+                &done,
+                Some(1),
+                &Verdict::Accepted,
+                "abc",
+                &rollout(2, 2),
+                None
+            ),
             done
         );
     }
@@ -135,9 +161,10 @@ mod tests {
         let s = compute(
             &PolicyStatus::default(),
             Some(3),
-            &Err(r),
+            &Verdict::Rejected(r),
             "abc",
             &rollout(2, 2),
+            None,
         );
         let ready = condition(&s, "Ready").unwrap();
         assert_eq!(
@@ -147,5 +174,50 @@ mod tests {
         assert_eq!(condition(&s, "Stalled").unwrap().status, "True");
         assert_eq!(s.config_hash, None);
         assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_rejected_edit_keeps_serving_the_last_accepted_spec() {
+        let accepted = compute(
+            &PolicyStatus::default(),
+            Some(1),
+            &Verdict::Accepted,
+            "abc",
+            &rollout(2, 2),
+            Some("{\"maxAge\":\"1d\"}".into()),
+        );
+        assert_eq!(accepted.last_accepted_generation, Some(1));
+        let r = Rejection {
+            reason: "InvalidRate",
+            message: "spec.maxMessageRate: \"fast\" is not a rate".into(),
+        };
+        let s = compute(
+            &accepted,
+            Some(2),
+            &Verdict::ServingLastAccepted(r),
+            "abc",
+            &rollout(2, 2),
+            Some("{\"maxMessageRate\":\"fast\"}".into()),
+        );
+        let a = condition(&s, "Accepted").unwrap();
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            ("False", "InvalidRate")
+        );
+        let ready = condition(&s, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "ServingLastAccepted")
+        );
+        assert!(
+            ready.message.contains("serving generation 1"),
+            "{}",
+            ready.message
+        );
+        assert!(condition(&s, "Stalled").is_none());
+        // the spec kept is the accepted one, not the rejected edit
+        assert_eq!(s.last_accepted_spec.as_deref(), Some("{\"maxAge\":\"1d\"}"));
+        assert_eq!(s.last_accepted_generation, Some(1));
+        assert_eq!(s.config_hash.as_deref(), Some("abc"));
     }
 }

@@ -596,6 +596,14 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Stop the sink; what it received stays readable until it is dropped.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Sink {
     fn drop(&mut self) {
         let _ = self.child.kill();

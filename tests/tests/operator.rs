@@ -252,3 +252,86 @@ fn operator_renders_reports_status_and_follows_the_rollout() {
     );
     mta.stop();
 }
+
+/// An edit that breaks an accepted QueuePolicy: the config keeps its last
+/// accepted spec (its mail does not fall silently to another policy), the
+/// status says `Accepted=False` with the rejection and `Ready=True` with
+/// `ServingLastAccepted`, an operator restart changes nothing, and a valid
+/// edit takes over. Before, the object dropped out of the config.
+#[test]
+fn a_broken_edit_keeps_serving_the_last_accepted_spec() {
+    let api = ApiServer::start();
+    api.kubectl_ok(&["apply", "--server-side", "-f", &root_path("crds")]);
+    let args = ["--fleet", "sluice-mta", "--debounce", "300ms"];
+    let operator = Operator::start(&api, &args);
+    let file = api.dir.path().join("kept.yaml");
+    let apply = |rate: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: sluice.dev/v1alpha1\nkind: QueuePolicy\nmetadata: {{name: kept}}\nspec:\n  \
+                 match: {{domains: [kept.example.com]}}\n  maxMessageRate: {rate}\n"
+            ),
+        )
+        .unwrap();
+        api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    };
+    let policy_text = |a: &ApiServer| {
+        configmap(a)
+            .and_then(|cm| cm["data"][POLICY_FILE].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    apply("10/h");
+    api.wait_for("the first spec rendered", Duration::from_secs(20), |a| {
+        policy_text(a).contains("kept.example.com") && policy_text(a).contains("10/h")
+    });
+    // a real MTA runs the config
+    let admin = free_port();
+    let (mut mta, _projector) = start_mta(&api, admin);
+    register_pod(&api, "sluice-mta-0", admin);
+    api.kubectl_ok(&["wait", "--for=condition=Ready", "qp/kept", "--timeout=30s"]);
+
+    apply("100 per hour");
+    api.wait_for("the rejection", Duration::from_secs(20), |a| {
+        let o = a.get_json(&["get", "qp", "kept"]).unwrap();
+        condition(&o, "Accepted").is_some_and(|c| c["reason"] == "InvalidThrottle")
+    });
+    api.wait_for(
+        "served from the last accepted spec",
+        Duration::from_secs(20),
+        |a| {
+            let o = a.get_json(&["get", "qp", "kept"]).unwrap();
+            condition(&o, "Ready").is_some_and(|c| c["reason"] == "ServingLastAccepted")
+        },
+    );
+    let o = api.get_json(&["get", "qp", "kept"]).unwrap();
+    assert!(is(&o, "Ready", "True"), "{o}");
+    assert!(is(&o, "Accepted", "False"), "{o}");
+    assert_eq!(o["status"]["lastAcceptedGeneration"], 1, "{o}");
+    let text = policy_text(&api);
+    assert!(
+        text.contains("kept.example.com") && text.contains("10/h"),
+        "the last accepted spec is still in the config:\n{text}"
+    );
+
+    // a restarted operator still knows the last accepted spec
+    drop(operator);
+    let operator = Operator::start(&api, &args);
+    std::thread::sleep(Duration::from_secs(2));
+    let text = policy_text(&api);
+    assert!(text.contains("10/h"), "after a restart:\n{text}");
+
+    apply("20/h");
+    api.wait_for("the valid edit rendered", Duration::from_secs(20), |a| {
+        policy_text(a).contains("20/h") && !policy_text(a).contains("10/h")
+    });
+    api.wait_for("accepted again", Duration::from_secs(20), |a| {
+        is(
+            &a.get_json(&["get", "qp", "kept"]).unwrap(),
+            "Accepted",
+            "True",
+        )
+    });
+    drop(operator);
+    mta.stop();
+}

@@ -80,7 +80,8 @@ impl Conn {
         self.pos < self.buf.len()
     }
 
-    async fn fill(&mut self) -> Result<(), ReadError> {
+    /// Read more input, which must come by `deadline`.
+    async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<(), ReadError> {
         self.flush().await?;
         if self.pos > 0 {
             self.buf.drain(..self.pos);
@@ -88,7 +89,7 @@ impl Conn {
         }
         let start = self.buf.len();
         self.buf.resize(start + 16 * 1024, 0);
-        let n = match tokio::time::timeout(self.timeout, self.io.read(&mut self.buf[start..])).await
+        let n = match tokio::time::timeout_at(deadline, self.io.read(&mut self.buf[start..])).await
         {
             Err(_) => {
                 self.buf.truncate(start);
@@ -107,8 +108,11 @@ impl Conn {
         Ok(())
     }
 
-    /// Read one line of at most `limit` bytes (line ending excluded).
+    /// Read one line of at most `limit` bytes (line ending excluded). The
+    /// whole line must arrive within the client timeout: a client dribbling
+    /// a byte every few seconds (slowloris) cannot hold a session forever.
     pub async fn read_line(&mut self, limit: usize) -> Result<Line, ReadError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut too_long = false;
         loop {
             let avail = &self.buf[self.pos..];
@@ -134,15 +138,16 @@ impl Conn {
                 too_long = true;
                 self.pos = self.buf.len();
             }
-            self.fill().await?;
+            self.fill(deadline).await?;
         }
     }
 
     /// Read exactly `n` bytes (the binary PROXY header); what follows stays
     /// buffered for the SMTP dialogue.
     pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         while self.buf.len() - self.pos < n {
-            self.fill().await?;
+            self.fill(deadline).await?;
         }
         let out = self.buf[self.pos..self.pos + n].to_vec();
         self.pos += n;
@@ -201,4 +206,49 @@ pub struct DataBody {
     pub line_too_long: bool,
     /// A line ended in a bare LF, or held a bare CR.
     pub bare_line_ending: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte every 500 ms keeps every single read within a 2 s timeout;
+    /// the line as a whole still times out 2 s after it began.
+    #[tokio::test(start_paused = true)]
+    async fn a_dribbled_line_times_out_as_a_whole() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::new(Box::new(server), Duration::from_secs(2));
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                if client.write_all(b"N").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let result = conn.read_line(1000).await;
+        assert!(matches!(result, Err(ReadError::Timeout)));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    /// A line that arrives in pieces within the timeout is read whole.
+    #[tokio::test(start_paused = true)]
+    async fn a_line_in_pieces_within_the_timeout_is_read() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::new(Box::new(server), Duration::from_secs(2));
+        tokio::spawn(async move {
+            for piece in [&b"NO"[..], b"OP", b"\r\n"] {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        match conn.read_line(1000).await {
+            Ok(Line::Ok { bytes, bare_lf }) => {
+                assert_eq!(bytes, b"NOOP");
+                assert!(!bare_lf);
+            }
+            _ => panic!("the line was not read"),
+        }
+    }
 }

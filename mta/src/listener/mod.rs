@@ -7,12 +7,15 @@ pub mod io;
 mod proxy;
 pub mod relay;
 mod session;
+mod tls;
 
 use crate::config::listener::{EsmtpListenerConfig, ListenerSpec};
 use crate::policy::Policy;
 use crate::queue::QueueManager;
 use std::net::SocketAddr;
 use std::sync::Arc;
+pub use tls::TlsError;
+use tls::load_tls;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -62,36 +65,6 @@ type TlsKey = (
     String,
 );
 
-/// Why a listener's TLS set-up failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// `tls_certificate` cannot be read as PEM certificates.
-    #[error("tls_certificate {}: {source}", path.display())]
-    Certificate {
-        /// The configured file.
-        path: std::path::PathBuf,
-        /// What the PEM reader said.
-        source: rustls::pki_types::pem::Error,
-    },
-    /// `tls_private_key` cannot be read as a PEM private key.
-    #[error("tls_private_key {}: {source}", path.display())]
-    PrivateKey {
-        /// The configured file.
-        path: std::path::PathBuf,
-        /// What the PEM reader said.
-        source: rustls::pki_types::pem::Error,
-    },
-    /// Only one of the two files is configured.
-    #[error("tls_certificate and tls_private_key must be set together")]
-    HalfConfigured,
-    /// The self-signed certificate cannot be made.
-    #[error("self-signed certificate: {0}")]
-    SelfSigned(#[from] rcgen::Error),
-    /// rustls refused the certificate and key (e.g. they do not match).
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
 /// Why a listener (ESMTP or HTTP) cannot be bound.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -106,42 +79,6 @@ pub enum BindError {
     /// The configuration asks for something this build does not do.
     #[error("{0}")]
     Unsupported(&'static str),
-}
-
-fn load_tls(config: &EsmtpListenerConfig, hostname: &str) -> Result<TlsAcceptor, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (certs, key) = match (&config.tls_certificate, &config.tls_private_key) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| TlsError::Certificate {
-                    path: cert.clone(),
-                    source,
-                })?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::PrivateKey {
-                path: key.clone(),
-                source,
-            })?;
-            (certs, key)
-        }
-        (None, None) => {
-            // STARTTLS is always offered; without configured files, a
-            // self-signed certificate for the host name is made at start.
-            let cert = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
-            let key = PrivateKeyDer::from(rustls::pki_types::PrivatePkcs8KeyDer::from(
-                cert.signing_key.serialize_der(),
-            ));
-            (vec![cert.cert.der().clone()], key)
-        }
-        _ => return Err(TlsError::HalfConfigured),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
 impl Listener {

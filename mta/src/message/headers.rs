@@ -32,20 +32,25 @@ pub fn header_block(data: &[u8]) -> String {
 /// Iterate `(name, unfolded value)` over a header block.
 pub fn iter_headers(block: &str) -> impl Iterator<Item = (&str, String)> {
     let mut out: Vec<(&str, String)> = vec![];
+    // whether a continuation line belongs to the last header: not after a
+    // line that is no header (a fold there belongs to nothing)
+    let mut folds = false;
     for line in block.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
+            if folds && let Some((_, value)) = out.last_mut() {
                 value.push(' ');
                 value.push_str(line.trim());
             }
             continue;
         }
+        folds = false;
         if let Some((name, value)) = line.split_once(':') {
             out.push((name.trim(), value.trim().to_string()));
+            folds = true;
         }
     }
     out.into_iter()
@@ -60,14 +65,30 @@ pub fn first_named_header_value(data: &[u8], name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// Prepend `Name: value` to the message.
+/// Prepend `Name: value` to the message. Continuation lines that open a
+/// (malformed) message would fold into the new header, so it goes after
+/// them.
 pub fn prepend_header(data: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let mut at = 0;
+    while data[at..].starts_with(b" ") || data[at..].starts_with(b"\t") {
+        match data[at..].iter().position(|&b| b == b'\n') {
+            Some(end) => at += end + 1,
+            None => {
+                at = data.len();
+                break;
+            }
+        }
+    }
     let mut out = Vec::with_capacity(data.len() + name.len() + value.len() + 4);
+    out.extend_from_slice(&data[..at]);
+    if at > 0 && !data[..at].ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
+    out.extend_from_slice(&data[at..]);
     out
 }
 
@@ -149,5 +170,30 @@ mod tests {
         let prepended = prepend_header(b"\r\nbody", "Received", "x");
         assert_eq!(prepended, b"Received: x\r\n\r\nbody");
         assert_eq!(append_header(b"A: 1\r\n", "B", "2"), b"A: 1\r\nB: 2\r\n");
+    }
+
+    /// Found by fuzzing: a fold after a line that is no header attached to
+    /// the header before it, so a prepended header read back longer.
+    #[test]
+    fn a_fold_after_a_non_header_line_belongs_to_nothing() {
+        let data = b"Subject\n continued\r\n\tmore\r\nX-Fuzz: old\r\n\r\nbody";
+        let added = prepend_header(data, "X-Fuzz", "1");
+        assert_eq!(
+            first_named_header_value(&added, "X-Fuzz").as_deref(),
+            Some("1")
+        );
+        assert!(added.ends_with(b"\r\n\r\nbody"));
+    }
+
+    /// Continuation lines that open a message stay before a prepended
+    /// header, which would otherwise absorb them.
+    #[test]
+    fn a_prepended_header_goes_after_opening_folds() {
+        let added = prepend_header(b" orphan\r\nA: b\r\n\r\nbody", "X-New", "1");
+        assert_eq!(added, b" orphan\r\nX-New: 1\r\nA: b\r\n\r\nbody");
+        assert_eq!(
+            first_named_header_value(&added, "x-new").as_deref(),
+            Some("1")
+        );
     }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run every fuzz target (fuzz/fuzz_targets/) for N minutes each with
 # cargo-fuzz on the nightly toolchain, two at a time, growing the corpora
-# in fuzz/corpus/ (merged, so they stay small). Not part of CI: the
-# ordinary tests replay the corpora (tests/tests/fuzz_corpus.rs).
+# in fuzz/corpus/ by merging (they gain only inputs that add coverage).
+# Not part of CI: the ordinary tests replay the corpora
+# (tests/tests/fuzz_corpus.rs).
 #
 #   bench/fuzz.sh              # every target, 10 minutes each
 #   MINUTES=1 bench/fuzz.sh smtp_command spool_scan
@@ -25,6 +26,8 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/sluice-fuzz-target}"
 logs=$(mktemp -d /var/tmp/sluice-fuzz.XXXXXX)
+# crashes are counted from this run only (artifacts/ keeps earlier ones)
+touch "$logs/start"
 if [ -z "${NO_BUILD:-}" ]; then
   for t in "${targets[@]}"; do
     cargo +nightly fuzz build -O "$t" >&2
@@ -36,16 +39,15 @@ bin_dir="$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release"
 # the binaries run directly (not through cargo fuzz run), so that editing
 # the tree meanwhile neither rebuilds them nor changes what is fuzzed
 run() {
-  local t=$1 new="$logs/$1.new" merged="$logs/$1.merged"
-  mkdir -p "corpus/$t" "$new" "$merged" "artifacts/$t"
+  local t=$1 new="$logs/$1.new"
+  mkdir -p "corpus/$t" "$new" "artifacts/$t"
   "$bin_dir/$t" "$new" "corpus/$t" -artifact_prefix="artifacts/$t/" \
     -max_total_time=$seconds -rss_limit_mb=4096 -timeout=30 \
     -print_final_stats=1 >"$logs/$t.log" 2>&1 || true
-  # keep the corpus small: only inputs that add coverage
-  "$bin_dir/$t" -merge=1 "$merged" "corpus/$t" "$new" >"$logs/$t.merge.log" 2>&1 || true
-  if [ -n "$(ls -A "$merged")" ]; then
-    rm -rf "corpus/$t" && mv "$merged" "corpus/$t"
-  fi
+  # the corpus gains only the new inputs that add coverage; its seeds stay
+  # (a crash met while merging goes to artifacts/ too, not the working directory)
+  "$bin_dir/$t" -merge=1 -artifact_prefix="artifacts/$t/" "corpus/$t" "$new" \
+    >"$logs/$t.merge.log" 2>&1 || true
 }
 
 running=0
@@ -66,7 +68,7 @@ for t in "${targets[@]}"; do
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo 0)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo 0)
-  crashes=$(ls "artifacts/$t" 2>/dev/null | wc -l)
+  crashes=$(find "artifacts/$t" -type f -newer "$logs/start" 2>/dev/null | wc -l)
   printf '%-15s %12s %8s %8s %8s %s\n' "$t" "${execs:-0}" "${rate:-0}" "${cov:-0}" "${ft:-0}" "$crashes"
 done
 echo "logs: $logs" >&2

@@ -46,6 +46,28 @@ result() {
   printf '%s|%s|%s|%s|%s|%s\n' "$@" >> "$RESULTS"
 }
 
+# The relay benchmarks' policy, as $1/policy.lua: spool and logs under $1,
+# a listener on 127.0.0.1:$2, everything relayed to [127.0.0.1]:$3, and
+# max_ready = 20000 (relay.sh says why).
+write_relay_policy() {
+  local dir=$1 port=$2 sink=$3
+  cat > "$dir/policy.lua" <<LUA
+local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = '$dir/spool' }
+  kumo.define_spool { name = 'meta', path = '$dir/spool' }
+  kumo.configure_local_logs { log_dir = '$dir/logs' }
+  kumo.start_esmtp_listener { listen = '127.0.0.1:$port' }
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config { protocol = { smtp = { mx_list = { '[127.0.0.1]:$sink' } } } }
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path { prohibited_hosts = {}, enable_tls = 'Disabled', max_ready = 20000 }
+end)
+LUA
+}
+
 # Install the peers and tools, build the release sluice-mta; sets BIN.
 build_mta() {
   scripts/install-deps

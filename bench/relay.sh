@@ -26,21 +26,7 @@ build_mta
 WORK=$(mktemp -d /var/tmp/sluice-relay.XXXXXX)
 trap 'pkill -f "$WORK/policy.lua" 2>/dev/null || true; pkill -f "smtp-sink.*:$SINK" 2>/dev/null || true; stop_postfix; rm -rf "$WORK"' EXIT
 
-cat > "$WORK/policy.lua" <<LUA
-local kumo = require 'kumo'
-kumo.on('init', function()
-  kumo.define_spool { name = 'data', path = '$WORK/spool' }
-  kumo.define_spool { name = 'meta', path = '$WORK/spool' }
-  kumo.configure_local_logs { log_dir = '$WORK/logs' }
-  kumo.start_esmtp_listener { listen = '127.0.0.1:$PORT' }
-end)
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config { protocol = { smtp = { mx_list = { '[127.0.0.1]:$SINK' } } } }
-end)
-kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
-  return kumo.make_egress_path { prohibited_hosts = {}, enable_tls = 'Disabled', max_ready = 20000 }
-end)
-LUA
+write_relay_policy "$WORK" "$PORT" "$SINK"
 
 # one relay run into whatever listens on $PORT; prints "rate cpu_ms_per_msg"
 relay() {

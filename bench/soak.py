@@ -197,7 +197,13 @@ class Soak:
     def sampler(self, stop):
         while not stop.is_set():
             with self.lock:
-                s = self.mta.sample() if self.mta.alive() else None
+                if not self.mta.alive():
+                    # not one of our kills (they hold the lock): an OOM kill or a crash
+                    code = self.mta.proc.returncode
+                    self.mta.start()
+                    self.life += 1
+                    self.fault("unexpected exit", {"returncode": code})
+                s = self.mta.sample()
                 life = self.life
             if s:
                 self.samples.append((round(self.now()), life, s))
@@ -313,9 +319,11 @@ class Soak:
         print("last life, every ~2 min: [s, RSS MiB, working set MiB, fds, threads]")
         for row in series:
             print(f"  {list(row)}")
-        ok = not pending and not wrong
-        print("soak: " + ("every acknowledged message reached its fate" if ok
-                          else f"FAILED: {len(pending)} lost, {len(wrong)} with the wrong fate"))
+        exits = kinds.get("unexpected exit", 0)
+        ok = not pending and not wrong and not exits
+        print("soak: " + ("every acknowledged message reached its fate, the MTA never died unasked"
+                          if ok else f"FAILED: {len(pending)} lost, {len(wrong)} with the wrong fate, "
+                          f"{exits} unexpected exits"))
         return ok
 
     def cleanup(self):

@@ -5,7 +5,8 @@
 # memory burst inside a memory cgroup); then every message the MTA answered
 # 250 is checked against the sinks and the log records. Prints the report
 # (messages, faults, duplicates, RSS/fds/threads at start and end) and exits
-# non-zero if a message was lost or reached the wrong fate. Root is needed
+# non-zero if a message was lost or reached the wrong fate, or the MTA died
+# unasked (an OOM kill is restarted and counted). Root is needed
 # (a tmpfs spool and a memory cgroup). Not part of CI; bench/soak.py says
 # what the traffic and the faults are.
 #
@@ -13,6 +14,7 @@
 #   MINUTES=5 bench/soak.sh --every 20
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench/soak.sh needs root (a tmpfs spool, a memory cgroup)" >&2; exit 1; }
 source bench/lib.sh
 build_mta
 exec python3 bench/soak.py --bin "$(realpath "$BIN")" --minutes "${MINUTES:-30}" "$@"

@@ -164,8 +164,9 @@ class Soak:
         ts = self.clients.burst(PORT, 40, seconds, 500_000)
         peak, short = 0.0, False
         while any(t.is_alive() for t in ts):
-            peak = max(peak, self.mta.metric("sluice_memory_usage_bytes") or 0)
-            short |= self.mta.metric("sluice_memory_short") == 1.0
+            m = self.mta.metrics()
+            peak = max(peak, m.get("sluice_memory_usage_bytes", 0))
+            short |= m.get("sluice_memory_short") == 1.0
             time.sleep(0.2)
         self.fault("memory burst", {"working_set_peak_mib": round(peak / MIB),
                                     "short_seen": short, "alive": self.mta.alive(),
@@ -175,22 +176,22 @@ class Soak:
 
     def count_acked(self):
         with self.clients.lock:
-            return sum(1 for _, o, _ in self.clients.outcomes.values() if o == "ack")
+            return sum(1 for _, o in self.clients.outcomes.values() if o == "ack")
 
     def count_refused(self):
         with self.clients.lock:
-            refused = sum(1 for _, o, _ in self.clients.outcomes.values() if isinstance(o, int))
+            refused = sum(1 for _, o in self.clients.outcomes.values() if isinstance(o, int))
             return refused + sum(self.clients.greetings.values())
 
     # the loops beside the traffic
-    def flaky_cycle(self, until):
-        """flaky.soak's sink: 40 s fine, 20 s answering 451 to RCPT."""
+    def flaky_cycle(self, done):
+        """flaky.soak's sink: 40 s fine, 20 s answering 451 to RCPT, until
+        `done` is set; it is left answering normally."""
         sink = self.sinks["flaky"]
-        while time.monotonic() < until:
-            time.sleep(40)
+        while not done.wait(40):
             sink.stop()
             sink.start(["-r", "RCPT"])
-            time.sleep(20)
+            done.wait(20)
             sink.stop()
             sink.start([])
 
@@ -223,7 +224,9 @@ class Soak:
                    + self.clients.paced(DEFERRED_PORT, a.rate * 0.2, 2, until))
         for t in traffic:
             t.start()
-        threading.Thread(target=self.flaky_cycle, args=(until,), daemon=True).start()
+        flaky_done = threading.Event()
+        flaky = threading.Thread(target=self.flaky_cycle, args=(flaky_done,), daemon=True)
+        flaky.start()
         faults = [self.kill9, lambda: self.reload(False), self.sink_outage,
                   lambda: self.reload(True), self.spool_full, self.memory_burst]
         i = 0
@@ -239,8 +242,8 @@ class Soak:
         for t in traffic:
             t.join()
         self.fault("traffic stopped", {})
-        self.sinks["flaky"].stop()
-        self.sinks["flaky"].start([])
+        flaky_done.set()
+        flaky.join()
         last = self.drain()
         stop.set()
         time.sleep(1)
@@ -254,7 +257,7 @@ class Soak:
         out = []
         with self.clients.lock:
             items = list(self.clients.outcomes.items())
-        for n, (domain, outcome, _) in items:
+        for n, (domain, outcome) in items:
             if outcome != "ack":
                 continue
             done = n in self.tally.bounces if domain == "hard.soak" else n in self.tally.copies
@@ -273,10 +276,10 @@ class Soak:
 
     def report(self, idle, pending, end):
         c, t = self.clients.outcomes, self.tally
-        acked = {n: d for n, (d, o, _) in c.items() if o == "ack"}
-        unknown = {n: d for n, (d, o, _) in c.items() if o == "unknown"}
+        acked = {n: d for n, (d, o) in c.items() if o == "ack"}
+        unknown = {n: d for n, (d, o) in c.items() if o == "unknown"}
         refused = {}
-        for _, o, _ in c.values():
+        for _, o in c.values():
             if isinstance(o, int):
                 refused[o] = refused.get(o, 0) + 1
         # hard.soak delivered, or any other domain bounced

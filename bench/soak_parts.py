@@ -105,14 +105,13 @@ class Mta:
         except OSError as e:
             return None, str(e)
 
-    def metric(self, name):
+    def metrics(self):
+        """Every sample of /metrics, by its name and labels as written."""
         status, body = self.http("/metrics")
         if status != 200:
-            return None
-        for line in body.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return None
+            return {}
+        return {name: float(value) for name, _, value in
+                (l.rpartition(" ") for l in body.splitlines() if l and not l.startswith("#"))}
 
     def sample(self):
         """RSS (bytes), open fds and threads of the MTA process now."""
@@ -126,7 +125,7 @@ class Mta:
         except (OSError, KeyError):
             return None
         return {"rss": rss, "fds": fds, "threads": threads,
-                "working_set": self.metric("sluice_memory_usage_bytes")}
+                "working_set": self.metrics().get("sluice_memory_usage_bytes")}
 
 
 class Sink:
@@ -178,9 +177,8 @@ class Clients:
         self.domains, self.weights = domains, weights
         self.lock = threading.Lock()
         self.next_id = 0
-        self.outcomes = {}  # id -> (domain, outcome, time)
+        self.outcomes = {}  # id -> (domain, outcome)
         self.greetings = {}  # code -> connections refused at the greeting
-        self.stop_at = None
 
     def take_id(self):
         with self.lock:
@@ -189,7 +187,7 @@ class Clients:
 
     def record(self, soak_id, domain, outcome):
         with self.lock:
-            self.outcomes[soak_id] = (domain, outcome, time.time())
+            self.outcomes[soak_id] = (domain, outcome)
 
     def session(self, port, count, size=None):
         """Up to `count` messages over one connection."""
@@ -203,8 +201,6 @@ class Clients:
         try:
             s.ehlo("soak.client")
             for _ in range(count):
-                if self.stopped():
-                    break
                 domain = random.choices(self.domains, self.weights)[0]
                 msg_size = size or random.choices(SIZES, WEIGHTS)[0]
                 soak_id = self.take_id()
@@ -231,15 +227,12 @@ class Clients:
         finally:
             s.close()
 
-    def stopped(self):
-        return self.stop_at is not None and time.monotonic() >= self.stop_at
-
     def paced(self, port, rate, threads, until):
         """`threads` clients sharing `rate` messages/s until `until`."""
         interval = threads / rate
 
         def worker():
-            while time.monotonic() < until and not self.stopped():
+            while time.monotonic() < until:
                 t0 = time.monotonic()
                 try:
                     self.session(port, 1)
@@ -254,7 +247,7 @@ class Clients:
         until = time.monotonic() + seconds
 
         def worker():
-            while time.monotonic() < until and not self.stopped():
+            while time.monotonic() < until:
                 try:
                     self.session(port, 5, size)
                 except OSError:

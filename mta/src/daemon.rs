@@ -116,7 +116,14 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     );
     memory.check();
     // often enough that a burst cannot cross from soft to hard between looks
-    tokio::spawn(memory.clone().watch(std::time::Duration::from_millis(100)));
+    let spells = metrics.memory_short_total.clone();
+    tokio::spawn(
+        memory
+            .clone()
+            .watch(std::time::Duration::from_millis(100), move |m| {
+                spells.inc_by(m.short_spells().saturating_sub(spells.get()))
+            }),
+    );
     let admission = Arc::new(crate::admission::Admission {
         storage: storage.clone(),
         memory: memory.clone(),

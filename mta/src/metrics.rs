@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Message bodies released from memory under pressure (read back from
     /// the spool when delivered).
     pub memory_bodies_released_total: IntCounter,
+    /// `sluice_memory_short_total`: times the working set passed the soft
+    /// limit (a spell can be shorter than the scrape interval).
+    pub memory_short_total: IntCounter,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -159,6 +162,15 @@ impl Metrics {
                 let c = IntCounter::new(
                     "sluice_memory_bodies_released_total",
                     "Message bodies released from memory under pressure",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            memory_short_total: {
+                let c = IntCounter::new(
+                    "sluice_memory_short_total",
+                    "Times the working set passed the soft limit and new mail was refused",
                 )
                 .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");

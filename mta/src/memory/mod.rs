@@ -121,6 +121,8 @@ pub struct Memory {
     limits: Limits,
     usage: AtomicU64,
     level: AtomicU8,
+    /// How many times usage passed the soft limit.
+    short_spells: AtomicU64,
     /// Notified on entering [`Level::Short`], and every check while it lasts.
     shed: Notify,
 }
@@ -140,6 +142,7 @@ impl Memory {
             limits,
             usage: AtomicU64::new(0),
             level: AtomicU8::new(Level::Normal as u8),
+            short_spells: AtomicU64::new(0),
             shed: Notify::new(),
         }
     }
@@ -162,6 +165,12 @@ impl Memory {
     /// The level when last measured.
     pub fn level(&self) -> Level {
         Level::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    /// How many times usage has passed the soft limit: spells of refusal can
+    /// be shorter than a scrape, and this counts each.
+    pub fn short_spells(&self) -> u64 {
+        self.short_spells.load(Ordering::Relaxed)
     }
 
     /// Why new mail is refused now, if it is.
@@ -193,6 +202,7 @@ impl Memory {
         self.level.store(now as u8, Ordering::Relaxed);
         let mib = |n: u64| n >> 20;
         if now == Level::Short && was != Level::Short {
+            self.short_spells.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 usage_mib = mib(usage),
                 soft_mib = mib(self.limits.soft),
@@ -217,13 +227,16 @@ impl Memory {
         self.shed.notified().await
     }
 
-    /// Measure every `every`, for the life of the process.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
+    /// Measure every `every`, for the life of the process, calling `after`
+    /// after each measurement (the one place metrics are updated from, so a
+    /// counter is never bumped twice by concurrent readers).
+    pub async fn watch(self: Arc<Self>, every: Duration, mut after: impl FnMut(&Memory)) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             self.check();
+            after(&self);
         }
     }
 }
@@ -294,6 +307,8 @@ mod tests {
         assert!(memory.shortage().is_none());
         assert_eq!(memory.observe(90 * MIB), Level::Short);
         waiter.await.unwrap();
+        assert_eq!(memory.observe(70 * MIB), Level::Short);
+        assert_eq!(memory.short_spells(), 1, "one spell, however long");
         let short = memory.shortage().unwrap();
         assert_eq!(
             short.to_string(),
@@ -301,5 +316,7 @@ mod tests {
         );
         assert_eq!(memory.observe(10 * MIB), Level::Normal);
         assert!(memory.shortage().is_none());
+        memory.observe(85 * MIB);
+        assert_eq!(memory.short_spells(), 2);
     }
 }

@@ -69,8 +69,13 @@ LUA
 }
 
 # Install the peers and tools, build the release sluice-mta; sets BIN.
+# SLUICE_MTA=path runs that binary instead (an A/B of two builds)
 build_mta() {
   scripts/install-deps
+  if [ -n "${SLUICE_MTA:-}" ]; then
+    BIN=$SLUICE_MTA
+    return
+  fi
   cargo build --release -p sluice-mta -q
   BIN=${CARGO_TARGET_DIR:-target}/release/sluice-mta
 }

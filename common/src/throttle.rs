@@ -117,13 +117,31 @@ impl ThrottleSpec {
         Duration::from_secs(self.period_secs)
     }
 
+    /// This throttle's share on one of `nodes` nodes enforcing it apart:
+    /// the same limit over `nodes` times the period (so the shares sum to
+    /// the rate exactly, however small the limit), and the burst divided,
+    /// never below one. One node keeps the spec as it is.
+    pub fn split(&self, nodes: u32) -> ThrottleSpec {
+        if nodes <= 1 {
+            return *self;
+        }
+        let burst = self.max_burst.unwrap_or(self.limit).min(self.limit - 1) + 1;
+        let share = (burst / u64::from(nodes)).max(1);
+        ThrottleSpec {
+            limit: self.limit,
+            period_secs: self.period_secs * u64::from(nodes),
+            max_burst: Some(share - 1),
+            force_local: self.force_local,
+        }
+    }
+
     /// Emission interval `T = period / limit`, in nanoseconds.
-    fn emission_ns(&self) -> u128 {
+    pub fn emission_ns(&self) -> u128 {
         u128::from(self.period_secs) * 1_000_000_000 / u128::from(self.limit)
     }
 
     /// Tolerance `tau = T * (b + 1)` with `b = min(max_burst or limit, limit - 1)`.
-    fn tolerance_ns(&self) -> u128 {
+    pub fn tolerance_ns(&self) -> u128 {
         let b = self.max_burst.unwrap_or(self.limit).min(self.limit - 1);
         self.emission_ns() * u128::from(b + 1)
     }
@@ -202,6 +220,27 @@ mod tests {
             max_burst: burst,
             force_local: local,
         }
+    }
+
+    #[test]
+    fn a_split_shares_the_rate_and_the_burst() {
+        let s: ThrottleSpec = "100/h".parse().unwrap();
+        let third = s.split(3);
+        // three shares of 100 per 3 h are 100/h
+        assert_eq!((third.limit, third.period_secs), (100, 3 * 3600));
+        assert_eq!(third.emission_ns(), s.emission_ns() * 3);
+        // a burst of 100 split three ways: 33 each
+        assert_eq!(third.tolerance_ns(), third.emission_ns() * 33);
+        // 1/h over 3 nodes: still one at a time, one every 3 h per node
+        let one = "1/h".parse::<ThrottleSpec>().unwrap().split(3);
+        assert_eq!(one.tolerance_ns(), one.emission_ns());
+        assert_eq!(one.period_secs, 3 * 3600);
+        assert_eq!(s.split(1), s);
+        let mut tat = None;
+        let allowed = (0..50)
+            .filter(|_| third.check(&mut tat, 0).is_none())
+            .count();
+        assert_eq!(allowed, 33, "a node's burst is its share");
     }
 
     #[test]

@@ -68,8 +68,7 @@ fn main() {
         let spool = Arc::new(spool);
         let dns = Arc::new(sluice_mta::dns::Dns::system().unwrap());
         let lifecycle = Arc::new(sluice_mta::lifecycle::Lifecycle::default());
-        let throttles: Arc<dyn sluice_mta::throttle::Throttle> =
-            Arc::new(sluice_mta::throttle::LocalThrottles::default());
+        let throttles = Arc::new(sluice_mta::throttle::Throttles::local());
         let egress = sluice_mta::egress::Egress::new(
             policy.clone(),
             dns,

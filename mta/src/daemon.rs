@@ -132,8 +132,12 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         Some(r) => crate::dns::Dns::with_servers(&r.servers()?)?,
         None => crate::dns::Dns::system()?,
     };
-    let throttles: Arc<dyn crate::throttle::Throttle> =
-        Arc::new(crate::throttle::LocalThrottles::default());
+    let throttle_metrics = crate::throttle::metrics::ThrottleMetrics::register(metrics.registry());
+    let throttles = Arc::new(crate::throttle::Throttles::new(
+        Arc::new(throttle_metrics),
+        init.redis_throttles.clone(),
+    ));
+    throttles.start();
     let egress = crate::egress::Egress::new(
         policy.clone(),
         Arc::new(dns),

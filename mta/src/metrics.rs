@@ -68,25 +68,29 @@ pub struct Metrics {
     pub memory_short_total: IntCounter,
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+/// Register a new metric on `r`.
+pub(crate) fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// Register a new metric on `r`.
+pub(crate) fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+/// Register a new metric on `r`.
+pub(crate) fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+/// Register a new metric on `r`.
+pub(crate) fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
@@ -99,6 +103,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The registry, for the parts that keep their own metrics on it.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A registry with every metric registered, all at zero.
     pub fn new() -> Metrics {
         let r = Registry::new();

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod pod;
 pub mod projector;
 pub mod rabbit;
+pub mod redis;
 pub mod tmpfs;
 
 use serde_json::Value;

@@ -1,7 +1,8 @@
 //! What a policy configures, as plain typed values: the parameters of
 //! `start_esmtp_listener`, `start_http_listener`, `define_spool`,
 //! `configure_local_logs`, `configure_log_hook` and
-//! `dns.configure_resolver`, and what `init` produced in all. The policy
+//! `dns.configure_resolver`, `configure_redis_throttles`, and what `init`
+//! produced in all. The policy
 //! engine builds them; the layers that act on them (listener, admin, spool,
 //! log) read them. No behaviour lives here beyond checking a value's shape.
 
@@ -9,6 +10,7 @@ pub mod http;
 pub mod listener;
 pub mod logs;
 pub mod min_free;
+pub mod redis;
 
 pub use min_free::MinFree;
 
@@ -109,4 +111,7 @@ pub struct InitConfig {
     /// From `kumo.set_memory_hard_limit`, `set_memory_soft_limit` and
     /// `set_memory_low_thresh` (in `pre_init` or `init`).
     pub memory: crate::memory::Settings,
+    /// From `kumo.configure_redis_throttles`, checked: throttles and
+    /// connection limits shared through Redis. `None` keeps them per node.
+    pub redis_throttles: Option<redis::RedisSettings>,
 }

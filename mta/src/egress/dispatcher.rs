@@ -11,6 +11,7 @@ use super::ready::ReadyQueue;
 use super::{Egress, Ready};
 use crate::delivery::{Attempt, Batch, Outcome, Path};
 use crate::log::Response;
+use crate::throttle::{Kind, Lease};
 use sluice_common::egress::EgressPathConfig;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,12 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
         if let Some(rate) = &config.max_connection_rate
             && let Some(wait) = egress
                 .throttles
-                .check(&format!("{}-connection-rate", rq.name), rate)
+                .check(
+                    Kind::ConnectionRate,
+                    &format!("{}-connection-rate", rq.name),
+                    rate,
+                )
+                .await
         {
             if wait < config.idle_timeout {
                 rq.push_front(first);
@@ -70,7 +76,13 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
             source: rq.source.clone(),
             config: config.clone(),
         };
-        // the shared limits this path names, held for the session
+        // the fleet-wide leases of this connection (with Redis), then the
+        // node's named limits, all held for the session
+        let Some(leases) = leases(&egress, &rq, &config).await else {
+            rq.push_front(first);
+            tokio::time::sleep(LEASE_RETRY).await;
+            continue;
+        };
         let mut shared = vec![];
         for (name, limit) in &config.additional_connection_limits {
             let sem = egress.named_limit(name, limit.limit.max(1));
@@ -131,11 +143,22 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
                 session.close().await;
                 break 'connections;
             }
+            if leases.iter().any(Lease::lost) {
+                // another node may hold this connection's lease now
+                session.close().await;
+                continue 'connections;
+            }
             if delivered >= config.max_deliveries_per_connection {
                 session.close().await;
                 continue 'connections;
             }
-            next = next_item(&egress, &rq, config.idle_timeout).await;
+            // a fleet-wide lease held by an idle connection is one another
+            // node with work cannot have: idle briefly, then give it back
+            let idle = match leases.iter().any(Lease::is_shared) {
+                true => config.idle_timeout.min(SHARED_IDLE),
+                false => config.idle_timeout,
+            };
+            next = next_item(&egress, &rq, idle).await;
         }
         session.close().await;
         if rq.is_empty() {
@@ -186,38 +209,67 @@ async fn gather(
 }
 
 /// Honour the path's message rates before sending `item`: wait when the
-/// throttle asks for less than `idle_timeout`; otherwise hand `item` and
-/// everything ready back to the scheduled queues and return `None`.
+/// throttle asks for less than `idle_timeout`, then ask again (the wait
+/// consumed nothing); otherwise hand `item` and everything ready back to
+/// the scheduled queues and return `None`.
 async fn pace(
     egress: &Arc<Egress>,
     rq: &ReadyQueue,
     config: &EgressPathConfig,
     item: Ready,
 ) -> Option<Ready> {
-    match path_rate_wait(egress, rq, config) {
-        Some(wait) if wait >= config.idle_timeout => {
-            egress.hand_back(rq, vec![item], wait);
-            None
+    loop {
+        match path_rate_wait(egress, rq, config).await {
+            Some(wait) if wait >= config.idle_timeout => {
+                egress.hand_back(rq, vec![item], wait);
+                return None;
+            }
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Some(item),
         }
-        Some(wait) => {
-            tokio::time::sleep(wait).await;
-            Some(item)
-        }
-        None => Some(item),
     }
 }
 
-/// The longest wait any of the path's message-rate throttles asks for.
-fn path_rate_wait(egress: &Egress, rq: &ReadyQueue, config: &EgressPathConfig) -> Option<Duration> {
+/// The first wait one of the path's message-rate throttles asks for.
+async fn path_rate_wait(
+    egress: &Egress,
+    rq: &ReadyQueue,
+    config: &EgressPathConfig,
+) -> Option<Duration> {
     for (name, spec) in config.message_rate_throttles() {
         let key = if name == "max_message_rate" {
             format!("kumomta.max_message_rate.{}", rq.name)
         } else {
             format!("kumomta.{name}.{}", rq.name)
         };
-        if let Some(wait) = egress.throttles.check(&key, &spec) {
+        if let Some(wait) = egress.throttles.check(Kind::PathRate, &key, &spec).await {
             return Some(wait);
         }
     }
     None
+}
+
+/// How long a connection that found every fleet-wide lease taken waits
+/// before asking again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest a connection holding a fleet-wide lease waits for work.
+const SHARED_IDLE: Duration = Duration::from_secs(1);
+
+/// The fleet-wide leases a new connection of `rq` needs: its path's
+/// `connection_limit` and each of `additional_connection_limits`; all or
+/// none.
+async fn leases(egress: &Egress, rq: &ReadyQueue, config: &EgressPathConfig) -> Option<Vec<Lease>> {
+    let limit = &config.connection_limit;
+    let path_key = format!("kumomta.connection_limit.{}", rq.name);
+    let mut wanted = vec![(path_key, limit.limit, limit.force_local)];
+    for (name, l) in &config.additional_connection_limits {
+        let key = format!("kumomta.connection_limit.{name}");
+        wanted.push((key, l.limit, l.force_local));
+    }
+    let mut held = Vec::with_capacity(wanted.len());
+    for (key, limit, local) in wanted {
+        held.push(egress.throttles.lease(&key, limit, local).await?);
+    }
+    Some(held)
 }

@@ -27,7 +27,7 @@ use crate::message::name::QueueName;
 use crate::message::{Message, MessageRef};
 use crate::policy::{EventError, Fetched, Policy};
 use crate::spool::{Spool, SpoolError};
-use crate::throttle::Throttle;
+use crate::throttle::Throttles;
 use parking_lot::Mutex;
 use sluice_common::egress::{EgressPool, EgressSource};
 use sluice_common::queue_config::{Protocol, QueueConfig};
@@ -114,7 +114,7 @@ pub struct Egress {
     policy: Arc<Policy>,
     dns: Arc<Dns>,
     spool: Arc<Spool>,
-    throttles: Arc<dyn Throttle>,
+    throttles: Arc<Throttles>,
     lifecycle: Arc<Lifecycle>,
     outcomes: OnceLock<Weak<dyn Outcomes>>,
     pools: Mutex<HashMap<String, (Arc<EgressPool>, Instant)>>,
@@ -132,7 +132,7 @@ impl Egress {
         policy: Arc<Policy>,
         dns: Arc<Dns>,
         spool: Arc<Spool>,
-        throttles: Arc<dyn Throttle>,
+        throttles: Arc<Throttles>,
         lifecycle: Arc<Lifecycle>,
     ) -> Arc<Egress> {
         Arc::new(Egress {

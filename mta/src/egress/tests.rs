@@ -185,7 +185,7 @@ fn fixture(path: &str) -> Fixture {
         policy,
         Arc::new(Dns::with_servers(&["127.0.0.1:53".parse().unwrap()]).unwrap()),
         Arc::new(spool),
-        Arc::new(crate::throttle::LocalThrottles::default()),
+        Arc::new(crate::throttle::Throttles::local()),
         Arc::new(Lifecycle::default()),
     );
     let outcomes = Arc::new(TestOutcomes::default());

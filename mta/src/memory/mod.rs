@@ -307,13 +307,13 @@ mod tests {
         assert!(memory.shortage().is_none());
         assert_eq!(memory.observe(90 * MIB), Level::Short);
         waiter.await.unwrap();
-        assert_eq!(memory.observe(70 * MIB), Level::Short);
-        assert_eq!(memory.short_spells(), 1, "one spell, however long");
         let short = memory.shortage().unwrap();
         assert_eq!(
             short.to_string(),
             "memory is short: working set 90 MiB over the soft limit of 80 MiB"
         );
+        assert_eq!(memory.observe(70 * MIB), Level::Short);
+        assert_eq!(memory.short_spells(), 1, "one spell, however long");
         assert_eq!(memory.observe(10 * MIB), Level::Normal);
         assert!(memory.shortage().is_none());
         memory.observe(85 * MIB);

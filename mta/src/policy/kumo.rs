@@ -298,6 +298,18 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     }
 
     kumo.set(
+        "configure_redis_throttles",
+        lua.create_function(|lua, params: Value| {
+            let what = "configure_redis_throttles";
+            let config: crate::config::redis::RedisThrottleConfig = from_table(lua, what, params)?;
+            let settings = config
+                .settings()
+                .map_err(|e| located_error(lua, format!("{what}: {e}")))?;
+            with_init(lua, what, |init| init.redis_throttles = Some(settings))
+        })?,
+    )?;
+
+    kumo.set(
         "configure_log_hook",
         lua.create_function(|lua, params: Value| {
             let hook: crate::config::logs::LogHookConfig =

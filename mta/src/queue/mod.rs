@@ -33,7 +33,7 @@ use crate::message::name::{self, NameError};
 use crate::message::{Message, MessageRef};
 use crate::policy::Policy;
 use crate::spool::Spool;
-use crate::throttle::Throttle;
+use crate::throttle::Throttles;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -84,7 +84,7 @@ pub struct Parts {
     /// engine.
     pub egress: Arc<Egress>,
     /// The throttles that enforce each queue's `max_message_rate`.
-    pub throttles: Arc<dyn Throttle>,
+    pub throttles: Arc<Throttles>,
     /// The drain state: promotions stop when a drain starts, and running
     /// deliveries count as busy.
     pub lifecycle: Arc<Lifecycle>,
@@ -107,7 +107,7 @@ pub struct QueueManager {
     spool: Arc<Spool>,
     logger: Arc<Logger>,
     egress: Arc<Egress>,
-    throttles: Arc<dyn Throttle>,
+    throttles: Arc<Throttles>,
     lifecycle: Arc<Lifecycle>,
     clock: Arc<dyn Clock>,
     nodeid: String,

@@ -85,7 +85,8 @@ impl QueueManager {
         let config = queue.config();
         if let Some(rate) = &config.max_message_rate {
             let key = format!("schedq-{queue_name}-message-rate");
-            if let Some(wait) = self.throttles.check(&key, rate) {
+            let kind = crate::throttle::Kind::QueueRate;
+            if let Some(wait) = self.throttles.check(kind, &key, rate).await {
                 self.throttled(&msg, &queue_name, &config, wait).await;
                 return;
             }

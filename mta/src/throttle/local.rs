@@ -1,8 +1,6 @@
-//! Rate throttles (GCRA, spec §2.3): one theoretical arrival time per key.
-//! Everything that throttles (scheduled queues' `max_message_rate`, egress
-//! paths' message and connection rates) asks through [`Throttle`], so a
-//! fleet-wide implementation can replace this node-local one without the
-//! queue or egress code knowing.
+//! Throttle state in this process (GCRA, spec §2.3): one theoretical
+//! arrival time per key. Time comes from tokio's clock, so a test with
+//! paused time sees exactly the rates it configures.
 
 use parking_lot::Mutex;
 use sluice_common::ThrottleSpec;
@@ -10,14 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Check (and on success consume) one unit of a throttle.
-pub trait Throttle: Send + Sync {
-    /// `None` when allowed now; `Some(wait)` when throttled for `wait`.
-    fn check(&self, name: &str, spec: &ThrottleSpec) -> Option<Duration>;
-}
-
-/// Throttle state in this process; time from tokio's clock, so a test with
-/// paused time sees exactly the rates it configures.
+/// Node-local GCRA state.
 pub struct LocalThrottles {
     epoch: Instant,
     state: Mutex<HashMap<String, Option<u128>>>,
@@ -32,8 +23,10 @@ impl Default for LocalThrottles {
     }
 }
 
-impl Throttle for LocalThrottles {
-    fn check(&self, name: &str, spec: &ThrottleSpec) -> Option<Duration> {
+impl LocalThrottles {
+    /// Check (and on success consume) one unit: `None` when allowed now,
+    /// `Some(wait)` when throttled for `wait`.
+    pub fn check(&self, name: &str, spec: &ThrottleSpec) -> Option<Duration> {
         let now = self.epoch.elapsed().as_nanos();
         let key = spec.key(name);
         let mut state = self.state.lock();

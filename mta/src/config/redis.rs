@@ -1,0 +1,268 @@
+//! `kumo.configure_redis_throttles{...}`: where the fleet's shared throttles
+//! and connection leases live. The keys are KumoMTA's (those of
+//! `redis.open`); `password_file`, `fleet_size` and `lease_ttl` are
+//! Sluice's, for Kubernetes (a mounted Secret, the replica count the
+//! operator renders) and for failure behaviour.
+
+use serde::Deserialize;
+use sluice_common::duration;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Redis node, or the cluster's seed nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NodeSpec {
+    /// One URL: `redis://host:port/`, `rediss://` for TLS.
+    Single(String),
+    /// Seed URLs of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+/// `configure_redis_throttles` as given.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisThrottleConfig {
+    /// The node URL, or a list of cluster seed URLs.
+    pub node: NodeSpec,
+    /// Treat a single URL as a cluster seed (a list always is one).
+    #[serde(default)]
+    pub cluster: Option<bool>,
+    /// Accepted for KumoMTA compatibility; throttles write, so every
+    /// command goes to a primary.
+    #[serde(default)]
+    pub read_from_replicas: bool,
+    /// ACL user name (Redis 6+).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password itself; prefer `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (a mounted Secret); read at start-up,
+    /// trailing newline trimmed.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Connections to open; each pipelines every concurrent command.
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// How long connecting may take.
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub connect_timeout: Option<Duration>,
+    /// Accepted for KumoMTA compatibility (its pool's recycling).
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub recycle_timeout: Option<Duration>,
+    /// Accepted for KumoMTA compatibility (its pool's checkout wait).
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub wait_timeout: Option<Duration>,
+    /// How long a command may take before Redis counts as down.
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub response_timeout: Option<Duration>,
+    /// How many nodes share this Redis. While Redis cannot be reached each
+    /// node enforces its share (limit / fleet_size) of every shared limit,
+    /// so the fleet never exceeds it. Default 1: a lone node keeps its limits.
+    #[serde(default)]
+    pub fleet_size: Option<u32>,
+    /// How long a connection lease lasts unrenewed: a node that dies gives
+    /// its connections back within it.
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub lease_ttl: Option<Duration>,
+}
+
+/// What a config's values mean, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Node URLs (one unless a cluster).
+    pub nodes: Vec<String>,
+    /// Cluster mode.
+    pub cluster: bool,
+    /// ACL user.
+    pub username: Option<String>,
+    /// Where the password comes from.
+    pub password: Option<Password>,
+    /// Connections (at least 1).
+    pub pool_size: usize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Command timeout.
+    pub response_timeout: Duration,
+    /// Nodes sharing the limits (at least 1).
+    pub fleet_size: u32,
+    /// Lease lifetime unrenewed.
+    pub lease_ttl: Duration,
+}
+
+/// The password, or the file it is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Password {
+    /// Given in the policy.
+    Inline(String),
+    /// Read from this file at start-up.
+    File(PathBuf),
+}
+
+/// A config that cannot be used, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisConfigError {
+    /// Both `password` and `password_file`.
+    #[error("key 'password_file': give either password or password_file, not both")]
+    TwoPasswords,
+    /// A node that is not a redis URL.
+    #[error("key 'node': {0:?} is not a redis://, rediss:// or unix:// URL")]
+    Url(String),
+    /// No nodes.
+    #[error("key 'node': no node given")]
+    NoNode,
+    /// A zero that must be positive.
+    #[error("key '{0}': must be at least 1")]
+    Zero(&'static str),
+    /// A lease too short to renew.
+    #[error("key 'lease_ttl': must be at least 3 seconds, to be renewed in time")]
+    LeaseTtl,
+    /// The password file cannot be read.
+    #[error("key 'password_file': cannot read {path}: {reason}")]
+    PasswordFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RedisThrottleConfig {
+    /// Check the values and apply the defaults.
+    pub fn settings(&self) -> Result<RedisSettings, RedisConfigError> {
+        let nodes = match &self.node {
+            NodeSpec::Single(n) => vec![n.clone()],
+            NodeSpec::Cluster(list) => list.clone(),
+        };
+        if nodes.is_empty() {
+            return Err(RedisConfigError::NoNode);
+        }
+        for n in &nodes {
+            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| n.starts_with(p))
+            {
+                return Err(RedisConfigError::Url(n.clone()));
+            }
+        }
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => return Err(RedisConfigError::TwoPasswords),
+            (Some(p), None) => Some(Password::Inline(p.clone())),
+            (None, Some(f)) => Some(Password::File(f.clone())),
+            (None, None) => None,
+        };
+        let positive = |v: Option<u32>, key, default| match v {
+            Some(0) => Err(RedisConfigError::Zero(key)),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let lease_ttl = self.lease_ttl.unwrap_or(Duration::from_secs(30));
+        if lease_ttl < Duration::from_secs(3) {
+            return Err(RedisConfigError::LeaseTtl);
+        }
+        Ok(RedisSettings {
+            cluster: self
+                .cluster
+                .unwrap_or(matches!(self.node, NodeSpec::Cluster(_))),
+            nodes,
+            username: self.username.clone(),
+            password,
+            pool_size: positive(self.pool_size, "pool_size", 2)? as usize,
+            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            response_timeout: self.response_timeout.unwrap_or(Duration::from_millis(500)),
+            fleet_size: positive(self.fleet_size, "fleet_size", 1)?,
+            lease_ttl,
+        })
+    }
+}
+
+impl Password {
+    /// The password, read from its file if it has one.
+    pub fn read(&self) -> Result<String, RedisConfigError> {
+        match self {
+            Password::Inline(p) => Ok(p.clone()),
+            Password::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| RedisConfigError::PasswordFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> RedisThrottleConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_url_alone_takes_the_defaults() {
+        let s = parse(r#"{"node":"redis://127.0.0.1:6379/"}"#)
+            .settings()
+            .unwrap();
+        assert_eq!(s.nodes, ["redis://127.0.0.1:6379/"]);
+        assert!(!s.cluster);
+        assert_eq!((s.fleet_size, s.pool_size), (1, 2));
+        assert_eq!(s.lease_ttl, Duration::from_secs(30));
+        assert_eq!(s.password, None);
+    }
+
+    #[test]
+    fn a_list_is_a_cluster_and_durations_are_spelled_out() {
+        let s = parse(
+            r#"{"node":["redis://a:7000","redis://b:7000"],"response_timeout":"2 seconds",
+                "fleet_size":3,"lease_ttl":"10s","password_file":"/run/secrets/redis"}"#,
+        )
+        .settings()
+        .unwrap();
+        assert!(s.cluster);
+        assert_eq!(s.response_timeout, Duration::from_secs(2));
+        assert_eq!(s.fleet_size, 3);
+        assert_eq!(
+            s.password,
+            Some(Password::File("/run/secrets/redis".into()))
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (r#"{"node":"http://x"}"#, "key 'node'"),
+            (r#"{"node":[]}"#, "key 'node'"),
+            (r#"{"node":"redis://x","fleet_size":0}"#, "key 'fleet_size'"),
+            (
+                r#"{"node":"redis://x","lease_ttl":"1s"}"#,
+                "key 'lease_ttl'",
+            ),
+            (
+                r#"{"node":"redis://x","password":"a","password_file":"/f"}"#,
+                "key 'password_file'",
+            ),
+        ];
+        for (json, key) in cases {
+            let err = parse(json).settings().unwrap_err().to_string();
+            assert!(err.contains(key), "{json}: {err}");
+        }
+        let err = serde_json::from_str::<RedisThrottleConfig>(r#"{"node":"redis://x","nod":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nod"), "{err}");
+    }
+
+    #[test]
+    fn a_password_file_is_read_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        assert_eq!(Password::File(f).read().unwrap(), "s3cret");
+        let err = Password::File(dir.path().join("missing"))
+            .read()
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

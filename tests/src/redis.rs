@@ -1,0 +1,196 @@
+//! A real Redis (Debian's `redis-server`) per test, on a free loopback
+//! port, with a password, no persistence, in its own process group; it can
+//! be killed and started again on the same port.
+
+use crate::free_port;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "s3cret-redis-pw";
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn();
+        r
+    }
+
+    /// The URL an MTA policy names (the password is given apart).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--requirepass",
+                PASSWORD,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("redis-server is installed (scripts/install-deps)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis-cli` against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            return String::new();
+        }
+        let o = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "--no-auth-warning",
+                "-a",
+                PASSWORD,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// SIGKILL: no goodbye to clients, state gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `tests/clients/session_sink.py`: an SMTP sink whose log says when each
+/// session opened and closed and when each message arrived.
+pub struct SessionSink {
+    child: Child,
+    pub port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// One line of the sink's log.
+#[derive(Debug, Clone)]
+pub struct SinkEvent {
+    pub t: f64,
+    pub ev: String,
+    pub sid: u64,
+    pub seq: Option<u64>,
+}
+
+impl SessionSink {
+    /// A sink holding each message's reply `delay_ms`.
+    pub fn start(delay_ms: u64) -> SessionSink {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sessions.jsonl");
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(crate::workspace_root().join("tests/clients/session_sink.py"))
+            .arg(port.to_string())
+            .arg(&log)
+            .args(["--delay-ms", &delay_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "session_sink did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sink = SessionSink {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        // the readiness probe's session, left out of what tests count
+        while !sink.events().iter().any(|e| e.ev == "close") {
+            assert!(Instant::now() < deadline, "probe session not logged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(&sink.log, "").unwrap();
+        sink
+    }
+
+    pub fn events(&self) -> Vec<SinkEvent> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| SinkEvent {
+                t: v["t"].as_f64().unwrap(),
+                ev: v["ev"].as_str().unwrap().to_string(),
+                sid: v["sid"].as_u64().unwrap(),
+                seq: v["seq"].as_u64(),
+            })
+            .collect()
+    }
+
+    /// Arrival times of the messages received.
+    pub fn arrivals(&self) -> Vec<(f64, Option<u64>)> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.ev == "msg")
+            .map(|e| (e.t, e.seq))
+            .collect()
+    }
+
+    /// The most sessions open at once, from the open/close events in order.
+    pub fn max_concurrent(&self) -> usize {
+        let (mut open, mut most) = (0i64, 0i64);
+        for e in self.events() {
+            match e.ev.as_str() {
+                "open" => open += 1,
+                "close" => open -= 1,
+                _ => {}
+            }
+            most = most.max(open);
+        }
+        most as usize
+    }
+}
+
+impl Drop for SessionSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

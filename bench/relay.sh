@@ -28,26 +28,6 @@ trap 'pkill -f "$WORK/policy.lua" 2>/dev/null || true; pkill -f "smtp-sink.*:$SI
 
 write_relay_policy "$WORK" "$PORT" "$SINK"
 
-# one relay run into whatever listens on $PORT; prints "rate cpu_ms_per_msg"
-relay() {
-  local size=$1 sessions=$2 busy0 busy1 t0 t1 other
-  /usr/bin/time -f "%U %S" -o "$WORK/sink.time" \
-    /usr/sbin/smtp-sink -u nobody -M "$COUNT" 127.0.0.1:$SINK 1024 >/dev/null 2>&1 &
-  local sink=$!
-  wait_port $SINK
-  busy0=$(machine_busy_ms)
-  t0=$(date +%s.%N)
-  /usr/bin/time -f "%U %S" -o "$WORK/src.time" \
-    /usr/sbin/smtp-source -d -s "$sessions" -m "$COUNT" -l "$size" \
-      -f sender@bench.local -t rcpt@example.com 127.0.0.1:$PORT
-  wait "$sink"
-  t1=$(date +%s.%N)
-  busy1=$(machine_busy_ms)
-  other=$(cat "$WORK/src.time" "$WORK/sink.time" | awk '{ s += ($1 + $2) * 1000 } END { print int(s) }')
-  awk -v n="$COUNT" -v t0="$t0" -v t1="$t1" -v b="$((busy1 - busy0 - other))" \
-    'BEGIN { printf "%.0f %.2f\n", n / (t1 - t0), b / n }'
-}
-
 run_sluice() {
   rm -rf "$WORK/spool" "$WORK/logs"
   RUST_LOG=warn "$BIN" --policy "$WORK/policy.lua" 2>"$WORK/sluice.log" &

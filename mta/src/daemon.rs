@@ -138,6 +138,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         init.redis_throttles.clone(),
     ));
     throttles.start();
+    policy.attach_throttles(throttles.clone());
     let egress = crate::egress::Egress::new(
         policy.clone(),
         Arc::new(dns),

@@ -13,12 +13,29 @@ use std::time::{Duration, Instant};
 /// A node's policy: relay everything to `sink` through one egress path
 /// with `path` keys, sharing its throttles through `redis` when given.
 fn node(redis: Option<(&Redis, u32, &str)>, sink: u16, queue: &str, path: &str) -> (Mta, u16) {
+    node_with(redis, sink, queue, path, "")
+}
+
+/// [`node`] with more Lua after the hooks.
+fn node_with(
+    redis: Option<(&Redis, u32, &str)>,
+    sink: u16,
+    queue: &str,
+    path: &str,
+    lua: &str,
+) -> (Mta, u16) {
     let admin = free_port();
+    // fleet 0: no fleet_size, the nodes count themselves in Redis
     let shared = match redis {
         Some((r, fleet, extra)) => format!(
             "kumo.configure_redis_throttles {{ node = '{}', password = '{PASSWORD}', \
-             fleet_size = {fleet}, response_timeout = '300 ms', {extra} }}",
-            r.url()
+             response_timeout = '300 ms', {} {extra} }}",
+            r.url(),
+            if fleet > 0 {
+                format!("fleet_size = {fleet},")
+            } else {
+                String::new()
+            },
         ),
         None => String::new(),
     };
@@ -34,6 +51,7 @@ end)
 kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
   return kumo.make_egress_path {{ prohibited_hosts = {{}}, max_ready = 100000, {path} }}
 end)
+{lua}
 "#
     );
     (Mta::start(&policy_with_init(&init, "", &rest)), admin)
@@ -230,7 +248,7 @@ fn redis_killed_mid_run_means_split_shares_and_nothing_lost_then_shared_again() 
     let sink = SessionSink::start(0);
     let path = "max_message_rate = '20/s'";
     let nodes: Vec<_> = (0..2)
-        .map(|_| node(Some((&redis, 2, "")), sink.port, "", path))
+        .map(|_| node(Some((&redis, 0, "")), sink.port, "", path))
         .collect();
     for (_, admin) in &nodes {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -238,6 +256,15 @@ fn redis_killed_mid_run_means_split_shares_and_nothing_lost_then_shared_again() 
             assert!(Instant::now() < deadline, "never reached Redis");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    // no fleet_size: the nodes count each other through their heartbeats
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes
+        .iter()
+        .any(|(_, a)| metric(*a, "sluice_fleet_nodes") != 2.0)
+    {
+        assert!(Instant::now() < deadline, "the nodes never counted two");
+        std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::scope(|s| {
         for (i, (mta, _)) in nodes.iter().enumerate() {
@@ -340,4 +367,46 @@ fn a_killed_lease_holder_gives_its_connections_back_within_the_ttl() {
         "leases outlived their TTL: {waited:?}"
     );
     assert!(sink.max_concurrent() <= 2);
+}
+
+/// `kumo.make_throttle` in a policy hook is the fleet's throttle too; a
+/// `local:` one is each node's own.
+#[test]
+fn a_policy_throttle_is_shared_unless_local() {
+    let redis = Redis::start();
+    let sink = SessionSink::start(0);
+    let hook = r#"
+kumo.on('smtp_server_mail_from', function(sender, conn_meta)
+  local spec = '2/h'
+  if tostring(sender):find('^local') then spec = 'local:2/h' end
+  local r = kumo.make_throttle('mail-from', spec):throttle()
+  if r.throttled then
+    kumo.reject(451, string.format('4.7.1 slow down, retry in %d s', r.retry_after))
+  end
+end)
+"#;
+    let nodes: Vec<_> = (0..2)
+        .map(|_| node_with(Some((&redis, 2, "")), sink.port, "", "", hook))
+        .collect();
+    let mut replies = vec![];
+    for (who, count) in [("shared", 3), ("local", 3)] {
+        for (mta, _) in &nodes {
+            for _ in 0..count {
+                let mut s = RawSmtp::connect(mta.port);
+                s.reply();
+                s.command("EHLO client.test");
+                let (code, text) = s.command(&format!("MAIL FROM:<{who}@example.com>"));
+                replies.push((who, code, text));
+                s.command("QUIT");
+            }
+        }
+    }
+    let accepted = |who: &str| replies.iter().filter(|r| r.0 == who && r.1 == 250).count();
+    // two for the fleet; two for each node
+    assert_eq!(accepted("shared"), 2, "{replies:?}");
+    assert_eq!(accepted("local"), 4, "{replies:?}");
+    for (_, code, text) in replies.iter().filter(|r| r.1 != 250) {
+        assert_eq!(*code, 451, "{text}");
+        assert!(text.contains("retry in 1800 s"), "{text}");
+    }
 }

@@ -57,9 +57,11 @@ pub struct RedisThrottleConfig {
     /// How long a command may take before Redis counts as down.
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     pub response_timeout: Option<Duration>,
-    /// How many nodes share this Redis. While Redis cannot be reached each
-    /// node enforces its share (limit / fleet_size) of every shared limit,
-    /// so the fleet never exceeds it. Default 1: a lone node keeps its limits.
+    /// How many nodes share this Redis, at least. While Redis cannot be
+    /// reached each node enforces its share (limit / nodes) of every shared
+    /// limit, so the fleet never exceeds it; the nodes are the larger of
+    /// this and those that last announced themselves in Redis (each does
+    /// every second). Default 1: the count in Redis alone.
     #[serde(default)]
     pub fleet_size: Option<u32>,
     /// How long a connection lease lasts unrenewed: a node that dies gives

@@ -10,6 +10,7 @@ mod http;
 pub(crate) mod kumo;
 mod lua_connection;
 mod lua_message;
+mod lua_throttle;
 
 pub use fetched::Fetched;
 pub use lua_connection::LuaConnection;
@@ -172,8 +173,27 @@ impl PolicySource {
 /// the `Arc<Policy>` sees the new policy at its next event.
 pub struct Policy {
     state: parking_lot::RwLock<Arc<PolicyState>>,
-    spool: Mutex<Option<Arc<crate::spool::Spool>>>,
+    attached: Mutex<Attached>,
     epoch: std::sync::atomic::AtomicU64,
+}
+
+/// What the running MTA lends every Lua state: the spool (for
+/// `msg:get_data()`) and the throttles (for `kumo.make_throttle`).
+#[derive(Clone, Default)]
+struct Attached {
+    spool: Option<Arc<crate::spool::Spool>>,
+    throttles: Option<Arc<crate::throttle::Throttles>>,
+}
+
+impl Attached {
+    fn install(&self, lua: &Lua) {
+        if let Some(s) = &self.spool {
+            lua.set_app_data(s.clone());
+        }
+        if let Some(t) = &self.throttles {
+            lua.set_app_data(t.clone());
+        }
+    }
 }
 
 /// One version of the policy: its source and its pool of Lua states.
@@ -242,7 +262,7 @@ impl Policy {
                 amqp,
                 events,
             })),
-            spool: Mutex::new(None),
+            attached: Mutex::new(Attached::default()),
             epoch: std::sync::atomic::AtomicU64::new(1),
         }))
     }
@@ -255,10 +275,9 @@ impl Policy {
     /// the new epoch. The candidate was loaded and validated on its own.
     pub fn adopt(&self, candidate: &Policy) -> u64 {
         let next = candidate.current();
-        if let Some(spool) = self.spool.lock().clone() {
-            for lua in next.pool.lock().iter() {
-                lua.set_app_data(spool.clone());
-            }
+        let attached = self.attached.lock().clone();
+        for lua in next.pool.lock().iter() {
+            attached.install(lua);
         }
         *self.state.write() = next;
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
@@ -286,9 +305,22 @@ impl Policy {
 
     /// Give message objects access to spooled bodies (for `msg:get_data()`).
     pub fn attach_spool(&self, spool: Arc<crate::spool::Spool>) {
-        *self.spool.lock() = Some(spool.clone());
+        self.attach(|a| a.spool = Some(spool));
+    }
+
+    /// Give `kumo.make_throttle` the node's throttles.
+    pub fn attach_throttles(&self, throttles: Arc<crate::throttle::Throttles>) {
+        self.attach(|a| a.throttles = Some(throttles));
+    }
+
+    fn attach(&self, f: impl FnOnce(&mut Attached)) {
+        let attached = {
+            let mut a = self.attached.lock();
+            f(&mut a);
+            a.clone()
+        };
         for lua in self.current().pool.lock().iter() {
-            lua.set_app_data(spool.clone());
+            attached.install(lua);
         }
     }
 
@@ -300,9 +332,7 @@ impl Policy {
             None => {
                 let lua = new_state(&state.source, &state.amqp)
                     .map_err(|e| EventError::Failed(e.to_string()))?;
-                if let Some(spool) = self.spool.lock().clone() {
-                    lua.set_app_data(spool);
-                }
+                self.attached.lock().install(&lua);
                 lua
             }
         };
@@ -396,6 +426,7 @@ fn new_state(source: &PolicySource, amqp: &Arc<amqp::Pools>) -> Result<Lua, Poli
         let kumo = kumo::build_module(&lua)?;
         kumo.set("amqp", amqp::build_module(&lua)?)?;
         kumo.set("http", http::build_module(&lua)?)?;
+        lua_throttle::register(&lua, &kumo)?;
         lua.globals().set("kumo", kumo.clone())?;
         let package: Table = lua.globals().get("package")?;
         let loaded: Table = package.get("loaded")?;

@@ -13,6 +13,9 @@ pub struct ThrottleMetrics {
     pub leases: IntCounterVec,
     /// `sluice_redis_up`: 1 while Redis answers (0 without Redis).
     pub redis_up: IntGauge,
+    /// `sluice_fleet_nodes`: the nodes sharing the throttles, as the last
+    /// heartbeat counted them.
+    pub fleet_nodes: IntGauge,
     /// `sluice_redis_fallback_total`: decisions made on this node's split
     /// share because Redis could not be reached.
     pub fallback: IntCounter,
@@ -54,6 +57,11 @@ impl ThrottleMetrics {
                 r,
                 "sluice_redis_up",
                 "1 while the shared throttles' Redis answers",
+            ),
+            fleet_nodes: gauge(
+                r,
+                "sluice_fleet_nodes",
+                "Nodes sharing the throttles through Redis, as last counted there",
             ),
             fallback: counter(
                 r,

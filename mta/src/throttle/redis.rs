@@ -78,6 +78,20 @@ end
 return 0
 ";
 
+/// Register this node as alive for ARGV[2] ms; how many nodes are. ARGV:
+/// node name, TTL in ms.
+const HEARTBEAT: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// Where the nodes sharing this Redis announce themselves.
+const NODES_KEY: &str = "sluice.fleet.nodes";
+
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -109,6 +123,7 @@ pub struct RedisStore {
     gcra: Script,
     acquire: Script,
     renew: Script,
+    heartbeat: Script,
 }
 
 impl RedisStore {
@@ -122,6 +137,7 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
+            heartbeat: Script::new(HEARTBEAT),
         }
     }
 
@@ -202,11 +218,15 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout(limit))
     }
 
-    /// `PING`.
-    pub async fn ping(&self) -> Result<(), RedisError> {
+    /// Announce `node` as alive for `ttl`; how many nodes are alive.
+    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<u32, RedisError> {
         let mut c = self.conn()?;
-        self.timed(c.query(&redis::cmd("PING"))).await??;
-        Ok(())
+        let mut inv = self.heartbeat.key(NODES_KEY);
+        inv.arg(node).arg(ttl.as_millis() as u64);
+        match self.timed(c.invoke(&inv)).await?? {
+            Value::Int(n) => Ok(n.clamp(1, i64::from(u32::MAX)) as u32),
+            _ => Ok(1),
+        }
     }
 
     /// One unit of `spec` under `key`: `None` allowed, `Some(wait)` not.

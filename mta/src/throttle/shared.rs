@@ -1,8 +1,11 @@
 //! Shared mode: every decision asks Redis while it answers; while it does
-//! not, the node decides alone on its split share (limit / `fleet_size`),
-//! so the fleet never exceeds the limit (it may run below it). Redis is
-//! down from the first failed or slow command until a probe, once a
-//! second, gets an answer; each transition is logged once.
+//! not, the node decides alone on its split share (limit / the fleet's
+//! size), so the fleet never exceeds the limit (it may run below it). The
+//! fleet's size is the larger of `fleet_size` and the nodes that last
+//! announced themselves in Redis (each does, every second), so a fleet
+//! that scaled out splits by its real size. Redis is down from the first
+//! failed or slow command until a probe, once a second, gets an answer;
+//! each transition is logged once.
 
 use super::lease::Lease;
 use super::local::LocalThrottles;
@@ -13,7 +16,7 @@ use parking_lot::Mutex;
 use sluice_common::ThrottleSpec;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Redis, its health, and the node's fallback state.
@@ -27,7 +30,12 @@ pub struct Shared {
     /// This node's name in lease members.
     node: String,
     serial: AtomicU64,
+    /// Nodes alive at the last heartbeat.
+    seen: AtomicU32,
 }
+
+/// How long a node's heartbeat counts it as alive (it beats every second).
+const ALIVE: Duration = Duration::from_secs(5);
 
 impl Shared {
     /// Shared throttles over `settings`; down until [`Shared::probe`]
@@ -42,6 +50,7 @@ impl Shared {
             metrics,
             node: format!("{}-{}", host.trim(), std::process::id()),
             serial: AtomicU64::new(0),
+            seen: AtomicU32::new(1),
         })
     }
 
@@ -55,21 +64,34 @@ impl Shared {
         self.up.load(Ordering::Relaxed)
     }
 
-    fn fleet(&self) -> u32 {
-        self.store.settings().fleet_size
+    /// How many nodes share the limits: the configured size, or more when
+    /// more announced themselves.
+    pub fn fleet(&self) -> u32 {
+        let seen = self.seen.load(Ordering::Relaxed);
+        self.store.settings().fleet_size.max(seen)
     }
 
     /// Connect, then check on Redis once a second for the life of the
-    /// process: ping while it is up, connect afresh while it is down (a
-    /// broken connection would first have to fail once more).
+    /// process with a heartbeat (which counts the fleet); while Redis is
+    /// down, connect afresh first (a broken connection would have to fail
+    /// once more).
     pub async fn probe(self: Arc<Self>) {
         loop {
             let result = match self.is_up() {
                 false => self.store.connect().await,
-                true => self.store.ping().await,
+                true => Ok(()),
             };
-            match result {
-                Ok(()) => self.set_up(None),
+            match result.map(|()| self.store.heartbeat(&self.node, ALIVE)) {
+                Ok(beat) => match beat.await {
+                    Ok(n) => {
+                        self.metrics.fleet_nodes.set(i64::from(n));
+                        if self.seen.swap(n, Ordering::Relaxed) != n {
+                            tracing::info!(nodes = n, "nodes sharing the throttles");
+                        }
+                        self.set_up(None)
+                    }
+                    Err(e) => self.set_up(Some(&e)),
+                },
                 Err(e) => self.set_up(Some(&e)),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

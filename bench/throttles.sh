@@ -24,6 +24,7 @@ PASSWORD=bench-redis-pw
 build_mta
 
 WORK=$(mktemp -d /var/tmp/sluice-throttles.XXXXXX)
+chmod 755 "$WORK" # smtp-sink writes the dump as nobody
 cleanup() {
   pkill -f "$WORK/" 2>/dev/null || true
   pkill -f "smtp-sink.*:$SINK" 2>/dev/null || true
@@ -54,11 +55,16 @@ never_q="max_message_rate = '1000000/s'"
 never_p="max_message_rate = '1000000/s'"
 echo "relay: $COUNT messages of 2 KB, 50 sessions, smtp-source -> sluice-mta -> smtp-sink"
 printf "%-34s %10s %12s\n" "throttles" "msgs/s" "cpu ms/msg"
-read -r n_rate n_cpu < <(relay_with "" "" "")
+# (each run to a file: a process substitution would let the next start
+# while the last MTA still drains)
+relay_with "" "" "" > "$WORK/none.out"
+read -r n_rate n_cpu < "$WORK/none.out"
 printf "%-34s %10s %12s\n" "none" "$n_rate" "$n_cpu"
-read -r l_rate l_cpu < <(relay_with "" "$never_q" "$never_p")
+relay_with "" "$never_q" "$never_p" > "$WORK/local.out"
+read -r l_rate l_cpu < "$WORK/local.out"
 printf "%-34s %10s %12s\n" "local (queue + path rate)" "$l_rate" "$l_cpu"
-read -r s_rate s_cpu < <(relay_with "$(shared_init 1)" "$never_q" "$never_p")
+relay_with "$(shared_init 1)" "$never_q" "$never_p" > "$WORK/shared.out"
+read -r s_rate s_cpu < "$WORK/shared.out"
 printf "%-34s %10s %12s\n" "shared in Redis (queue + path)" "$s_rate" "$s_cpu"
 awk -v s="$s_rate" -v l="$l_rate" -v n="$n_rate" \
   'BEGIN { printf "shared / local: %.2f; local / none: %.2f\n", s / l, l / n }'

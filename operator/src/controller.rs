@@ -43,8 +43,12 @@ pub struct Config {
     pub namespace: String,
     /// Name of the generated ConfigMap.
     pub configmap: String,
-    /// The MTA StatefulSet that owns the ConfigMap (garbage collection).
+    /// The MTA StatefulSet that owns the ConfigMap (garbage collection),
+    /// and whose replica count a split divides limits by.
     pub fleet: Option<String>,
+    /// The MTA pods share throttles and connection limits through Redis
+    /// (the chart's `redis`): limits render as written. Else they are split.
+    pub shared_limits: bool,
     /// Label selector of the MTA pods.
     pub mta_selector: String,
     /// The MTA pods' admin HTTP port.
@@ -138,6 +142,7 @@ pub struct Controller {
 /// (or an add or delete) pokes `trigger`. Status-only writes do not.
 fn watch<K>(
     api: Api<K>,
+    config: watcher::Config,
     trigger: tokio::sync::mpsc::Sender<()>,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
@@ -150,7 +155,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()));
+    let stream = reflector::reflector(writer, watcher(api, config));
     let task = tokio::spawn(async move {
         let mut seen: HashMap<String, Option<i64>> = HashMap::new();
         futures::pin_mut!(stream);
@@ -212,9 +217,19 @@ impl Controller {
             .await
             .map_err(Error::CrdsMissing)?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let (queue_policies, t1) = watch(qp, tx.clone());
-        let (egress_pools, t2) = watch(Api::namespaced(self.client.clone(), &ns), tx.clone());
-        let (egress_paths, t3) = watch(Api::namespaced(self.client.clone(), &ns), tx);
+        let all = watcher::Config::default;
+        let (queue_policies, t1) = watch(qp, all(), tx.clone());
+        let (egress_pools, t2) =
+            watch(Api::namespaced(self.client.clone(), &ns), all(), tx.clone());
+        let (egress_paths, t3) =
+            watch(Api::namespaced(self.client.clone(), &ns), all(), tx.clone());
+        // a scale of the fleet changes every split share: render again (the
+        // field selector is what RBAC's resourceNames allows to watch)
+        let t4 = self.config.fleet.clone().map(|name| {
+            let one = all().fields(&format!("metadata.name={name}"));
+            let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &ns);
+            watch(sts, one, tx).1
+        });
         let stores = Stores {
             queue_policies,
             egress_pools,
@@ -260,7 +275,7 @@ impl Controller {
                 .duration
                 .observe(started.elapsed().as_secs_f64());
         }
-        for t in [t1, t2, t3] {
+        for t in [Some(t1), Some(t2), Some(t3), t4].into_iter().flatten() {
             t.abort();
         }
         Ok(())
@@ -269,10 +284,12 @@ impl Controller {
     /// One pass over the fleet.
     async fn reconcile(&mut self, stores: &Stores) -> Result<(), Error> {
         let inputs = stores.inputs();
+        let fleet = self.fleet().await?;
         let outcome = crate::last_accepted::render(
             &inputs,
             &render::Options {
                 secrets_dir: self.config.secrets_dir.clone(),
+                fleet,
             },
         );
         let rendered = &outcome.rendered;
@@ -290,6 +307,7 @@ impl Controller {
                 o,
                 &outcome,
                 &rollout,
+                fleet,
                 changed,
             )
             .await?;
@@ -300,6 +318,7 @@ impl Controller {
                 o,
                 &outcome,
                 &rollout,
+                fleet,
                 changed,
             )
             .await?;
@@ -310,6 +329,7 @@ impl Controller {
                 o,
                 &outcome,
                 &rollout,
+                fleet,
                 changed,
             )
             .await?;
@@ -359,6 +379,25 @@ impl Controller {
         self.metrics.configmap_writes.inc();
         self.applied = Some(rendered.hash.clone());
         Ok(true)
+    }
+
+    /// How limits are honoured: shared through Redis, or split across the
+    /// StatefulSet's replicas (its spec, so a scale re-renders before the
+    /// pods exist; 1 when there is no StatefulSet).
+    async fn fleet(&self) -> Result<render::Fleet, Error> {
+        if self.config.shared_limits {
+            return Ok(render::Fleet::Shared);
+        }
+        let Some(name) = &self.config.fleet else {
+            return Ok(render::Fleet::Split(1));
+        };
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let replicas = api
+            .get_opt(name)
+            .await?
+            .and_then(|s| s.spec.and_then(|spec| spec.replicas))
+            .unwrap_or(1);
+        Ok(render::Fleet::Split(replicas.max(1) as u32))
     }
 
     async fn owner_reference(&self) -> Result<Option<OwnerReference>, Error> {
@@ -445,6 +484,7 @@ impl Controller {
         obj: &K,
         outcome: &crate::last_accepted::Outcome,
         rollout: &Rollout,
+        fleet: render::Fleet,
         config_changed: bool,
     ) -> Result<(), Error>
     where
@@ -464,6 +504,7 @@ impl Controller {
             &verdict,
             &outcome.rendered.hash,
             rollout,
+            fleet,
             crate::last_accepted::spec_json(obj),
         );
         if new == old {

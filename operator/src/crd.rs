@@ -54,6 +54,7 @@ pub struct QueueMatch {
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.egressPool"}"#,
     printcolumn = r#"{"name":"Pods","type":"string","jsonPath":".status.pods"}"#,
+    printcolumn = r#"{"name":"Limits","type":"string","jsonPath":".status.limits"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -78,7 +79,9 @@ pub struct QueuePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retry_interval: Option<String>,
     /// Rate at which messages leave the scheduled queue for the ready
-    /// queue (a GCRA throttle such as `100/s` or `1,000/hr`).
+    /// queue (a GCRA throttle such as `100/s` or `1,000/hr`), for the whole
+    /// fleet: shared through Redis, else split across the MTA pods; a
+    /// `local:` rate is each pod's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_rate: Option<String>,
     /// How messages are delivered; SMTP to the domain's MX hosts if unset.
@@ -280,6 +283,7 @@ pub struct PathMatch {
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Connections","type":"integer","jsonPath":".spec.connectionLimit"}"#,
     printcolumn = r#"{"name":"Rate","type":"string","jsonPath":".spec.maxMessageRate"}"#,
+    printcolumn = r#"{"name":"Limits","type":"string","jsonPath":".status.limits"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -290,16 +294,19 @@ pub struct EgressPathSpec {
     /// Precedence among matching EgressPaths (higher wins).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
-    /// Concurrent connections per ready queue (default 32).
+    /// Concurrent connections per ready queue, for the whole fleet: leased
+    /// through Redis, else split across the MTA pods (at least 1 each).
+    /// Unset: 32 per pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_limit: Option<u32>,
-    /// New connections per period, e.g. `10/s`.
+    /// New connections per period, e.g. `10/s`, for the whole fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_rate: Option<String>,
     /// Messages per connection before reconnecting (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_deliveries_per_connection: Option<u32>,
-    /// Messages per period through the path, e.g. `1,000/hr`.
+    /// Messages per period through the path, e.g. `1,000/hr`, for the
+    /// whole fleet (shared through Redis, else split across the pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_rate: Option<String>,
     /// Ready-queue capacity (default 1024).
@@ -415,6 +422,13 @@ pub struct PolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// How the fleet honours this object's limits: `Shared` (through
+    /// Redis) or `Split` (each pod its share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<String>,
+    /// The pods a `Split` divides the limits by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_across: Option<u32>,
     /// SHA-256 of the generated policy this object is part of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,

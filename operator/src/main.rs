@@ -40,6 +40,10 @@ enum Command {
         /// Where the MTA pods mount Secrets (`DIR/<secret>/<key>`).
         #[arg(long, default_value = render::DEFAULT_SECRETS_DIR)]
         secrets_dir: String,
+        /// Split every limit across this many MTA pods (no Redis); 1
+        /// renders limits as written.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        split_across: u32,
     },
 }
 
@@ -51,9 +55,15 @@ struct RunArgs {
     /// Name of the generated ConfigMap the MTA pods mount.
     #[arg(long, default_value = "sluice-policy")]
     configmap: String,
-    /// The MTA StatefulSet that owns the ConfigMap.
+    /// The MTA StatefulSet that owns the ConfigMap; without
+    /// --shared-limits, every limit is split across its replicas.
     #[arg(long)]
     fleet: Option<String>,
+    /// The MTA pods share throttles and connection limits through Redis
+    /// (`configure_redis_throttles` in their policy): render limits as
+    /// written instead of splitting them across the replicas.
+    #[arg(long)]
+    shared_limits: bool,
     /// Label selector of the MTA pods.
     #[arg(long, default_value = "app.kubernetes.io/component=mta")]
     mta_selector: String,
@@ -96,7 +106,8 @@ fn main() -> ExitCode {
             out,
             namespace,
             secrets_dir,
-        } => render_command(&dir, out, &namespace, secrets_dir),
+            split_across,
+        } => render_command(&dir, out, &namespace, secrets_dir, split_across),
     }
 }
 
@@ -128,6 +139,7 @@ fn run_command(args: RunArgs) -> ExitCode {
             namespace: args.namespace,
             configmap: args.configmap,
             fleet: args.fleet,
+            shared_limits: args.shared_limits,
             mta_selector: args.mta_selector,
             admin_port: args.admin_port,
             admin_auth: args.admin_secret.map(|secret| admin_auth::AdminAuth {
@@ -179,12 +191,17 @@ fn render_command(
     out: Option<PathBuf>,
     namespace: &str,
     secrets_dir: String,
+    split_across: u32,
 ) -> ExitCode {
     let (inputs, errors) = manifests::read_dir(dir, namespace);
     for e in &errors {
         eprintln!("error: {e}");
     }
-    let rendered = render::render(&inputs, &render::Options { secrets_dir });
+    let options = render::Options {
+        secrets_dir,
+        fleet: render::Fleet::Split(split_across),
+    };
+    let rendered = render::render(&inputs, &options);
     for (name, content) in &rendered.files {
         match &out {
             Some(dir) => {

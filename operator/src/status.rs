@@ -27,6 +27,7 @@ pub fn compute(
     verdict: &Verdict,
     hash: &str,
     rollout: &Rollout,
+    fleet: crate::render::Fleet,
     spec: Option<String>,
 ) -> PolicyStatus {
     let make = |type_: &str, ok: bool, reason: &str, message: String| {
@@ -93,6 +94,11 @@ pub fn compute(
         conditions,
         config_hash: (!matches!(verdict, Verdict::Rejected(_))).then(|| hash.to_string()),
         pods: Some(pods),
+        limits: Some(fleet.mode().into()),
+        split_across: match fleet {
+            crate::render::Fleet::Split(n) => Some(n),
+            crate::render::Fleet::Shared => None,
+        },
         last_accepted_generation: last_generation,
         last_accepted_spec: last_spec,
     }
@@ -115,6 +121,7 @@ mod tests {
             &Verdict::Accepted,
             "abc",
             &rollout(1, 2),
+            crate::render::Fleet::Split(1),
             None,
         );
         assert_eq!(condition(&first, "Ready").unwrap().reason, "RollingOut");
@@ -126,6 +133,7 @@ mod tests {
             &Verdict::Accepted,
             "abc",
             &rollout(2, 2),
+            crate::render::Fleet::Split(1),
             None,
         );
         assert_eq!(condition(&done, "Ready").unwrap().status, "True");
@@ -146,6 +154,7 @@ mod tests {
                 &Verdict::Accepted,
                 "abc",
                 &rollout(2, 2),
+                crate::render::Fleet::Split(1),
                 None
             ),
             done
@@ -164,6 +173,7 @@ mod tests {
             &Verdict::Rejected(r),
             "abc",
             &rollout(2, 2),
+            crate::render::Fleet::Split(1),
             None,
         );
         let ready = condition(&s, "Ready").unwrap();
@@ -184,6 +194,7 @@ mod tests {
             &Verdict::Accepted,
             "abc",
             &rollout(2, 2),
+            crate::render::Fleet::Split(1),
             Some("{\"maxAge\":\"1d\"}".into()),
         );
         assert_eq!(accepted.last_accepted_generation, Some(1));
@@ -197,6 +208,7 @@ mod tests {
             &Verdict::ServingLastAccepted(r),
             "abc",
             &rollout(2, 2),
+            crate::render::Fleet::Split(1),
             Some("{\"maxMessageRate\":\"fast\"}".into()),
         );
         let a = condition(&s, "Accepted").unwrap();

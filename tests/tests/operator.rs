@@ -32,11 +32,31 @@ fn is(obj: &Value, type_: &str, status: &str) -> bool {
 
 /// What `sluice-operator render` makes of the same files.
 fn offline_render(dir: &str) -> String {
+    offline_render_split(dir, 1)
+}
+
+/// The same, each limit split across `pods`.
+fn offline_render_split(dir: &str, pods: u32) -> String {
     let o = std::process::Command::new(binary("sluice-operator"))
-        .args(["render", "-f", dir])
+        .args(["render", "-f", dir, "--split-across", &pods.to_string()])
         .output()
         .unwrap();
     String::from_utf8(o.stdout).unwrap()
+}
+
+/// The MTA StatefulSet `sluice-mta` with `replicas`, applied.
+fn apply_statefulset(api: &ApiServer, replicas: u32) {
+    let sts = api.dir.path().join("sts.yaml");
+    std::fs::write(
+        &sts,
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: sluice-mta}}\nspec:\n  replicas: {replicas}\n  \
+             serviceName: sluice-mta\n  selector: {{matchLabels: {{app.kubernetes.io/component: mta}}}}\n  template:\n    \
+             metadata: {{labels: {{app.kubernetes.io/component: mta}}}}\n    spec: {{containers: [{{name: mta, image: sluice-mta}}]}}\n"
+        ),
+    )
+    .unwrap();
+    api.kubectl_ok(&["apply", "--server-side", "-f", sts.to_str().unwrap()]);
 }
 
 /// A real MTA "pod": its policy directory is a projected volume kept in
@@ -334,4 +354,74 @@ fn a_broken_edit_keeps_serving_the_last_accepted_spec() {
     });
     drop(operator);
     mta.stop();
+}
+
+/// Without Redis every fleet-wide limit is split across the StatefulSet's
+/// replicas: 2 pods, then a scale to 3 re-renders; the objects' status
+/// says so. With --shared-limits (the chart's Redis) limits render as
+/// written.
+#[test]
+fn limits_are_split_across_the_replicas_and_follow_a_scale() {
+    let api = ApiServer::start();
+    api.kubectl_ok(&["apply", "--server-side", "-f", &root_path("crds")]);
+    apply_statefulset(&api, 2);
+    let operator = Operator::start(&api, &["--fleet", "sluice-mta", "--debounce", "300ms"]);
+    let examples = root_path("examples/operator");
+    api.kubectl_ok(&["apply", "-f", &examples]);
+    let rendered = |a: &ApiServer| {
+        configmap(a).and_then(|cm| cm["data"][POLICY_FILE].as_str().map(str::to_string))
+    };
+    let split_status = |a: &ApiServer, want: Option<u64>| {
+        let mode = if want.is_some() { "Split" } else { "Shared" };
+        let p = a.get_json(&["get", "egresspath", "google"]).unwrap();
+        let q = a.get_json(&["get", "queuepolicy", "default"]).unwrap();
+        // (a real API server drops splitAcross once Shared is applied; the
+        // stand-in keeps fields an apply leaves out, so it is not checked then)
+        [p, q].iter().all(|o| {
+            o["status"]["limits"] == mode
+                && (want.is_none() || o["status"]["splitAcross"].as_u64() == want)
+        })
+    };
+    for pods in [2, 3] {
+        if pods == 3 {
+            apply_statefulset(&api, 3);
+        }
+        let expected = offline_render_split(&examples, pods);
+        // the google path: 10 connections and 100/s, split
+        let share = format!("connection_limit = {}", 10 / pods);
+        assert!(expected.contains(&share), "{share} in\n{expected}");
+        assert!(expected.contains(&format!("100/{pods}s")), "{expected}");
+        api.wait_for(
+            &format!("the render for {pods} pods"),
+            Duration::from_secs(20),
+            |a| rendered(a).as_deref() == Some(expected.as_str()),
+        );
+        api.wait_for("status: split", Duration::from_secs(20), |a| {
+            split_status(a, Some(u64::from(pods)))
+        });
+    }
+    let table = api.kubectl_ok(&["get", "egresspaths"]);
+    assert!(
+        table.contains("LIMITS") && table.contains("Split"),
+        "{table}"
+    );
+
+    drop(operator);
+    let _shared = Operator::start(
+        &api,
+        &[
+            "--fleet",
+            "sluice-mta",
+            "--shared-limits",
+            "--debounce",
+            "300ms",
+        ],
+    );
+    let written = offline_render(&examples);
+    api.wait_for("the render as written", Duration::from_secs(20), |a| {
+        rendered(a).as_deref() == Some(written.as_str())
+    });
+    api.wait_for("status: shared", Duration::from_secs(20), |a| {
+        split_status(a, None)
+    });
 }

@@ -5,6 +5,7 @@
 //! node, or, after `kumo.configure_redis_throttles`, in Redis for every node
 //! that uses it (a `local:` spec stays per node either way).
 
+pub mod batch;
 pub mod lease;
 pub mod local;
 pub mod metrics;

@@ -229,31 +229,44 @@ impl RedisStore {
         }
     }
 
-    /// One unit of `spec` under `key`: `None` allowed, `Some(wait)` not.
+    /// `n` units of `spec` under `key`: how many pass, and for the others
+    /// the wait for the next unit.
     pub async fn check(
         &self,
         key: &str,
         spec: &ThrottleSpec,
-    ) -> Result<Option<Duration>, RedisError> {
+        n: u64,
+    ) -> Result<(u64, Option<Duration>), RedisError> {
         let mut c = self.conn()?;
         if self.uses_cell() {
+            // CL.THROTTLE's quantity is all or nothing: n checks of one
             let b = spec.max_burst.unwrap_or(spec.limit).min(spec.limit - 1);
-            let mut cmd = redis::cmd("CL.THROTTLE");
-            cmd.arg(key)
-                .arg(b)
-                .arg(spec.limit)
-                .arg(spec.period_secs)
-                .arg(1);
-            let reply = self.timed(c.query(&cmd)).await??;
-            return Ok(cell_wait(&reply));
+            let mut pipe = redis::pipe();
+            for _ in 0..n {
+                pipe.cmd("CL.THROTTLE")
+                    .arg(key)
+                    .arg(b)
+                    .arg(spec.limit)
+                    .arg(spec.period_secs)
+                    .arg(1);
+            }
+            let replies: Vec<Value> = match &mut c {
+                Conn::Single(m) => self.timed(pipe.query_async(m)).await??,
+                Conn::Cluster(m) => self.timed(pipe.query_async(m)).await??,
+            };
+            let waits: Vec<_> = replies.iter().map(cell_wait).collect();
+            let granted = waits.iter().filter(|w| w.is_none()).count() as u64;
+            return Ok((granted, waits.into_iter().flatten().max()));
         }
         let t = (spec.emission_ns() / 1000).max(1) as u64;
         let tau = (spec.tolerance_ns() / 1000) as u64;
         let mut inv = self.gcra.key(key);
-        inv.arg(t).arg(tau).arg(1);
+        inv.arg(t).arg(tau).arg(n);
         let reply = self.timed(c.invoke(&inv)).await??;
         let (granted, wait_us) = pair(&reply);
-        Ok((granted < 1).then(|| whole_seconds(Duration::from_micros(wait_us.max(1) as u64))))
+        let wait = (granted < n as i64)
+            .then(|| whole_seconds(Duration::from_micros(wait_us.max(1) as u64)));
+        Ok((granted.max(0) as u64, wait))
     }
 
     /// Take a lease on `key` if fewer than `limit` are held.

@@ -7,6 +7,7 @@
 //! failed or slow command until a probe, once a second, gets an answer;
 //! each transition is logged once.
 
+use super::batch::Batches;
 use super::lease::Lease;
 use super::local::LocalThrottles;
 use super::metrics::ThrottleMetrics;
@@ -32,6 +33,8 @@ pub struct Shared {
     serial: AtomicU64,
     /// Nodes alive at the last heartbeat.
     seen: AtomicU32,
+    /// Checks waiting for a round trip, by throttle key.
+    batches: Arc<Batches>,
 }
 
 /// How long a node's heartbeat counts it as alive (it beats every second).
@@ -51,6 +54,7 @@ impl Shared {
             node: format!("{}-{}", host.trim(), std::process::id()),
             serial: AtomicU64::new(0),
             seen: AtomicU32::new(1),
+            batches: Arc::new(Batches::default()),
         })
     }
 
@@ -133,12 +137,21 @@ impl Shared {
         }
     }
 
-    /// One unit of `spec` under `name`, fleet-wide.
-    pub async fn check(&self, name: &str, spec: &ThrottleSpec) -> Option<Duration> {
+    /// One unit of `spec` under `name`, fleet-wide; checks of one throttle
+    /// made while a round trip for it is in flight go together in the next.
+    pub async fn check(self: &Arc<Self>, name: &str, spec: &ThrottleSpec) -> Option<Duration> {
         if self.is_up() {
-            let started = Instant::now();
-            let r = self.store.check(&spec.key(name), spec).await;
-            if let Some(wait) = self.timed("throttle", started, r) {
+            let me = self.clone();
+            let spec_ = *spec;
+            let call = move |key: String, n: u64| {
+                let me = me.clone();
+                async move {
+                    let started = Instant::now();
+                    let r = me.store.check(&key, &spec_, n).await;
+                    me.timed("throttle", started, r)
+                }
+            };
+            if let Some(wait) = self.batches.check(&spec.key(name), call).await {
                 return wait;
             }
         }

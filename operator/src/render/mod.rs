@@ -35,12 +35,46 @@ pub struct Options {
     /// Where the MTA pods mount Secrets (`{dir}/{secret}/{key}`), for the file
     /// paths the generated policy reads them from.
     pub secrets_dir: String,
+    /// How the fleet honours a limit: shared in Redis, or split.
+    pub fleet: Fleet,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             secrets_dir: DEFAULT_SECRETS_DIR.into(),
+            fleet: Fleet::Split(1),
+        }
+    }
+}
+
+/// How the fleet's pods honour one limit between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fleet {
+    /// The pods share throttles and connection limits through Redis
+    /// (`configure_redis_throttles`): limits are rendered as written.
+    Shared,
+    /// No Redis: each of N pods gets its share of every rate (the same
+    /// limit over N times the period, so the shares sum to it exactly) and
+    /// of every connection limit (rounded down, never below 1). A `local:`
+    /// limit is each pod's already and is left alone.
+    Split(u32),
+}
+
+impl Fleet {
+    /// The status mode: `Shared` or `Split`.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Fleet::Shared => "Shared",
+            Fleet::Split(_) => "Split",
+        }
+    }
+
+    /// The pods a split divides by (1 when shared).
+    pub fn divisor(self) -> u32 {
+        match self {
+            Fleet::Shared => 1,
+            Fleet::Split(n) => n.max(1),
         }
     }
 }
@@ -299,7 +333,7 @@ pub fn render(inputs: &Inputs, options: &Options) -> Rendered {
     let mut paths = Vec::new();
     for path in &inputs.egress_paths {
         let key = key_of(path);
-        match validate::egress_path(path) {
+        match validate::egress_path(path, options.fleet) {
             Ok(config) => {
                 let s = &path.spec.selector;
                 let entry = json!({

@@ -2,7 +2,7 @@
 //! with the MTA's own parsers and config types (`sluice-common`), so the
 //! operator rejects exactly what the MTA would. Errors name the field.
 
-use super::{Options, Rejection};
+use super::{Fleet, Options, Rejection};
 use crate::crd::{EgressPath, EgressPool, QueuePolicy};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -20,11 +20,20 @@ fn duration(field: &str, value: &str) -> Result<Value, Rejection> {
     Ok(json!(value))
 }
 
-fn throttle(field: &str, value: &str) -> Result<Value, Rejection> {
-    value
+/// A throttle, as written, or its share of a split fleet.
+fn throttle(field: &str, value: &str, fleet: Fleet) -> Result<Value, Rejection> {
+    let spec = value
         .parse::<ThrottleSpec>()
         .map_err(|e| rejection("InvalidThrottle", field, e))?;
-    Ok(json!(value))
+    match fleet.divisor() {
+        n if n > 1 && !spec.force_local => Ok(json!(spec.split(n).to_string())),
+        _ => Ok(json!(value)),
+    }
+}
+
+/// A connection limit's share of a split fleet: rounded down, at least 1.
+fn connections(limit: u32, fleet: Fleet) -> Value {
+    json!((limit / fleet.divisor()).max(1))
 }
 
 fn cidrs(field: &str, list: &[String]) -> Result<Value, Rejection> {
@@ -86,7 +95,7 @@ pub fn queue_policy(
     if let Some(v) = &s.max_message_rate {
         m.insert(
             "max_message_rate".into(),
-            throttle("spec.maxMessageRate", v)?,
+            throttle("spec.maxMessageRate", v, options.fleet)?,
         );
     }
     let mut publisher = None;
@@ -233,13 +242,13 @@ pub fn egress_pool(pool: &EgressPool) -> Result<(Value, Vec<(String, Value)>), R
 }
 
 /// An EgressPath's `make_egress_path` table.
-pub fn egress_path(path: &EgressPath) -> Result<Value, Rejection> {
+pub fn egress_path(path: &EgressPath, fleet: Fleet) -> Result<Value, Rejection> {
     let s = &path.spec;
     let mut m = Map::new();
     insert_some(
         &mut m,
         "connection_limit",
-        s.connection_limit.map(|v| json!(v)),
+        s.connection_limit.map(|v| connections(v, fleet)),
     );
     insert_some(
         &mut m,
@@ -269,13 +278,13 @@ pub fn egress_path(path: &EgressPath) -> Result<Value, Rejection> {
     if let Some(v) = &s.max_connection_rate {
         m.insert(
             "max_connection_rate".into(),
-            throttle("spec.maxConnectionRate", v)?,
+            throttle("spec.maxConnectionRate", v, fleet)?,
         );
     }
     if let Some(v) = &s.max_message_rate {
         m.insert(
             "max_message_rate".into(),
-            throttle("spec.maxMessageRate", v)?,
+            throttle("spec.maxMessageRate", v, fleet)?,
         );
     }
     if let Some(v) = &s.prohibited_hosts {

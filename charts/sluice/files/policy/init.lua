@@ -16,6 +16,10 @@ kumo.on('init', function()
   if settings.dns then
     kumo.dns.configure_resolver(settings.dns)
   end
+  if settings.redis then
+    -- throttles and connection limits shared by every pod (redis.url)
+    kumo.configure_redis_throttles(settings.redis)
+  end
   for _, name in ipairs { 'data', 'meta' } do
     kumo.define_spool {
       name = name,

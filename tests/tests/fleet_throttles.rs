@@ -220,6 +220,29 @@ fn one_node_without_redis_keeps_its_own_rate() {
     assert_eq!(metric(admin, "sluice_redis_up"), 0.0);
 }
 
+/// Without Redis the operator renders each pod its share: `50/s` over two
+/// pods is `50/2s,max_burst=24` each (`sluice-operator render
+/// --split-across 2`, checked in the operator's tests). Two nodes on those
+/// shares hold the fleet's 50/s.
+#[test]
+fn two_nodes_on_the_operators_split_hold_the_fleet_rate() {
+    let sink = SessionSink::start(0);
+    let path = "max_message_rate = '50/2s,max_burst=24'";
+    let nodes: Vec<_> = (0..2).map(|_| node(None, sink.port, "", path)).collect();
+    std::thread::scope(|s| {
+        for (i, (mta, _)) in nodes.iter().enumerate() {
+            s.spawn(move || inject(mta, 200, i * 200));
+        }
+    });
+    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
+    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    assert_near(
+        rate(&steady(&sink, 50)),
+        50.0,
+        "two nodes, 50/s split in two",
+    );
+}
+
 #[test]
 fn a_connection_limit_of_four_holds_across_three_nodes() {
     let redis = Redis::start();

@@ -198,3 +198,26 @@ A min_free_space / min_free_inodes value as the MTA reads it: a string such as
 {{- define "sluice.minFree" -}}
 {{- if kindIs "string" . -}}{{ . }}{{- else -}}{{ int64 . }}{{- end -}}
 {{- end -}}
+
+{{/* The bundled Redis's name. */}}
+{{- define "sluice.redis.fullname" -}}
+{{- printf "%s-redis" (include "sluice.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The URL the MTA pods use: redis.url, or the bundled Redis's Service. */}}
+{{- define "sluice.redis.url" -}}
+{{- if .Values.redis.url -}}
+{{- .Values.redis.url -}}
+{{- else if .Values.redis.deploy -}}
+{{- printf "redis://%s:6379/" (include "sluice.redis.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the Redis password: the user's, or the bundled one's. */}}
+{{- define "sluice.redis.passwordSecret" -}}
+{{- if .Values.redis.passwordSecret.name -}}
+{{- .Values.redis.passwordSecret.name -}}
+{{- else if and .Values.redis.deploy (not .Values.redis.url) -}}
+{{- include "sluice.redis.fullname" . -}}
+{{- end -}}
+{{- end -}}

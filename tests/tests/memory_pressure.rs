@@ -16,7 +16,18 @@ const MIB: u64 = 1 << 20;
 const LIMIT: u64 = 320 * MIB;
 const SIZE: usize = 50_000;
 
-fn policy(sink: u16, admin: u16, soft: u64, low: u64) -> String {
+/// A spool on disk, not in `/tmp`: where `/tmp` is a tmpfs (a container,
+/// a fresh root) the spool's pages are memory the kernel charges to the
+/// cgroup and cannot reclaim, and the MTA rightly counts them.
+fn disk_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sluice-memory-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+fn policy(sink: u16, admin: u16, soft: u64, low: u64, spool: &std::path::Path) -> String {
+    let spool = spool.display();
     format!(
         r#"
 local kumo = require 'kumo'
@@ -25,8 +36,8 @@ kumo.on('pre_init', function()
   kumo.set_memory_low_thresh({low})
 end)
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{DIR}}/spool' }}
-  kumo.define_spool {{ name = 'meta', path = '{{DIR}}/spool' }}
+  kumo.define_spool {{ name = 'data', path = '{spool}' }}
+  kumo.define_spool {{ name = 'meta', path = '{spool}' }}
   kumo.configure_local_logs {{ log_dir = '{{DIR}}/logs' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:{{PORT}}', max_message_size = 1000000 }}
   kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}
@@ -80,6 +91,7 @@ struct Burst {
     mta: Mta,
     admin: u16,
     cgroup: MemoryCgroup,
+    _spool: tempfile::TempDir,
     accepted: Vec<u64>,
     refused: Vec<(u64, String)>,
     /// The highest working set the MTA reported.
@@ -93,7 +105,8 @@ fn burst(soft: u64, low: u64) -> (Burst, Sink) {
         .unwrap_or_else(|e| panic!("cannot make a memory cgroup (root is needed): {e}"));
     let slow = Sink::start(&["-w", "30"]);
     let admin = free_port();
-    let mut mta = Mta::prepare(&policy(slow.port, admin, soft, low));
+    let spool = disk_dir();
+    let mut mta = Mta::prepare(&policy(slow.port, admin, soft, low, spool.path()));
     mta.cgroup = Some(cgroup.procs());
     mta.spawn();
     assert_eq!(
@@ -142,6 +155,7 @@ fn burst(soft: u64, low: u64) -> (Burst, Sink) {
         mta,
         admin,
         cgroup,
+        _spool: spool,
         accepted,
         refused,
         peak: peak as u64,
@@ -250,7 +264,8 @@ fn a_burst_past_the_soft_limit_is_shed_with_4xx_and_never_oom_killed() {
 #[test]
 fn an_mta_over_its_soft_limit_is_unready_and_refuses_mail_with_4xx() {
     let admin = free_port();
-    let mut mta = Mta::start(&policy(free_port(), admin, MIB, MIB));
+    let spool = disk_dir();
+    let mut mta = Mta::start(&policy(free_port(), admin, MIB, MIB, spool.path()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(admin, "sluice_memory_short") != 1.0 {
         assert!(Instant::now() < deadline, "never short\n{}", mta.stderr());

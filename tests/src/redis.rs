@@ -32,6 +32,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `node` for `configure_redis_throttles`, as Lua.
+    pub fn lua_node(&self) -> String {
+        format!("'{}'", self.url())
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -192,5 +197,101 @@ impl Drop for SessionSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real three-primary Redis Cluster (`cluster-enabled`, slots assigned by
+/// `redis-cli --cluster create`), with one password for clients and nodes.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = vec![];
+        for p in &ports {
+            let d = dir.path().join(p.to_string());
+            std::fs::create_dir(&d).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("redis-server is installed (scripts/install-deps)");
+            nodes.push(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let o = Command::new("redis-cli")
+            .args(["--no-auth-warning", "-a", PASSWORD, "--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        let cluster = RedisCluster {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.info().contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn info(&self) -> String {
+        let o = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.ports[0].to_string(),
+                "--no-auth-warning",
+                "-a",
+                PASSWORD,
+            ])
+            .args(["cluster", "info"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `node` for `configure_redis_throttles`, as Lua: the seed URLs.
+    pub fn lua_node(&self) -> String {
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("'redis://127.0.0.1:{p}/'"))
+            .collect();
+        format!("{{ {} }}", urls.join(", "))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

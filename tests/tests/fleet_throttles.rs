@@ -6,19 +6,19 @@
 //! share and loses nothing; Redis back: shared again within seconds. A node
 //! killed while holding connection leases gives them back within the TTL.
 
-use sluice_tests::redis::{PASSWORD, Redis, SessionSink};
+use sluice_tests::redis::{PASSWORD, Redis, RedisCluster, SessionSink};
 use sluice_tests::*;
 use std::time::{Duration, Instant};
 
 /// A node's policy: relay everything to `sink` through one egress path
 /// with `path` keys, sharing its throttles through `redis` when given.
-fn node(redis: Option<(&Redis, u32, &str)>, sink: u16, queue: &str, path: &str) -> (Mta, u16) {
+fn node(redis: Option<(String, u32, &str)>, sink: u16, queue: &str, path: &str) -> (Mta, u16) {
     node_with(redis, sink, queue, path, "")
 }
 
 /// [`node`] with more Lua after the hooks.
 fn node_with(
-    redis: Option<(&Redis, u32, &str)>,
+    redis: Option<(String, u32, &str)>,
     sink: u16,
     queue: &str,
     path: &str,
@@ -28,9 +28,8 @@ fn node_with(
     // fleet 0: no fleet_size, the nodes count themselves in Redis
     let shared = match redis {
         Some((r, fleet, extra)) => format!(
-            "kumo.configure_redis_throttles {{ node = '{}', password = '{PASSWORD}', \
+            "kumo.configure_redis_throttles {{ node = {r}, password = '{PASSWORD}', \
              response_timeout = '300 ms', {} {extra} }}",
-            r.url(),
             if fleet > 0 {
                 format!("fleet_size = {fleet},")
             } else {
@@ -145,7 +144,7 @@ fn three_nodes_share_one_path_message_rate() {
     let sink = SessionSink::start(0);
     let path = "max_message_rate = '50/s'";
     let nodes: Vec<_> = (0..3)
-        .map(|_| node(Some((&redis, 3, "")), sink.port, "", path))
+        .map(|_| node(Some((redis.lua_node(), 3, "")), sink.port, "", path))
         .collect();
     for (i, (mta, admin)) in nodes.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -187,7 +186,7 @@ fn two_nodes_share_one_scheduled_queue_rate() {
     let sink = SessionSink::start(0);
     let queue = "max_message_rate = '40/s'";
     let nodes: Vec<_> = (0..2)
-        .map(|_| node(Some((&redis, 2, "")), sink.port, queue, ""))
+        .map(|_| node(Some((redis.lua_node(), 2, "")), sink.port, queue, ""))
         .collect();
     for (_, admin) in &nodes {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -249,7 +248,14 @@ fn a_connection_limit_of_four_holds_across_three_nodes() {
     // each message holds its session 100 ms, so every node wants all four
     let sink = SessionSink::start(100);
     let nodes: Vec<_> = (0..3)
-        .map(|_| node(Some((&redis, 3, "")), sink.port, "", "connection_limit = 4"))
+        .map(|_| {
+            node(
+                Some((redis.lua_node(), 3, "")),
+                sink.port,
+                "",
+                "connection_limit = 4",
+            )
+        })
         .collect();
     std::thread::scope(|s| {
         for (i, (mta, _)) in nodes.iter().enumerate() {
@@ -271,7 +277,7 @@ fn redis_killed_mid_run_means_split_shares_and_nothing_lost_then_shared_again() 
     let sink = SessionSink::start(0);
     let path = "max_message_rate = '20/s'";
     let nodes: Vec<_> = (0..2)
-        .map(|_| node(Some((&redis, 0, "")), sink.port, "", path))
+        .map(|_| node(Some((redis.lua_node(), 0, "")), sink.port, "", path))
         .collect();
     for (_, admin) in &nodes {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -357,7 +363,7 @@ fn a_killed_lease_holder_gives_its_connections_back_within_the_ttl() {
     let sink = SessionSink::start(1000);
     let path = "connection_limit = 2";
     let ttl = "lease_ttl = '6 seconds'";
-    let (mut a, _) = node(Some((&redis, 2, ttl)), sink.port, "", path);
+    let (mut a, _) = node(Some((redis.lua_node(), 2, ttl)), sink.port, "", path);
     inject(&a, 40, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while sink.events().iter().filter(|e| e.ev == "open").count() < 2 {
@@ -368,7 +374,7 @@ fn a_killed_lease_holder_gives_its_connections_back_within_the_ttl() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (b, _) = node(Some((&redis, 2, ttl)), sink.port, "", path);
+    let (b, _) = node(Some((redis.lua_node(), 2, ttl)), sink.port, "", path);
     inject(&b, 5, 1000);
     std::thread::sleep(Duration::from_secs(2));
     let opened = |sink: &SessionSink| sink.events().iter().filter(|e| e.ev == "open").count();
@@ -419,7 +425,7 @@ kumo.on('smtp_server_mail_from', function(sender, conn_meta)
 end)
 "#;
     let nodes: Vec<_> = (0..2)
-        .map(|_| node_with(Some((&redis, 2, "")), sink.port, "", "", hook))
+        .map(|_| node_with(Some((redis.lua_node(), 2, "")), sink.port, "", "", hook))
         .collect();
     let mut replies = vec![];
     for (who, count) in [("shared", 3), ("local", 3)] {
@@ -441,5 +447,51 @@ end)
     for (_, code, text) in replies.iter().filter(|r| r.1 != 250) {
         assert_eq!(*code, 451, "{text}");
         assert!(text.contains("retry in 1800 s"), "{text}");
+    }
+}
+
+/// The same sharing through a real three-primary Redis Cluster: the nodes
+/// list its seeds, and the throttle's and the leases' keys land on
+/// whichever primary owns their slot.
+#[test]
+fn a_redis_cluster_shares_the_rate_and_the_connections() {
+    let cluster = RedisCluster::start();
+    let sink = SessionSink::start(50);
+    let path = "max_message_rate = '40/s', connection_limit = 3";
+    let nodes: Vec<_> = (0..2)
+        .map(|_| node(Some((cluster.lua_node(), 2, "")), sink.port, "", path))
+        .collect();
+    for (mta, admin) in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while metric(*admin, "sluice_redis_up") != 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "never reached the cluster\n{}",
+                mta.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::scope(|s| {
+        for (i, (mta, _)) in nodes.iter().enumerate() {
+            s.spawn(move || inject(mta, 200, i * 200));
+        }
+    });
+    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
+    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    assert_near(
+        rate(&steady(&sink, 40)),
+        40.0,
+        "two nodes, 40/s in a Redis Cluster",
+    );
+    let most = sink.max_concurrent();
+    assert!(most <= 3, "{most} sessions at once, over the fleet's 3");
+    for (mta, admin) in &nodes {
+        assert_eq!(
+            metric(*admin, "sluice_redis_fallback_total"),
+            0.0,
+            "{}",
+            mta.stderr()
+        );
     }
 }

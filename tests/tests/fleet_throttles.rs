@@ -64,6 +64,21 @@ fn metric(admin: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Wait until every node's `/metrics` shows `name` at `want`.
+fn wait_metric(nodes: &[(Mta, u16)], name: &str, want: f64, within: Duration, what: &str) {
+    for (i, (mta, admin)) in nodes.iter().enumerate() {
+        let deadline = Instant::now() + within;
+        while metric(*admin, name) != want {
+            assert!(
+                Instant::now() < deadline,
+                "node {i}: {what}\n{}",
+                mta.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// `count` messages into `mta`, numbered from `offset`; every one accepted.
 fn inject(mta: &Mta, count: usize, offset: usize) {
     let out = mta.path(&format!("client-{offset}.jsonl"));
@@ -146,17 +161,13 @@ fn three_nodes_share_one_path_message_rate() {
     let nodes: Vec<_> = (0..3)
         .map(|_| node(Some((redis.lua_node(), 3, "")), sink.port, "", path))
         .collect();
-    for (i, (mta, admin)) in nodes.iter().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(*admin, "sluice_redis_up") != 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "node {i} never reached Redis\n{}",
-                mta.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_metric(
+        &nodes,
+        "sluice_redis_up",
+        1.0,
+        Duration::from_secs(10),
+        "never reached Redis",
+    );
     std::thread::scope(|s| {
         for (i, (mta, _)) in nodes.iter().enumerate() {
             s.spawn(move || inject(mta, 200, i * 200));
@@ -188,13 +199,13 @@ fn two_nodes_share_one_scheduled_queue_rate() {
     let nodes: Vec<_> = (0..2)
         .map(|_| node(Some((redis.lua_node(), 2, "")), sink.port, queue, ""))
         .collect();
-    for (_, admin) in &nodes {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(*admin, "sluice_redis_up") != 1.0 {
-            assert!(Instant::now() < deadline, "never reached Redis");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_metric(
+        &nodes,
+        "sluice_redis_up",
+        1.0,
+        Duration::from_secs(10),
+        "never reached Redis",
+    );
     std::thread::scope(|s| {
         for (i, (mta, _)) in nodes.iter().enumerate() {
             s.spawn(move || inject(mta, 200, i * 200));
@@ -279,13 +290,13 @@ fn redis_killed_mid_run_means_split_shares_and_nothing_lost_then_shared_again() 
     let nodes: Vec<_> = (0..2)
         .map(|_| node(Some((redis.lua_node(), 0, "")), sink.port, "", path))
         .collect();
-    for (_, admin) in &nodes {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(*admin, "sluice_redis_up") != 1.0 {
-            assert!(Instant::now() < deadline, "never reached Redis");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_metric(
+        &nodes,
+        "sluice_redis_up",
+        1.0,
+        Duration::from_secs(10),
+        "never reached Redis",
+    );
     // no fleet_size: the nodes count each other through their heartbeats
     let deadline = Instant::now() + Duration::from_secs(10);
     while nodes
@@ -339,17 +350,13 @@ fn redis_killed_mid_run_means_split_shares_and_nothing_lost_then_shared_again() 
     }
     let back = Instant::now();
     redis.restart();
-    for (mta, admin) in &nodes {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while metric(*admin, "sluice_redis_up") != 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "not shared again\n{}",
-                mta.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_metric(
+        &nodes,
+        "sluice_redis_up",
+        1.0,
+        Duration::from_secs(15),
+        "not shared again",
+    );
     eprintln!(
         "shared again {:.1} s after Redis restarted",
         back.elapsed().as_secs_f64()
@@ -461,17 +468,13 @@ fn a_redis_cluster_shares_the_rate_and_the_connections() {
     let nodes: Vec<_> = (0..2)
         .map(|_| node(Some((cluster.lua_node(), 2, "")), sink.port, "", path))
         .collect();
-    for (mta, admin) in &nodes {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while metric(*admin, "sluice_redis_up") != 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "never reached the cluster\n{}",
-                mta.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_metric(
+        &nodes,
+        "sluice_redis_up",
+        1.0,
+        Duration::from_secs(15),
+        "never reached the cluster",
+    );
     std::thread::scope(|s| {
         for (i, (mta, _)) in nodes.iter().enumerate() {
             s.spawn(move || inject(mta, 200, i * 200));

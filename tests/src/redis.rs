@@ -14,14 +14,29 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Served over TLS only, with a certificate from this CA.
+    tls: Option<crate::TestCa>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_in(tempfile::tempdir().unwrap(), None)
+    }
+
+    /// A Redis that speaks only TLS (`rediss://`), its certificate for
+    /// 127.0.0.1 and localhost issued by a private CA ([`Redis::ca_file`]).
+    pub fn start_tls() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::TestCa::new(&dir.path().join("pki"));
+        Redis::start_in(dir, Some(ca))
+    }
+
+    fn start_in(dir: tempfile::TempDir, tls: Option<crate::TestCa>) -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            tls,
         };
         r.spawn();
         r
@@ -29,7 +44,17 @@ impl Redis {
 
     /// The URL an MTA policy names (the password is given apart).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The CA file a client must trust to reach a TLS Redis.
+    pub fn ca_file(&self) -> &std::path::Path {
+        &self.tls.as_ref().expect("a TLS Redis").ca
     }
 
     /// `node` for `configure_redis_throttles`, as Lua.
@@ -38,8 +63,21 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(ca) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&ca.cert)
+                .arg("--tls-key-file")
+                .arg(&ca.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&ca.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--requirepass",
                 PASSWORD,
@@ -68,7 +106,11 @@ impl Redis {
         if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             return String::new();
         }
-        let o = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        if let Some(ca) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&ca.ca);
+        }
+        let o = cmd
             .args([
                 "-p",
                 &self.port.to_string(),

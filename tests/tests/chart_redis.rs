@@ -1,9 +1,14 @@
 //! The chart's Redis for the fleet's shared throttles, rendered by a real
 //! helm: the bundled one (generated password, secure pod, reachable from
-//! the MTA pods only) and how the pods and the operator are pointed at it.
+//! the MTA pods only) and how the pods and the operator are pointed at it;
+//! two of the chart's pods run for real against a TLS Redis.
 
 use serde_json::Value;
 use sluice_tests::chart::*;
+use sluice_tests::pod::ChartPod;
+use sluice_tests::redis::{PASSWORD, Redis};
+use sluice_tests::{binary, free_port, http_request_as};
+use std::time::{Duration, Instant};
 
 fn render(sets: &[&str]) -> Vec<Value> {
     documents(&template(None, sets).unwrap_or_else(|e| panic!("{sets:?}: {e}")))
@@ -141,4 +146,85 @@ fn an_external_redis_is_used_as_given_and_none_means_a_split() {
         template(None, &["redis.url=http://x"]).is_err(),
         "not a redis URL"
     );
+}
+
+/// Kills a pod's process when the test ends, however it ends.
+struct Running(std::process::Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A guarded metric of a pod's admin API, with the operator's credentials.
+fn pod_metric(admin: u16, name: &str) -> f64 {
+    let r = http_request_as(admin, "/metrics", None, Some(ADMIN));
+    let body = r["body"].as_str().unwrap_or_default().to_string();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const ADMIN: &str = "sluice-operator:pw-from-the-secret";
+
+/// Two of the chart's MTA pods, run for real and laid out as the kubelet
+/// mounts them, with an external TLS Redis named by `redis.url`, its
+/// password in `redis.passwordSecret` and its private CA in
+/// `redis.tls.caSecret`: both reach it through the mounted Secrets and
+/// count each other in it (the fleet a shared limit is divided by when
+/// Redis is down).
+#[test]
+fn two_chart_pods_share_a_tls_redis_through_the_mounted_secrets() {
+    let redis = Redis::start_tls();
+    let url = format!("redis.url={}", redis.url());
+    let mut running = vec![];
+    for ordinal in 0..2 {
+        let (smtp, submission, admin) = (free_port(), free_port(), free_port());
+        let docs = render(&[
+            &url,
+            "redis.passwordSecret.name=mail-redis",
+            "redis.tls.caSecret.name=mail-redis-ca",
+            "mta.replicas=2",
+            &format!("mta.listeners.smtp.containerPort={smtp}"),
+            &format!("mta.listeners.submission.containerPort={submission}"),
+            &format!("mta.admin.containerPort={admin}"),
+        ]);
+        assert_eq!(settings(&docs)["redis"]["fleet_size"], 2);
+        let pod = ChartPod::new(&docs);
+        std::fs::write(pod.mount_of("redis-password").join("password"), PASSWORD).unwrap();
+        std::fs::copy(redis.ca_file(), pod.mount_of("redis-ca").join("ca.crt")).unwrap();
+        let auth = pod.mount_of("admin-auth");
+        let (user, password) = ADMIN.split_once(':').unwrap();
+        std::fs::write(auth.join("username"), user).unwrap();
+        std::fs::write(auth.join("password"), password).unwrap();
+        let log = pod.root.path().join("stderr.log");
+        let mut cmd = pod.command(
+            std::process::Command::new(binary("sluice-mta")),
+            &format!("rel-sluice-mta-{ordinal}"),
+        );
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        running.push((Running(cmd.spawn().unwrap()), admin, log, pod));
+    }
+    for (_, admin, log, _) in &running {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pod_metric(*admin, "sluice_fleet_nodes") < 2.0
+            || pod_metric(*admin, "sluice_redis_up") < 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the pod never shared the TLS Redis with its peer: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // the URL must be TLS for a CA to mean anything
+    let err = template(
+        None,
+        &["redis.url=redis://r:6379/", "redis.tls.caSecret.name=ca"],
+    )
+    .unwrap_err();
+    assert!(err.contains("redis.tls.caSecret"), "{err}");
 }

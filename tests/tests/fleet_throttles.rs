@@ -498,3 +498,50 @@ fn a_redis_cluster_shares_the_rate_and_the_connections() {
         );
     }
 }
+
+/// Over TLS (`rediss://`) to a Redis whose certificate a private CA issued:
+/// with `tls_ca_file` naming that CA the nodes share the rate; a node that
+/// trusts only the system's roots refuses the certificate, never counts
+/// Redis as up, and still delivers on its split share.
+#[test]
+fn a_tls_redis_is_shared_when_its_ca_is_trusted_and_refused_when_not() {
+    let redis = Redis::start_tls();
+    let sink = SessionSink::start(0);
+    let path = "max_message_rate = '40/s'";
+    let ca = format!("tls_ca_file = {:?},", redis.ca_file().display().to_string());
+    let nodes: Vec<_> = (0..2)
+        .map(|_| node(Some((redis.lua_node(), 2, &ca)), sink.port, "", path))
+        .collect();
+    wait_metric(
+        &nodes,
+        "sluice_redis_up",
+        1.0,
+        Duration::from_secs(10),
+        "never reached Redis over TLS",
+    );
+    std::thread::scope(|s| {
+        for (i, (mta, _)) in nodes.iter().enumerate() {
+            s.spawn(move || inject(mta, 200, i * 200));
+        }
+    });
+    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
+    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    assert_near(
+        rate(&steady(&sink, 40)),
+        40.0,
+        "two nodes, one 40/s rate through a TLS Redis",
+    );
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert!(clients.lines().count() >= 2, "{clients}");
+
+    // the same Redis, the system's roots only: the handshake fails
+    let (untrusting, admin) = node(Some((redis.lua_node(), 2, "")), sink.port, "", path);
+    inject(&untrusting, 10, 400);
+    wait_all(&sink, 410, Duration::from_secs(30), &[&untrusting]);
+    let stderr = untrusting.stderr();
+    assert_eq!(metric(admin, "sluice_redis_up"), 0.0, "{stderr}");
+    assert!(
+        metric(admin, "sluice_redis_fallback_total") >= 10.0,
+        "its decisions were not on the split share: {stderr}"
+    );
+}

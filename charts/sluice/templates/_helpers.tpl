@@ -104,6 +104,7 @@ true
 {{- define "sluice.mta.logDir" -}}/var/log/sluice{{- end -}}
 {{- define "sluice.mta.smtpAuthDir" -}}/etc/sluice/smtp-auth{{- end -}}
 {{- define "sluice.mta.redisDir" -}}/etc/sluice/redis{{- end -}}
+{{- define "sluice.mta.redisCaDir" -}}/etc/sluice/redis-ca{{- end -}}
 {{- define "sluice.mta.adminAuthDir" -}}/etc/sluice/admin-auth{{- end -}}
 
 {{/* The Secret of the admin API's credentials: the user's, or the one the operator creates. */}}

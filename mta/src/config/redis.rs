@@ -1,8 +1,8 @@
 //! `kumo.configure_redis_throttles{...}`: where the fleet's shared throttles
 //! and connection leases live. The keys are KumoMTA's (those of
-//! `redis.open`); `password_file`, `fleet_size` and `lease_ttl` are
-//! Sluice's, for Kubernetes (a mounted Secret, the replica count the
-//! operator renders) and for failure behaviour.
+//! `redis.open`); `password_file`, `tls_ca_file`, `fleet_size` and
+//! `lease_ttl` are Sluice's, for Kubernetes (a mounted Secret, a private
+//! CA, the replica count the operator renders) and for failure behaviour.
 
 use serde::Deserialize;
 use sluice_common::duration;
@@ -42,6 +42,11 @@ pub struct RedisThrottleConfig {
     /// trailing newline trimmed.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) a `rediss://` server's certificate must
+    /// chain to, instead of the system's roots: the private CA of an
+    /// in-cluster Redis, mounted from a Secret or ConfigMap.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Connections to open; each pipelines every concurrent command.
     #[serde(default)]
     pub pool_size: Option<u32>,
@@ -81,6 +86,8 @@ pub struct RedisSettings {
     pub username: Option<String>,
     /// Where the password comes from.
     pub password: Option<Password>,
+    /// The private CA for `rediss://`, if not the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Connections (at least 1).
     pub pool_size: usize,
     /// Connect timeout.
@@ -120,6 +127,17 @@ pub enum RedisConfigError {
     /// A lease too short to renew.
     #[error("key 'lease_ttl': must be at least 3 seconds, to be renewed in time")]
     LeaseTtl,
+    /// A CA file given for a URL that is not `rediss://`.
+    #[error("key 'tls_ca_file': {0:?} is not a rediss:// URL; TLS needs rediss://")]
+    CaWithoutTls(String),
+    /// The CA file cannot be read or holds no certificate.
+    #[error("key 'tls_ca_file': {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The password file cannot be read.
     #[error("key 'password_file': cannot read {path}: {reason}")]
     PasswordFile {
@@ -148,6 +166,12 @@ impl RedisThrottleConfig {
                 return Err(RedisConfigError::Url(n.clone()));
             }
         }
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| self.tls_ca_file.is_some() && !n.starts_with("rediss://"))
+        {
+            return Err(RedisConfigError::CaWithoutTls(n.clone()));
+        }
         let password = match (&self.password, &self.password_file) {
             (Some(_), Some(_)) => return Err(RedisConfigError::TwoPasswords),
             (Some(p), None) => Some(Password::Inline(p.clone())),
@@ -170,12 +194,32 @@ impl RedisThrottleConfig {
             nodes,
             username: self.username.clone(),
             password,
+            tls_ca_file: self.tls_ca_file.clone(),
             pool_size: positive(self.pool_size, "pool_size", 2)? as usize,
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(5)),
             response_timeout: self.response_timeout.unwrap_or(Duration::from_millis(500)),
             fleet_size: positive(self.fleet_size, "fleet_size", 1)?,
             lease_ttl,
         })
+    }
+}
+
+impl RedisSettings {
+    /// The CA file's PEM text, checked to hold a certificate, if one is
+    /// configured; read at start-up like the password.
+    pub fn read_ca(&self) -> Result<Option<Vec<u8>>, RedisConfigError> {
+        let Some(path) = &self.tls_ca_file else {
+            return Ok(None);
+        };
+        let fail = |reason: String| RedisConfigError::CaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(fail("holds no PEM certificate".into()));
+        }
+        Ok(Some(pem))
     }
 }
 
@@ -245,6 +289,10 @@ mod tests {
                 r#"{"node":"redis://x","password":"a","password_file":"/f"}"#,
                 "key 'password_file'",
             ),
+            (
+                r#"{"node":"redis://x","tls_ca_file":"/ca.pem"}"#,
+                "key 'tls_ca_file'",
+            ),
         ];
         for (json, key) in cases {
             let err = parse(json).settings().unwrap_err().to_string();
@@ -266,5 +314,33 @@ mod tests {
             .read()
             .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "not a certificate\n").unwrap();
+        let json = format!(r#"{{"node":"rediss://r:6380/","tls_ca_file":{:?}}}"#, f);
+        let s = parse(&json).settings().unwrap();
+        let err = s.read_ca().unwrap_err().to_string();
+        assert!(
+            err.contains("key 'tls_ca_file'") && err.contains("no PEM"),
+            "{err}"
+        );
+        std::fs::write(
+            &f,
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(s.read_ca().unwrap().is_some());
+        assert_eq!(
+            parse(r#"{"node":"rediss://r"}"#)
+                .settings()
+                .unwrap()
+                .read_ca()
+                .unwrap(),
+            None
+        );
     }
 }

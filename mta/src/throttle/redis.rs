@@ -156,6 +156,10 @@ impl RedisStore {
     pub async fn connect(&self) -> Result<(), RedisError> {
         let s = &self.settings;
         let password = s.password.as_ref().map(|p| p.read()).transpose()?;
+        let certs = s.read_ca()?.map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        });
         let mut conns = vec![];
         if s.cluster {
             let mut b = redis::cluster::ClusterClientBuilder::new(s.nodes.clone())
@@ -166,6 +170,9 @@ impl RedisStore {
             }
             if let Some(p) = &password {
                 b = b.password(p);
+            }
+            if let Some(c) = certs {
+                b = b.certs(c);
             }
             conns.push(Conn::Cluster(b.build()?.get_async_connection().await?));
         } else {
@@ -178,7 +185,10 @@ impl RedisStore {
                 r = r.set_password(p);
             }
             info = info.set_redis_settings(r);
-            let client = redis::Client::open(info)?;
+            let client = match certs {
+                Some(c) => redis::Client::build_with_tls(info, c)?,
+                None => redis::Client::open(info)?,
+            };
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(s.connect_timeout))
                 .set_response_timeout(Some(s.response_timeout))

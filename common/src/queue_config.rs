@@ -221,6 +221,10 @@ pub enum Protocol {
     /// The MTA's internal queue for `deferred_queue` listeners (spec §6.4),
     /// never written in a policy: no table has this shape.
     DeferredInject,
+    /// The MTA's internal queue of messages being moved to another node
+    /// (`<target>.xfer.kumomta.internal`): its HTTP listener, a URL. Never
+    /// written in a policy either.
+    Xfer(String),
 }
 
 impl Default for Protocol {
@@ -358,7 +362,7 @@ impl From<Protocol> for ProtocolTable {
                 t.file_mode = m.file_mode;
             }
             Protocol::CustomLua(c) => t.custom_lua = Some(c),
-            Protocol::DeferredInject => {}
+            Protocol::DeferredInject | Protocol::Xfer(_) => {}
         }
         t
     }

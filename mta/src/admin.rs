@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+mod xfer;
+
 /// What the admin HTTP handlers share: the daemon's metrics, drain state,
 /// queues, reloader and policy, and the clients trusted without credentials.
 /// One per HTTP listener; they differ only in `trusted`.
@@ -359,6 +361,17 @@ pub fn router(state: AdminState) -> Router {
             get(suspend).post(suspend).delete(suspend),
         )
         .route("/api/admin/queue-summary/v1", get(queue_summary))
+        .route("/api/admin/inspect-message/v1", get(xfer::inspect_message))
+        .route("/api/admin/xfer/v1", axum::routing::post(xfer::xfer))
+        .route(
+            "/api/admin/xfer/cancel/v1",
+            axum::routing::post(xfer::xfer_cancel),
+        )
+        .route(
+            crate::xfer::INJECT_PATH,
+            axum::routing::post(xfer::xfer_inject)
+                .layer(axum::extract::DefaultBodyLimit::max(xfer::XFER_BODY_LIMIT)),
+        )
         .route(
             "/api/admin/bump-config-epoch",
             axum::routing::post(bump_config_epoch),

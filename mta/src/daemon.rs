@@ -146,6 +146,11 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         throttles.clone(),
         lifecycle.clone(),
     );
+    let nodeid = node_id();
+    egress.set_xfer_client(Arc::new(crate::xfer::client::XferClient::new(
+        init.xfer_client.clone(),
+        nodeid.clone(),
+    )));
     let queues = QueueManager::new(crate::queue::Parts {
         policy: policy.clone(),
         spool: spool.clone(),
@@ -154,7 +159,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         throttles,
         lifecycle: lifecycle.clone(),
         clock: crate::clock::system(),
-        nodeid: node_id(),
+        nodeid,
         memory: memory.clone(),
     });
     tokio::spawn(release_under_pressure(

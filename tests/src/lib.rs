@@ -176,6 +176,8 @@ impl Mta {
             .args(&self.args)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
+            // each its own node, as pods are (xfer refuses a node's own mail)
+            .env("SLUICE_NODE_ID", format!("mta-{}", self.port))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod logs;
 pub mod min_free;
 pub mod redis;
+pub mod xfer;
 
 pub use min_free::MinFree;
 
@@ -114,4 +115,7 @@ pub struct InitConfig {
     /// From `kumo.configure_redis_throttles`, checked: throttles and
     /// connection limits shared through Redis. `None` keeps them per node.
     pub redis_throttles: Option<redis::RedisSettings>,
+    /// From `kumo.xfer.configure_client`: how transfers to other nodes
+    /// authenticate.
+    pub xfer_client: xfer::XferClientConfig,
 }

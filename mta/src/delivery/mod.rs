@@ -9,6 +9,7 @@ pub mod custom_lua;
 pub mod deferred_inject;
 pub mod maildir;
 pub mod smtp;
+pub mod xfer;
 
 use crate::log::{PeerAddress, Response};
 use crate::message::MessageRef;

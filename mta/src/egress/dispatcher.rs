@@ -273,3 +273,19 @@ async fn leases(egress: &Egress, rq: &ReadyQueue, config: &EgressPathConfig) -> 
     }
     Some(held)
 }
+
+impl Egress {
+    /// The shared limit `name` of `limit` connections; a changed limit
+    /// starts a new one (sessions holding the old one keep it until done).
+    pub(super) fn named_limit(&self, name: &str, limit: usize) -> Arc<tokio::sync::Semaphore> {
+        let mut limits = self.limits.lock();
+        match limits.get(name) {
+            Some((n, sem)) if *n == limit => sem.clone(),
+            _ => {
+                let sem = Arc::new(tokio::sync::Semaphore::new(limit));
+                limits.insert(name.to_string(), (limit, sem.clone()));
+                sem
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@ pub use wrr::Wrr;
 use crate::delivery::custom_lua::LuaDeliver;
 use crate::delivery::deferred_inject::DeferredInject;
 use crate::delivery::smtp::{NoSite, SmtpDeliver};
+use crate::delivery::xfer::XferDeliver;
 use crate::delivery::{Attempt, Batch, BoxFuture, Deliver, Outcome};
 use crate::dns::Dns;
 use crate::lifecycle::Lifecycle;
@@ -28,6 +29,7 @@ use crate::message::{Message, MessageRef};
 use crate::policy::{EventError, Fetched, Policy};
 use crate::spool::{Spool, SpoolError};
 use crate::throttle::Throttles;
+use crate::xfer::client::XferClient;
 use parking_lot::Mutex;
 use sluice_common::egress::{EgressPool, EgressSource};
 use sluice_common::queue_config::{Protocol, QueueConfig};
@@ -123,6 +125,8 @@ pub struct Egress {
     /// `additional_connection_limits`: each name one limit for every path
     /// that names it (on this node).
     limits: Mutex<HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
+    /// The client the xfer queues hand messages to other nodes with.
+    xfer: OnceLock<Arc<XferClient>>,
 }
 
 impl Egress {
@@ -146,21 +150,21 @@ impl Egress {
             sources: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
+            xfer: OnceLock::new(),
         })
     }
 
-    /// The shared limit `name` of `limit` connections; a changed limit
-    /// starts a new one (sessions holding the old one keep it until done).
-    fn named_limit(&self, name: &str, limit: usize) -> Arc<tokio::sync::Semaphore> {
-        let mut limits = self.limits.lock();
-        match limits.get(name) {
-            Some((n, sem)) if *n == limit => sem.clone(),
-            _ => {
-                let sem = Arc::new(tokio::sync::Semaphore::new(limit));
-                limits.insert(name.to_string(), (limit, sem.clone()));
-                sem
-            }
+    /// The xfer client (set once at start-up, from `kumo.xfer.configure_client`).
+    pub fn set_xfer_client(&self, client: Arc<XferClient>) {
+        if self.xfer.set(client).is_err() {
+            tracing::error!("xfer client set twice; keeping the first");
         }
+    }
+
+    fn xfer_client(&self) -> Arc<XferClient> {
+        self.xfer
+            .get_or_init(|| Arc::new(XferClient::new(Default::default(), String::new())))
+            .clone()
     }
 
     /// Where outcomes go (set once, by the queue engine that owns this).
@@ -252,6 +256,13 @@ impl Egress {
                 item.queue.clone(),
                 Arc::new(DeferredInject {
                     policy: self.policy.clone(),
+                }),
+            ),
+            Protocol::Xfer(target) => (
+                item.queue.clone(),
+                Arc::new(XferDeliver {
+                    target: target.clone(),
+                    client: self.xfer_client(),
                 }),
             ),
         };

@@ -25,9 +25,17 @@ pub enum RecordType {
     /// The SMTP server answered the client with a 4xx or 5xx; the record has no
     /// message id.
     Rejection,
-    /// KumoMTA's record of an admin rebind; Sluice has no admin rebind and
-    /// writes none.
+    /// The message was moved to another queue by an admin action or the
+    /// policy: into an xfer queue (`/api/admin/xfer/v1`, `kumo.xfer.xfer`),
+    /// or out of one (`/api/admin/xfer/cancel/v1`); the response says from
+    /// where to where, and why.
     AdminRebind,
+    /// The message was handed to another node, which spooled it; it is
+    /// removed here. The response names the node's id for it.
+    XferOut,
+    /// The message arrived from another node (`peer_address` is that node)
+    /// and is queued here as it was there.
+    XferIn,
     /// A `deferred_queue` message left the deferred queue for the queue
     /// `smtp_server_message_deferred_inject` gave it.
     DeferredInjectionRebind,

@@ -102,7 +102,7 @@ fn lua_of(lua: &Lua, value: &serde_json::Value) -> mlua::Result<Value> {
 }
 
 /// Record a value produced by `init`, or explain why it cannot be called now.
-fn with_init<R>(
+pub(super) fn with_init<R>(
     lua: &Lua,
     function: &str,
     f: impl FnOnce(&mut super::InitConfig) -> R,

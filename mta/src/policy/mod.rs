@@ -11,6 +11,7 @@ pub(crate) mod kumo;
 mod lua_connection;
 mod lua_message;
 mod lua_throttle;
+mod lua_xfer;
 
 pub use fetched::Fetched;
 pub use lua_connection::LuaConnection;
@@ -427,6 +428,7 @@ fn new_state(source: &PolicySource, amqp: &Arc<amqp::Pools>) -> Result<Lua, Poli
         kumo.set("amqp", amqp::build_module(&lua)?)?;
         kumo.set("http", http::build_module(&lua)?)?;
         lua_throttle::register(&lua, &kumo)?;
+        lua_xfer::register(&lua, &kumo)?;
         lua.globals().set("kumo", kumo.clone())?;
         let package: Table = lua.globals().get("package")?;
         let loaded: Table = package.get("loaded")?;

@@ -125,6 +125,21 @@ impl AdminRules {
             .collect()
     }
 
+    /// Take out the messages suspensions hold whose queue `matches`.
+    pub(super) fn take_parked(&self, matches: impl Fn(&str) -> bool) -> Vec<MessageRef> {
+        let mut taken = vec![];
+        for r in self.rules.lock().iter_mut() {
+            r.parked.retain(|m| {
+                let hit = crate::message::name::queue_name(m).is_ok_and(|q| matches(&q));
+                if hit {
+                    taken.push(m.clone());
+                }
+                !hit
+            });
+        }
+        taken
+    }
+
     fn is_suspended(&self, queue: &ScheduledQueue, now: DateTime<Utc>) -> bool {
         self.find(RuleKind::Suspend, queue, now).is_some()
     }

@@ -22,6 +22,7 @@ mod requeue;
 pub mod retry;
 mod store;
 mod timer;
+pub mod xfer;
 
 pub use registry::ScheduledQueue;
 

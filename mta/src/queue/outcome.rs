@@ -127,10 +127,12 @@ impl QueueManager {
             }
         }
         let delivery_protocol = Some(attempt.protocol.to_string());
-        for (kind, list) in [
-            (RecordType::Delivery, &delivered),
-            (RecordType::Bounce, &bounced),
-        ] {
+        // a message handed to another node is not delivered: it moved
+        let delivery = match attempt.protocol == crate::xfer::PROTOCOL {
+            true => RecordType::XferOut,
+            false => RecordType::Delivery,
+        };
+        for (kind, list) in [(delivery, &delivered), (RecordType::Bounce, &bounced)] {
             // one record per distinct response, as a batch delivery logs once
             let mut by_response: Vec<(Response, Vec<String>)> = vec![];
             for (rcpt, resp) in list {

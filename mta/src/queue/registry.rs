@@ -81,6 +81,8 @@ impl QueueManager {
         let parts = QueueName::parse(name);
         let config = if name == super::deferred::DEFERRED_QUEUE {
             Ok(super::deferred::queue_config())
+        } else if let Some(target) = crate::xfer::target_of(name) {
+            Ok(crate::xfer::queue_config(target))
         } else {
             self.policy
                 .get_queue_config(

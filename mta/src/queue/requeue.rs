@@ -67,6 +67,11 @@ impl QueueManager {
             }
         };
         self.log_pending(pending);
+        if crate::xfer::target_of(&new_queue).is_some() {
+            self.rebind_for_xfer(msg, queue, &new_queue, increment_attempts, delay)
+                .await;
+            return Requeue::Done;
+        }
         {
             let mut s = msg.state();
             s.num_attempts = s.num_attempts.saturating_add(1);
@@ -90,5 +95,60 @@ impl QueueManager {
         }
         self.wait_until(msg, due, &new_queue);
         Requeue::Done
+    }
+
+    /// `kumo.xfer.xfer` in `requeue_message`: the message goes to the xfer
+    /// queue at once, and what travels is what this node would have done:
+    /// one more attempt counted (when the failure counts), due after the
+    /// event's `delay` or its own queue's backoff. A move that makes it too
+    /// old for its queue expires it here.
+    async fn rebind_for_xfer(
+        self: &Arc<Self>,
+        msg: &MessageRef,
+        queue: &str,
+        xfer_queue: &str,
+        increment_attempts: bool,
+        delay: Option<Duration>,
+    ) {
+        let Some(mut info) = crate::xfer::saved(msg) else {
+            return self.wait_until(msg, self.now(), xfer_queue);
+        };
+        if increment_attempts {
+            info.num_attempts = info.num_attempts.saturating_add(1);
+        }
+        let now = self.now();
+        let next = match (delay, self.resolve(queue).await) {
+            (Some(d), Ok(q)) => retry::after_throttle(
+                &q.config(),
+                msg.id.created(),
+                info.schedule.as_ref(),
+                now,
+                d,
+            ),
+            (None, Ok(q)) => retry::after_transient(
+                &q.config(),
+                info.num_attempts.saturating_sub(1),
+                msg.id.created(),
+                info.schedule.as_ref(),
+                now,
+                rand::random(),
+            ),
+            (_, Err(_)) => retry::Next::At(
+                now + chrono::TimeDelta::from_std(delay.unwrap_or_default()).unwrap_or_default(),
+            ),
+        };
+        match next {
+            retry::Next::Expire(text) => {
+                crate::xfer::unbind(msg);
+                return self.expire(msg, queue, &text);
+            }
+            retry::Next::At(due) => info.due = Some(due.timestamp_millis()),
+        }
+        msg.set_meta(
+            crate::xfer::INFO_KEY,
+            serde_json::to_value(info).expect("serialises"),
+        );
+        self.rebound(msg, queue, xfer_queue, "kumo.xfer.xfer in requeue_message");
+        self.wait_until(msg, now, xfer_queue);
     }
 }

@@ -190,43 +190,54 @@ impl QueueManager {
                 }
             };
             let msg = Message::recovered(r.id, meta, r.data_len);
-            let queue = match name::queue_name(&msg) {
-                Ok(q) => q,
-                Err(e) => {
-                    let resp = Response::new(551, &format!("5.1.3 invalid queue name: {e}"));
-                    self.finish(&msg, "", RecordType::Expiration, resp, None);
-                    continue;
-                }
-            };
-            let q = match self.resolve(&queue).await {
-                Ok(q) => q,
-                Err(e) => {
-                    tracing::error!(id = %r.id, queue, "cannot resolve queue; message stays spooled until the next start: {e}");
-                    continue;
-                }
-            };
-            let now = self.now();
-            if retry::too_old(&q.config(), msg.id.created(), now) {
-                let text = format!(
-                    "5.4.7 message is older than max_age={}",
-                    format_duration(q.config().max_age)
-                );
-                self.expire(&msg, &queue, &text);
+            if !self.requeue_spooled(msg).await {
                 continue;
-            }
-            let due = msg.state().due.map(ms_to_time).unwrap_or(now);
-            let due = retry::constrained(msg.state().schedule.as_ref(), due.max(now));
-            msg.state().due = Some(due.timestamp_millis());
-            if due > now {
-                // its meta is on disk already
-                msg.shrink_meta(due.timestamp_millis(), now.timestamp_millis() + 1000);
-                self.timer
-                    .insert(due.timestamp_millis(), msg, Some(q.clone()));
-            } else {
-                self.dispatch(msg);
             }
             n += 1;
         }
         n
+    }
+
+    /// Queue a message the spool holds (recovered at start, or taken in
+    /// from another node) at its due time, or expire it when it is too old
+    /// for its queue; `false` when it was not queued.
+    pub(super) async fn requeue_spooled(self: &Arc<Self>, msg: MessageRef) -> bool {
+        let id = msg.id;
+        let queue = match name::queue_name(&msg) {
+            Ok(q) => q,
+            Err(e) => {
+                let resp = Response::new(551, &format!("5.1.3 invalid queue name: {e}"));
+                self.finish(&msg, "", RecordType::Expiration, resp, None);
+                return false;
+            }
+        };
+        let q = match self.resolve(&queue).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!(%id, queue, "cannot resolve queue; message stays spooled until the next start: {e}");
+                return false;
+            }
+        };
+        let now = self.now();
+        if retry::too_old(&q.config(), msg.id.created(), now) {
+            let text = format!(
+                "5.4.7 message is older than max_age={}",
+                format_duration(q.config().max_age)
+            );
+            self.expire(&msg, &queue, &text);
+            return false;
+        }
+        let due = msg.state().due.map(ms_to_time).unwrap_or(now);
+        let due = retry::constrained(msg.state().schedule.as_ref(), due.max(now));
+        msg.state().due = Some(due.timestamp_millis());
+        if due > now {
+            // its meta is on disk already
+            msg.shrink_meta(due.timestamp_millis(), now.timestamp_millis() + 1000);
+            self.timer
+                .insert(due.timestamp_millis(), msg, Some(q.clone()));
+        } else {
+            self.dispatch(msg);
+        }
+        true
     }
 }

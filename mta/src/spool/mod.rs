@@ -289,6 +289,11 @@ impl Spool {
             .ok_or(SpoolError::NotFound(id))
     }
 
+    /// Whether the spool holds message `id`.
+    pub fn contains(&self, id: MessageId) -> bool {
+        self.shared.index.lock().contains_key(&id)
+    }
+
     /// The latest metadata record of a message.
     pub fn read_meta(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
         let entry = self.entry(id)?;

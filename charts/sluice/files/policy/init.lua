@@ -12,6 +12,18 @@
 local kumo = require 'kumo'
 local settings = require 'sluice-settings'
 
+-- A mounted Secret's value: read at each use, so a rotated Secret applies
+-- without a restart; one trailing newline (from `--from-file`) dropped.
+local function secret(path)
+  local f = io.open(path, 'r')
+  if not f then
+    return nil
+  end
+  local value = f:read('a')
+  f:close()
+  return (value:gsub('\n$', ''))
+end
+
 kumo.on('init', function()
   if settings.dns then
     kumo.dns.configure_resolver(settings.dns)
@@ -42,19 +54,18 @@ kumo.on('init', function()
     kumo.start_esmtp_listener(listener)
   end
   kumo.start_http_listener(settings.http_listener)
-end)
-
--- A mounted Secret's value: read at each use, so a rotated Secret applies
--- without a restart; one trailing newline (from `--from-file`) dropped.
-local function secret(path)
-  local f = io.open(path, 'r')
-  if not f then
-    return nil
+  if settings.admin_auth_dir then
+    -- xfer (scale-down handoff) to the other pods, which take transfers
+    -- with the credentials they all share
+    local user = secret(settings.admin_auth_dir .. '/username')
+    if user then
+      kumo.xfer.configure_client {
+        username = user,
+        password_file = settings.admin_auth_dir .. '/password',
+      }
+    end
   end
-  local value = f:read('a')
-  f:close()
-  return (value:gsub('\n$', ''))
-end
+end)
 
 -- SMTP AUTH (mta.smtpAuth.secretName): a user is a key of the Secret, its
 -- value the password; a user acts only as itself.

@@ -246,6 +246,8 @@ pub fn daemon() -> &'static Daemon {
             policy_path: None,
             drain_timeout: Duration::from_secs(1),
             reload_interval: Duration::from_secs(3600),
+            handoff_to: vec![],
+            handoff_report: None,
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -176,6 +176,12 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             .sum(),
     );
     s.metrics.spooled.set(s.queues.spool().len() as i64);
+    s.metrics
+        .queued
+        .set(s.metrics.scheduled.get() + s.metrics.ready.get());
+    let oldest = s.queues.spool().oldest_created();
+    let age = oldest.map_or(0, |t| (chrono::Utc::now() - t).num_seconds().max(0));
+    s.metrics.oldest_age.set(age);
     s.metrics.draining.set(i64::from(s.lifecycle.is_draining()));
     s.metrics
         .storage_short

@@ -27,6 +27,9 @@ pub enum StartError {
     /// The policy does not load, or its `init` event fails.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// A spool handoff stopped before the spool was empty.
+    #[error(transparent)]
+    Handoff(#[from] crate::handoff::Unfinished),
     /// `init` defined no spool.
     #[error("the init event must call kumo.define_spool")]
     NoSpool,
@@ -67,6 +70,11 @@ pub struct Options {
     pub drain_timeout: std::time::Duration,
     /// How often the policy files are checked for changes.
     pub reload_interval: std::time::Duration,
+    /// Hand the spool to these nodes' HTTP listeners and exit once it is
+    /// empty, accepting nothing (`crate::handoff`); empty: run as usual.
+    pub handoff_to: Vec<String>,
+    /// Where the handoff writes its outcome (a termination message file).
+    pub handoff_report: Option<std::path::PathBuf>,
 }
 
 /// Run the daemon on this policy until SIGTERM or SIGINT, then drain and
@@ -172,6 +180,22 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         crate::log_hook::start(&init.log_hooks, queues.clone()).map_err(StartError::LogHook)?,
     );
 
+    if !options.handoff_to.is_empty() {
+        let report = options.handoff_report.as_deref();
+        let handoff = crate::handoff::run(
+            &queues,
+            recovered,
+            &options.handoff_to,
+            report,
+            wait_for_signal(),
+        )
+        .await;
+        lifecycle.drain();
+        if let Err(e) = spool.flush().await {
+            tracing::error!("spool flush at the end of the handoff: {e}");
+        }
+        return handoff.map(|_| ()).map_err(StartError::Handoff);
+    }
     let count = recovered.len();
     let queued = queues.recover(recovered).await;
     tracing::info!(spooled = count, queued, "spool recovered");

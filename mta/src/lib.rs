@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod dns;
 pub mod egress;
+pub mod handoff;
 
 pub mod inject;
 pub mod lifecycle;

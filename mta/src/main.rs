@@ -38,6 +38,18 @@ struct Args {
     /// files beside it) for changes; a change reloads the policy.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     reload_interval: std::time::Duration,
+
+    /// Spool handoff: start no listener, deliver nothing, move every message
+    /// in the spool to these nodes' HTTP listeners (xfer, spread across
+    /// them; repeat the option or separate with commas), and exit 0 once
+    /// the spool is empty. For a node that will not run again.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    handoff_to: Vec<String>,
+
+    /// Where the handoff writes its outcome as JSON (found, moved,
+    /// remaining): Kubernetes' termination message file by default.
+    #[arg(long, default_value = "/dev/termination-log")]
+    handoff_report: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -93,6 +105,8 @@ fn main() -> ExitCode {
                 policy_path: args.policy.clone(),
                 drain_timeout: args.drain_timeout,
                 reload_interval: args.reload_interval,
+                handoff_to: args.handoff_to.clone(),
+                handoff_report: Some(args.handoff_report.clone()),
             };
             daemon::run(source, options).await
         }

@@ -32,6 +32,13 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `message_count`: messages in the spool, set at each scrape.
     pub spooled: IntGauge,
+    /// `sluice_queued_messages`: scheduled + ready, what autoscaling on
+    /// queue depth divides by the pods.
+    pub queued: IntGauge,
+    /// `sluice_oldest_message_age_seconds`: how long ago the oldest message
+    /// in the spool was received (0 when it is empty), for alerts and
+    /// autoscaling on backlog age.
+    pub oldest_age: IntGauge,
     /// `sluice_draining`: 1 while draining for shutdown, set at each scrape.
     pub draining: IntGauge,
     /// Policy reloads by result (`success`, `failure`).
@@ -264,6 +271,16 @@ impl Metrics {
             ),
             ready: gauge(&r, "ready_count_total", "Messages waiting in ready queues"),
             spooled: gauge(&r, "message_count", "Messages in the spool"),
+            queued: gauge(
+                &r,
+                "sluice_queued_messages",
+                "Messages waiting on this node: scheduled plus ready",
+            ),
+            oldest_age: gauge(
+                &r,
+                "sluice_oldest_message_age_seconds",
+                "Seconds since the oldest message in the spool was received",
+            ),
             draining: gauge(&r, "sluice_draining", "1 while draining for shutdown"),
             reloads: counter_vec(
                 &r,

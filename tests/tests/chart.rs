@@ -22,7 +22,8 @@ fn lints_strict_with_every_values_set() {
 
 /// Every rendered object against Kubernetes' own schemas, strictly (an
 /// unknown field fails), for the oldest supported and the current version.
-/// Only the Prometheus Operator's ServiceMonitor has no schema there.
+/// Only the Prometheus Operator's ServiceMonitor and KEDA's ScaledObject
+/// have no schema there (the ScaledObject is checked in `autoscaling`).
 #[test]
 fn every_manifest_validates_against_kubernetes_schemas() {
     for values in ci_values() {
@@ -40,7 +41,8 @@ fn every_manifest_validates_against_kubernetes_schemas() {
         assert!(o.status.success(), "{values}:\n{out}");
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
-                line.contains("kind ServiceMonitor with api version monitoring.coreos.com/v1"),
+                line.contains("kind ServiceMonitor with api version monitoring.coreos.com/v1")
+                    || line.contains("kind ScaledObject with api version keda.sh/v1alpha1"),
                 "{values}: {line}"
             );
         }
@@ -520,4 +522,71 @@ fn operator_and_mta_pods_agree() {
             );
         }
     }
+}
+
+/// Autoscaling on queue depth: an HPA on the pods' `sluice_queued_messages`
+/// or a KEDA ScaledObject on the fleet's sum, never both; either way the
+/// StatefulSet leaves `replicas` to the autoscaler and the shared throttles
+/// assume `minReplicas` pods.
+#[test]
+fn autoscaling_renders_an_hpa_or_a_scaled_object_on_queue_depth() {
+    let docs = rendered("ci/autoscaling-hpa-values.yaml");
+    let hpa = find(&docs, "HorizontalPodAutoscaler", "rel-sluice-mta");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "StatefulSet");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "rel-sluice-mta");
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].as_u64(),
+            hpa["spec"]["maxReplicas"].as_u64()
+        ),
+        (Some(2), Some(6))
+    );
+    let metric = &hpa["spec"]["metrics"][0]["pods"];
+    assert_eq!(metric["metric"]["name"], "sluice_queued_messages");
+    assert_eq!(metric["target"]["averageValue"], "2000");
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["policies"][0]["value"], 1,
+        "one pod at a time, so each handoff finishes"
+    );
+    let sts = find(&docs, "StatefulSet", "rel-sluice-mta");
+    assert!(sts["spec"].get("replicas").is_none(), "{}", sts["spec"]);
+
+    let docs = rendered("ci/autoscaling-keda-values.yaml");
+    let so = find(&docs, "ScaledObject", "rel-sluice-mta");
+    // what KEDA requires (its CRD): the target by name, typed triggers with
+    // string metadata
+    assert_eq!(so["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(so["spec"]["scaleTargetRef"]["name"], "rel-sluice-mta");
+    assert_eq!(
+        (
+            so["spec"]["minReplicaCount"].as_u64(),
+            so["spec"]["maxReplicaCount"].as_u64()
+        ),
+        (Some(3), Some(12))
+    );
+    let trigger = &so["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    for (k, v) in trigger["metadata"].as_object().unwrap() {
+        assert!(v.is_string(), "metadata.{k} must be a string: {v}");
+    }
+    assert_eq!(
+        trigger["metadata"]["query"],
+        "sum(sluice_queued_messages{namespace=\"mail\", pod=~\"rel-sluice-mta-[0-9]+\"})"
+    );
+    assert!(docs.iter().all(|d| d["kind"] != "HorizontalPodAutoscaler"));
+    let cm = find(&docs, "ConfigMap", "rel-sluice-mta");
+    let settings = cm["data"]["sluice-settings.lua"].as_str().unwrap();
+    assert!(settings.contains("\"fleet_size\": 3"), "{settings}");
+
+    let err = template(
+        None,
+        &[
+            "mta.autoscaling.hpa.enabled=true",
+            "mta.autoscaling.keda.enabled=true",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("enable hpa or keda, not both"), "{err}");
+    let err = template(None, &["mta.autoscaling.keda.enabled=true"]).unwrap_err();
+    assert!(err.contains("keda.serverAddress"), "{err}");
 }

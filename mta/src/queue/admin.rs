@@ -125,6 +125,11 @@ impl AdminRules {
             .collect()
     }
 
+    /// How many messages suspensions hold.
+    pub(super) fn parked_count(&self) -> usize {
+        self.rules.lock().iter().map(|r| r.parked.len()).sum()
+    }
+
     /// Take out the messages suspensions hold whose queue `matches`.
     pub(super) fn take_parked(&self, matches: impl Fn(&str) -> bool) -> Vec<MessageRef> {
         let mut taken = vec![];

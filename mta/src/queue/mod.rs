@@ -196,7 +196,7 @@ impl QueueManager {
 
     /// How many messages wait in the timer for a later attempt.
     pub fn delayed_count(&self) -> usize {
-        self.timer.len()
+        self.timer.len() + self.rules.parked_count()
     }
 
     /// How many delivery attempts have started so far.

@@ -9,8 +9,8 @@ use super::QueueManager;
 use super::admin::Criteria;
 use crate::log::{PeerAddress, RecordType, Response};
 use crate::message::name::{self, QueueName};
-use crate::message::{Message, MessageRef};
-use crate::spool::NewMessage;
+use crate::message::{Message, MessageRef, SpooledMeta};
+use crate::spool::{NewMessage, Recovered};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -176,6 +176,47 @@ impl QueueManager {
         let text = format!("Rebound from {from} to {to}: {reason}");
         let rec = self.record(RecordType::AdminRebind, msg, to, Response::new(250, &text));
         self.logger.log(rec);
+    }
+
+    /// At the start of a spool handoff: bind every recovered message for
+    /// one of `targets` in turn (one already bound elsewhere, for a node
+    /// that may be gone, is bound again), flush the bindings, then queue
+    /// them, so nothing is delivered but to the targets. Returns how many
+    /// were queued.
+    pub async fn recover_for_xfer(
+        self: &Arc<Self>,
+        recovered: Vec<Recovered>,
+        targets: &[String],
+        reason: &str,
+    ) -> usize {
+        let mut msgs = Vec::with_capacity(recovered.len());
+        for (i, r) in recovered.into_iter().enumerate() {
+            let meta: SpooledMeta = match serde_json::from_slice(&r.meta) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(id = %r.id, "unreadable spooled meta, removing: {e}");
+                    let _ = self.spool.remove(r.id);
+                    continue;
+                }
+            };
+            let msg = Message::recovered(r.id, meta, r.data_len);
+            let from = name::queue_name(&msg).unwrap_or_default();
+            if let Some(xq) = crate::xfer::bind(&msg, &targets[i % targets.len()]) {
+                self.rebound(&msg, &from, &xq, reason);
+                self.save_meta(&msg);
+            }
+            msgs.push(msg);
+        }
+        if let Err(e) = self.spool.flush().await {
+            tracing::error!("spool handoff: the bindings may not all be on disk: {e}");
+        }
+        let mut n = 0;
+        for msg in msgs {
+            if self.requeue_spooled(msg).await {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Take in a message another node transfers: spooled (synced) before

@@ -289,6 +289,12 @@ impl Spool {
             .ok_or(SpoolError::NotFound(id))
     }
 
+    /// When the oldest message in the spool was first received (its id's
+    /// timestamp, which a transfer keeps); `None` when it is empty.
+    pub fn oldest_created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.shared.index.lock().keys().map(|id| id.created()).min()
+    }
+
     /// Whether the spool holds message `id`.
     pub fn contains(&self, id: MessageId) -> bool {
         self.shared.index.lock().contains_key(&id)

@@ -12,6 +12,11 @@ use crate::spool::Recovered;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Messages queued for transfer and not yet moved, at most: within one
+/// ready queue's default `max_ready` (1024), so none overflows whatever
+/// the path config says.
+const WINDOW: usize = 1000;
+
 /// How a handoff ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handoff {
@@ -43,23 +48,37 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Handoff, Unfinished> {
     let found = recovered.len();
-    let queued = queues
-        .recover_for_xfer(recovered, targets, "spool handoff")
+    let bound = queues
+        .bind_recovered(recovered, targets, "spool handoff")
         .await;
-    tracing::info!(found, queued, targets = ?targets, "spool handoff: every message bound for the live nodes");
+    tracing::info!(found, targets = ?targets, "spool handoff: every message bound for the live nodes");
     tokio::pin!(stop);
     let mut last_log = Instant::now();
+    // fed to the xfer queues as they keep up: all at once would overflow
+    // their ready queues, and what overflows waits a random while
+    let mut pending = bound.into_iter();
+    let mut queued = 0usize;
     let remaining = loop {
         let remaining = queues.spool().len();
         if remaining == 0 {
             break 0;
+        }
+        let moved = found.saturating_sub(remaining);
+        while queued.saturating_sub(moved) < WINDOW {
+            match pending.next() {
+                Some(msg) => {
+                    queues.queue_bound(msg).await;
+                    queued += 1;
+                }
+                None => break,
+            }
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             tracing::info!(found, remaining, "spool handoff in progress");
             last_log = Instant::now();
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             _ = &mut stop => break queues.spool().len(),
         }
     };

@@ -180,15 +180,15 @@ impl QueueManager {
 
     /// At the start of a spool handoff: bind every recovered message for
     /// one of `targets` in turn (one already bound elsewhere, for a node
-    /// that may be gone, is bound again), flush the bindings, then queue
-    /// them, so nothing is delivered but to the targets. Returns how many
-    /// were queued.
-    pub async fn recover_for_xfer(
-        self: &Arc<Self>,
+    /// that may be gone, is bound again) and flush the bindings. Returns
+    /// the bound messages, to be queued with [`QueueManager::queue_bound`]
+    /// as the xfer queues keep up.
+    pub async fn bind_recovered(
+        &self,
         recovered: Vec<Recovered>,
         targets: &[String],
         reason: &str,
-    ) -> usize {
+    ) -> Vec<MessageRef> {
         let mut msgs = Vec::with_capacity(recovered.len());
         for (i, r) in recovered.into_iter().enumerate() {
             let meta: SpooledMeta = match serde_json::from_slice(&r.meta) {
@@ -210,13 +210,13 @@ impl QueueManager {
         if let Err(e) = self.spool.flush().await {
             tracing::error!("spool handoff: the bindings may not all be on disk: {e}");
         }
-        let mut n = 0;
-        for msg in msgs {
-            if self.requeue_spooled(msg).await {
-                n += 1;
-            }
-        }
-        n
+        msgs
+    }
+
+    /// Queue a bound message (from [`QueueManager::bind_recovered`]) in its
+    /// xfer queue; `false` when it expired instead.
+    pub async fn queue_bound(self: &Arc<Self>, msg: MessageRef) -> bool {
+        self.requeue_spooled(msg).await
     }
 
     /// Take in a message another node transfers: spooled (synced) before

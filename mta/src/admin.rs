@@ -278,8 +278,17 @@ async fn inject(
     if let Err(e) = crate::inject::check(&req) {
         return unprocessable(e);
     }
-    let _busy = s.lifecycle.session();
-    axum::Json(crate::inject::inject(&s.queues, req, &peer.ip().to_string()).await).into_response()
+    // in a task of its own: hyper drops a handler whose client went away,
+    // and a message spooled but never queued would wait for a restart
+    let (queues, lifecycle) = (s.queues.clone(), s.lifecycle.clone());
+    let task = tokio::spawn(async move {
+        let _busy = lifecycle.session();
+        crate::inject::inject(&queues, req, &peer.ip().to_string()).await
+    });
+    match task.await {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// `POST` adds a bounce or suspension rule, `GET` lists them, `DELETE`

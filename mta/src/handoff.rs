@@ -85,7 +85,7 @@ pub async fn run(
     if let Some(path) = report {
         let text = serde_json::json!({ "found": found, "moved": found - remaining.min(found), "remaining": remaining });
         if let Err(e) = std::fs::write(path, text.to_string()) {
-            tracing::debug!("cannot write the handoff report to {}: {e}", path.display());
+            tracing::warn!("cannot write the handoff report to {}: {e}", path.display());
         }
     }
     match remaining {

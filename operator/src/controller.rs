@@ -61,6 +61,9 @@ pub struct Config {
     pub debounce: Duration,
     /// How often pods are asked which config they run.
     pub poll_interval: Duration,
+    /// Hand the spool of every ordinal the fleet no longer runs to the live
+    /// pods (`crate::handoff`); `None`: leave those volumes alone.
+    pub handoff: Option<crate::handoff::HandoffConfig>,
 }
 
 /// Why a reconcile pass, or the start of the controller, failed.
@@ -297,6 +300,11 @@ impl Controller {
         if changed {
             tracing::info!(hash = %rendered.hash, objects = rendered.verdicts.len(), "config rendered");
         }
+        // a handoff problem never holds up the config
+        if let Err(e) = self.handoff().await {
+            tracing::warn!("spool handoff pass failed: {e}");
+            self.metrics.failures.with_label_values(&["handoff"]).inc();
+        }
         let rollout = self.rollout(&rendered.hash).await?;
         self.metrics.pods_updated.set(rollout.updated as i64);
         self.metrics.pods_total.set(rollout.total as i64);
@@ -398,6 +406,18 @@ impl Controller {
             .and_then(|s| s.spec.and_then(|spec| spec.replicas))
             .unwrap_or(1);
         Ok(render::Fleet::Split(replicas.max(1) as u32))
+    }
+
+    /// The spool handoff pass, when it is on and the fleet exists.
+    async fn handoff(&self) -> Result<(), Error> {
+        let (Some(config), Some(name)) = (&self.config.handoff, &self.config.fleet) else {
+            return Ok(());
+        };
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        if let Some(sts) = api.get_opt(name).await? {
+            crate::handoff::reconcile(&self.client, &sts, config, &self.recorder).await?;
+        }
+        Ok(())
     }
 
     async fn owner_reference(&self) -> Result<Option<OwnerReference>, Error> {

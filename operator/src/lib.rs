@@ -8,6 +8,7 @@ pub mod admin_auth;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod handoff;
 pub mod last_accepted;
 pub mod manifests;
 pub mod metrics;

@@ -87,6 +87,17 @@ struct RunArgs {
     /// How often the MTA pods are asked which config they run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     poll_interval: std::time::Duration,
+    /// Hand the spool volume of every ordinal the --fleet StatefulSet no
+    /// longer runs (a scale-down, a pod whose node is gone) to the live
+    /// pods: a Job per volume runs `sluice-mta --handoff-to` on it.
+    #[arg(long, requires = "fleet")]
+    spool_handoff: bool,
+    /// The StatefulSet's volume claim template that holds the spool.
+    #[arg(long, default_value = "spool")]
+    spool_volume: String,
+    /// Delete a spool volume once its handoff drained it.
+    #[arg(long, requires = "spool_handoff")]
+    delete_drained_volumes: bool,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
@@ -149,6 +160,13 @@ fn run_command(args: RunArgs) -> ExitCode {
             secrets_dir: args.secrets_dir,
             debounce: args.debounce,
             poll_interval: args.poll_interval,
+            handoff: args
+                .spool_handoff
+                .then_some(sluice_operator::handoff::HandoffConfig {
+                    spool_volume: args.spool_volume,
+                    delete_drained: args.delete_drained_volumes,
+                    admin_port: args.admin_port,
+                }),
         };
         let controller = controller::Controller::new(client, config, metrics);
         match controller.run(shutdown_signal()).await {

@@ -37,6 +37,7 @@ import asyncio
 import base64
 import collections
 import copy
+import hashlib
 import datetime
 import json
 import re
@@ -59,6 +60,8 @@ BUILTINS = {  # 'group/version/plural': (kind, namespaced, shortnames, subresour
     'v1/secrets': ('Secret', True, [], []),
     'v1/pods': ('Pod', True, ['po'], ['status']),
     'apps/v1/statefulsets': ('StatefulSet', True, ['sts'], ['status']),
+    'v1/persistentvolumeclaims': ('PersistentVolumeClaim', True, ['pvc'], ['status']),
+    'batch/v1/jobs': ('Job', True, [], ['status']),
     'v1/events': ('Event', True, ['ev'], []),
     'events.k8s.io/v1/events': ('Event', True, ['ev'], []),
     'apiextensions.k8s.io/v1/customresourcedefinitions': ('CustomResourceDefinition', False, ['crd', 'crds'], ['status']),
@@ -256,8 +259,11 @@ class Apiserver(kmock.KubernetesEmulator):
         # kubectl --validate=strict asks OpenAPI v3 whether PATCH supports ?fieldValidation for the kind;
         # say "yes" so it uses server-side validation (ignored here) instead of downloading the full
         # /openapi/v2 schema (which it wants as protobuf). No schemas are served.
+        # kubectl caches each group's document by this hash: it names what is served, not only
+        # the resourceVersion, so a cache left by another build of this server is never reused
         layer['get /openapi/v3'] << (lambda: {'paths': {
-            gv: {'serverRelativeURL': f'/openapi/v3/{gv}?hash={self.rv}'} for gv in self.openapi_gvs()}})
+            gv: {'serverRelativeURL': f'/openapi/v3/{gv}?hash={self.rv}-{self.openapi_digest()}'}
+            for gv in self.openapi_gvs()}})
         layer['get', re.compile(r'/openapi/v3/.+')] << (lambda request: self.openapi_gv(request.url.path[12:]))
         for key, (kind, namespaced, short, subs) in BUILTINS.items():
             self.resources[key] = ResourceInfo(kind=kind, singular=kind.lower(), namespaced=namespaced,
@@ -274,6 +280,10 @@ class Apiserver(kmock.KubernetesEmulator):
                 clone = clone.clone(headers=raw_request.headers)
             raw_request, raw_request._read_bytes = clone, body  # aiohttp private: the cached body
         return await super().__call__(raw_request)
+
+    def openapi_digest(self):
+        served = ','.join(sorted(f'{r.group}/{r.version}/{r.plural}' for r in self.resources))
+        return hashlib.sha256(served.encode()).hexdigest()[:12]
 
     def openapi_gvs(self):
         return {f'apis/{r.group}/{r.version}' if r.group else f'api/{r.version}' for r in self.resources}

@@ -29,6 +29,8 @@ const LOG_DIR: &str = "/var/log/sluice";
 
 pub struct Fleet {
     pub pods: Vec<MtaPod>,
+    /// Pods scaled away, their volumes kept as the claims are.
+    pub gone: Vec<MtaPod>,
     pub operator: Operator,
     pub api: ApiServer,
     pub dns: Dnsmasq,
@@ -39,6 +41,13 @@ impl Fleet {
     /// operator, the user's hooks ConfigMap; `secrets` are
     /// `(secret, key, value)` files the kubelet would mount.
     pub fn start(secrets: &[(&str, &str, &str)]) -> Fleet {
+        Fleet::start_with(2, &[], secrets)
+    }
+
+    /// [`Fleet::start`] with `replicas` pods and more `--set` values. Each
+    /// pod gets its spool claim (`spool-<pod>`), as the StatefulSet
+    /// controller makes it from the claim template.
+    pub fn start_with(replicas: usize, sets: &[&str], secrets: &[(&str, &str, &str)]) -> Fleet {
         let dns = Dnsmasq::start(&[&format!("--host-record={SMART_HOST},127.0.0.1")]);
         let api = ApiServer::start();
         api.kubectl_ok(&["apply", "--server-side", "-f", &root_path("crds")]);
@@ -52,7 +61,10 @@ impl Fleet {
             &root_path("tests/e2e/hooks.yaml"),
         ]);
 
-        let renders: Vec<Vec<Value>> = (0..2).map(|_| render(dns.port)).collect();
+        let replicas_set = format!("mta.replicas={replicas}");
+        let mut all_sets = vec![replicas_set.as_str()];
+        all_sets.extend(sets);
+        let renders: Vec<Vec<Value>> = (0..replicas).map(|_| render(dns.port, &all_sets)).collect();
         let sts = find(&renders[0], "StatefulSet", "rel-sluice-mta");
         api.apply_json(sts);
         let deployment = find(&renders[0], "Deployment", "rel-sluice-operator");
@@ -64,11 +76,18 @@ impl Fleet {
             .map(|(i, docs)| {
                 let pod = MtaPod::start(&api, docs, &format!("rel-sluice-mta-{i}"), secrets);
                 pod.register(&api, docs);
+                api.apply_json(&serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": format!("spool-{}", pod.name), "namespace": NAMESPACE},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                }));
                 pod
             })
             .collect();
         let fleet = Fleet {
             pods,
+            gone: vec![],
             operator,
             api,
             dns,
@@ -76,6 +95,31 @@ impl Fleet {
         // the operator's first ConfigMap (no objects yet), on every pod
         fleet.wait_rollout(None);
         fleet
+    }
+
+    /// A scale of the StatefulSet to `n`, as its controller carries it out:
+    /// each pod above is stopped (SIGTERM and its drain, or SIGKILL when
+    /// `kill`: a node lost) and its Pod object deleted; its spool claim
+    /// stays. The stopped pods move to `gone`, their files kept.
+    pub fn scale_to(&mut self, n: usize, kill: bool) {
+        self.kubectl(&[
+            "patch",
+            "statefulset",
+            "rel-sluice-mta",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"replicas":{n}}}}}"#),
+        ]);
+        while self.pods.len() > n {
+            let mut pod = self.pods.pop().unwrap();
+            if kill {
+                pod.kill9();
+            } else {
+                pod.stop();
+            }
+            self.kubectl(&["delete", "pod", &pod.name]);
+            self.gone.push(pod);
+        }
     }
 
     /// The config hash on the operator's ConfigMap now.
@@ -167,15 +211,17 @@ pub fn root_path(rel: &str) -> String {
     workspace_root().join(rel).display().to_string()
 }
 
-/// The chart rendered for one pod: free ports, dnsmasq as its name server.
-fn render(dns_port: u16) -> Vec<Value> {
+/// The chart rendered for one pod: free ports, dnsmasq as its name server,
+/// and `extra` values.
+fn render(dns_port: u16, extra: &[&str]) -> Vec<Value> {
     let sets = [
         format!("mta.listeners.smtp.containerPort={}", free_port()),
         format!("mta.listeners.submission.containerPort={}", free_port()),
         format!("mta.admin.containerPort={}", free_port()),
         format!("mta.dns.nameservers[0]=127.0.0.1:{dns_port}"),
     ];
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let mut sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    sets.extend(extra);
     let yaml = chart::template(Some(&root_path(VALUES)), &sets).unwrap();
     documents(&yaml)
 }
@@ -249,6 +295,9 @@ fn start_operator(api: &ApiServer, deployment: &Value) -> Operator {
 
 /// One MTA pod of the StatefulSet.
 pub struct MtaPod {
+    /// First, so it stops writing before the root below is removed (fields
+    /// drop in order).
+    _projector: Projector,
     pub name: String,
     pub root: tempfile::TempDir,
     pub smtp: u16,
@@ -257,10 +306,9 @@ pub struct MtaPod {
     args: Vec<String>,
     env: Vec<(String, String)>,
     /// `user:password` of the admin API, from its mounted Secret.
-    admin_user: Option<String>,
+    pub admin_user: Option<String>,
     mounts: Vec<Mount>,
     child: Option<Child>,
-    _projector: Projector,
 }
 
 impl MtaPod {
@@ -351,35 +399,8 @@ impl MtaPod {
             .append(true)
             .open(self.root.path().join("stderr.log"))
             .unwrap();
-        // parents before the mounts nested in them; a mount that would hide
-        // the pod's root (the /tmp emptyDir, when the root is under /tmp) last
-        let root = self.root.path().to_path_buf();
-        let mut paths: Vec<&str> = self.mounts.iter().map(|m| m.path.as_str()).collect();
-        paths.sort_by_key(|p| (root.starts_with(p), p.len()));
-        let mut script = String::from("set -e\n");
-        for p in paths {
-            script.push_str(&format!(
-                "mkdir -p '{p}'\nmount --bind '{}{p}' '{p}'\n",
-                self.root.path().display()
-            ));
-        }
-        script.push_str("exec \"$@\"\n");
-        let child = Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                &script,
-                "pod",
-            ])
-            .arg(binary("sluice-mta"))
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.root.path())
-            .stdout(Stdio::null())
+        let child = self
+            .in_namespace(&self.args, &self.env, &[])
             .stderr(stderr)
             .spawn()
             .expect("unshare runs (util-linux)");
@@ -401,6 +422,65 @@ impl MtaPod {
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `sluice-mta` with `args` and `env` in a mount namespace of its own
+    /// where this pod's volumes are at their mount paths, and each
+    /// `(file, path)` of `extra` bound over `path` (the kubelet's
+    /// /etc/hosts, say).
+    pub fn in_namespace(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        extra: &[(&std::path::Path, &str)],
+    ) -> Command {
+        // parents before the mounts nested in them; a mount that would hide
+        // the pod's root (the /tmp emptyDir, when the root is under /tmp) last
+        let root = self.root.path().to_path_buf();
+        let mut paths: Vec<&str> = self.mounts.iter().map(|m| m.path.as_str()).collect();
+        paths.sort_by_key(|p| (root.starts_with(p), p.len()));
+        let mut script = String::from("set -e\n");
+        for (file, path) in extra {
+            script.push_str(&format!("mount --bind '{}' '{path}'\n", file.display()));
+        }
+        for p in paths {
+            script.push_str(&format!(
+                "mkdir -p '{p}'\nmount --bind '{}{p}' '{p}'\n",
+                self.root.path().display()
+            ));
+        }
+        script.push_str("exec \"$@\"\n");
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "pod",
+        ])
+        .arg(binary("sluice-mta"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(self.root.path())
+        .stdout(Stdio::null());
+        cmd
+    }
+
+    /// SIGTERM, as the kubelet stops a pod, and wait for the drain to end.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod chart;
 pub mod fleet;
 pub mod haproxy;
+pub mod jobs;
 pub mod kube;
 pub mod netns;
 pub mod pod;

@@ -590,3 +590,67 @@ fn autoscaling_renders_an_hpa_or_a_scaled_object_on_queue_depth() {
     let err = template(None, &["mta.autoscaling.keda.enabled=true"]).unwrap_err();
     assert!(err.contains("keda.serverAddress"), "{err}");
 }
+
+/// Spool handoff is the operator's, on by default; its Role has exactly
+/// what it needs for it: listing claims (deleting them only with
+/// deleteDrainedVolumes) and making, listing, marking and removing Jobs;
+/// off, none of that.
+#[test]
+fn spool_handoff_adds_the_operators_flags_and_least_privilege() {
+    let rules = |docs: &[Value]| -> Vec<Value> {
+        find(docs, "Role", "rel-sluice-operator")["rules"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let args = |docs: &[Value]| -> Vec<String> {
+        find(docs, "Deployment", "rel-sluice-operator")["spec"]["template"]["spec"]["containers"][0]
+            ["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let grants = |rules: &[Value], resource: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+            .flat_map(|r| r["verbs"].as_array().unwrap().clone())
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let default = rendered("ci/default-values.yaml");
+    assert!(args(&default).contains(&"--spool-handoff".to_string()));
+    let off = documents(&template(None, &["mta.spool.handoff=false"]).unwrap());
+    assert!(!args(&off).contains(&"--spool-handoff".to_string()));
+    assert!(grants(&rules(&off), "jobs").is_empty());
+    assert!(grants(&rules(&off), "persistentvolumeclaims").is_empty());
+
+    let on = rendered("ci/handoff-values.yaml");
+    let a = args(&on);
+    assert!(
+        a.contains(&"--spool-handoff".to_string())
+            && a.contains(&"--delete-drained-volumes".to_string()),
+        "{a:?}"
+    );
+    assert_eq!(
+        grants(&rules(&on), "jobs"),
+        ["create", "list", "patch", "delete"]
+    );
+    assert_eq!(
+        grants(&rules(&on), "persistentvolumeclaims"),
+        ["list", "delete"]
+    );
+    assert_eq!(
+        grants(&rules(&default), "persistentvolumeclaims"),
+        ["list"],
+        "kept by default"
+    );
+}

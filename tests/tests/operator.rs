@@ -425,3 +425,158 @@ fn limits_are_split_across_the_replicas_and_follow_a_scale() {
         split_status(a, None)
     });
 }
+
+/// Spool handoff (`--spool-handoff`): a scale from 3 to 2 leaves ordinal 2's
+/// spool claim; once its pod is gone the operator creates a Job from the
+/// StatefulSet's pod template that runs `--handoff-to` the live pods on
+/// that claim. When the Job succeeds (here its status and pod are written
+/// as the Job controller and kubelet would) the counts from the pod's
+/// termination message become an event and, with
+/// `--delete-drained-volumes`, the claim is deleted; a scale back to 3
+/// removes the Job.
+#[test]
+fn a_scaled_away_ordinals_spool_gets_a_handoff_job_and_is_reported() {
+    let api = ApiServer::start();
+    api.kubectl_ok(&["apply", "--server-side", "-f", &root_path("crds")]);
+    apply_statefulset(&api, 3);
+    let labels = serde_json::json!({"app.kubernetes.io/component": "mta"});
+    for i in 0..3 {
+        api.register_pod(
+            "default",
+            &format!("sluice-mta-{i}"),
+            &labels,
+            &serde_json::json!({}),
+        );
+        api.apply_json(&serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": format!("spool-sluice-mta-{i}"), "namespace": "default"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        }));
+    }
+    let operator = Operator::start(
+        &api,
+        &[
+            "--fleet",
+            "sluice-mta",
+            "--spool-handoff",
+            "--delete-drained-volumes",
+            "--debounce",
+            "300ms",
+        ],
+    );
+    let job = |a: &ApiServer| a.get_json(&["get", "job", "sluice-mta-handoff-2"]);
+    apply_statefulset(&api, 2);
+    // pod 2 is still shutting down: it holds its spool, no Job yet
+    let passes = operator.metric("sluice_operator_reconciles_total{}");
+    api.wait_for("two more passes", Duration::from_secs(20), |_| {
+        operator.metric("sluice_operator_reconciles_total{}") >= passes + 2.0
+    });
+    assert!(
+        job(&api).is_none(),
+        "a Job while the pod runs: {}",
+        operator.log()
+    );
+    api.kubectl_ok(&["delete", "pod", "sluice-mta-2"]);
+    api.wait_for("the handoff Job", Duration::from_secs(20), |a| {
+        job(a).is_some()
+    });
+    let j = job(&api).unwrap();
+    assert_eq!(
+        j["metadata"]["labels"]["sluice.dev/handoff-ordinal"], "2",
+        "{j}"
+    );
+    let pod = &j["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "OnFailure");
+    assert_eq!(
+        pod["containers"][0]["args"],
+        serde_json::json!([
+            "--handoff-to",
+            "http://sluice-mta-0.sluice-mta.default.svc:8000,http://sluice-mta-1.sluice-mta.default.svc:8000"
+        ])
+    );
+    let spool = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "spool")
+        .unwrap();
+    assert_eq!(
+        spool["persistentVolumeClaim"]["claimName"],
+        "spool-sluice-mta-2"
+    );
+    assert_eq!(
+        j["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"], "spool-handoff",
+        "no MTA selector matches the drainer"
+    );
+
+    // the Job's pod ran and ended, as the kubelet reports it; the Job succeeded
+    api.apply_json(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sluice-mta-handoff-2-x7k2p", "namespace": "default",
+                     "labels": {"job-name": "sluice-mta-handoff-2"}},
+        "spec": {"containers": [{"name": "mta", "image": "sluice-mta"}]},
+    }));
+    let terminated = serde_json::json!({"status": {"phase": "Succeeded", "containerStatuses": [{
+        "name": "mta", "image": "sluice-mta", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "message": "{\"found\":3000,\"moved\":3000,\"remaining\":0}"}}}]}});
+    api.kubectl_ok(&[
+        "patch",
+        "pod",
+        "sluice-mta-handoff-2-x7k2p",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &terminated.to_string(),
+    ]);
+    api.kubectl_ok(&[
+        "patch",
+        "job",
+        "sluice-mta-handoff-2",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"succeeded":1}}"#,
+    ]);
+    api.wait_for("the drained claim deleted", Duration::from_secs(20), |a| {
+        a.get_json(&["get", "pvc", "spool-sluice-mta-2"]).is_none()
+    });
+    assert!(
+        api.get_json(&["get", "pvc", "spool-sluice-mta-1"])
+            .is_some(),
+        "live claims stay"
+    );
+    let events = api.get_json(&["get", "events.v1.events.k8s.io"]).unwrap();
+    let reasons: Vec<(String, String)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "sluice-mta")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        "SpoolHandoffStarted",
+        "SpoolHandoffSucceeded",
+        "DrainedVolumeDeleted",
+    ] {
+        assert!(
+            reasons.iter().any(|(r, _)| r == want),
+            "{want}: {reasons:?}"
+        );
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|(r, n)| r == "SpoolHandoffSucceeded" && n.contains("3000 message(s) moved")),
+        "{reasons:?}"
+    );
+    // ordinal 2 runs again: the Job goes
+    apply_statefulset(&api, 3);
+    api.wait_for("the stale Job removed", Duration::from_secs(20), |a| {
+        job(a).is_none()
+    });
+}

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 /// A node: SMTP in, admin API on `admin`, relaying to `[127.0.0.1]:sink`.
 /// A message without a tenant retries after 1 s, one of tenant `slow`
-/// after 10 s doubling, any other after an hour; `requeue_message` moves
-/// a message's first failure to tenant `slow` (a rebind: one more
-/// attempt): two quick attempts, then a wait.
+/// after 10 s doubling, of `slower` after 300 s doubling, any other after
+/// an hour; `requeue_message` moves a message's first failure to tenant
+/// `slow` (`slower` for later.example): a rebind, one more attempt. So
+/// two quick attempts, then a wait of 20 s (10 minutes for later.example).
 fn node(admin: u16, sink: u16, http_extra: &str, lua: &str) -> Mta {
     let init = format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' {http_extra} }}");
     let rest = format!(
@@ -21,6 +22,7 @@ fn node(admin: u16, sink: u16, http_extra: &str, lua: &str) -> Mta {
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
   local retry = '1 seconds'
   if tenant == 'slow' then retry = '10 seconds'
+  elseif tenant == 'slower' then retry = '300 seconds'
   elseif tenant ~= nil then retry = '1 hour' end
   return kumo.make_queue_config {{
     protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{sink}' }} }} }},
@@ -31,7 +33,10 @@ kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_n
   return kumo.make_egress_path {{ prohibited_hosts = {{}} }}
 end)
 kumo.on('requeue_message', function(msg)
-  if msg:get_meta('tenant') == nil then msg:set_meta('tenant', 'slow') end
+  if msg:get_meta('tenant') == nil then
+    local later = msg:queue_name() == 'later.example'
+    msg:set_meta('tenant', later and 'slower' or 'slow')
+  end
 end)
 {lua}
 "#
@@ -94,25 +99,35 @@ fn a_message_in_backoff_moves_with_its_attempts_and_due_time_and_is_delivered_th
     let (admin_a, admin_b) = (free_port(), free_port());
     let a = node(admin_a, refusing.port, "", "");
     let b = node(admin_b, accepting.port, "", "");
+    // due 20 s after their second attempt, and 10 minutes after it
     send(&a, "someone@example.com", 5);
-    // two failed attempts each (the second in the slow queue)
+    send(&a, "someone@later.example", 5);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while a.records_of("TransientFailure").len() < 10 {
+    while a.records_of("TransientFailure").len() < 20 {
         assert!(Instant::now() < deadline, "{}", a.stderr());
         std::thread::sleep(Duration::from_millis(100));
     }
     let ids_a = ids(&a, "Reception");
     let before: Vec<Value> = ids_a.iter().map(|id| inspect(admin_a, id)).collect();
+    let now_ms = chrono_now_ms();
+    let later = |m: &Value| m["meta"]["tenant"] == "slower";
     for m in &before {
         assert_eq!(m["num_attempts"], 2, "{m}");
+        let due_in = m["due"].as_i64().unwrap() - now_ms;
+        if later(m) {
+            assert!(
+                due_in > 9 * 60_000 && due_in <= 10 * 60_000 + 60_000,
+                "{due_in} ms: {m}"
+            );
+        }
     }
     let answer = xfer(
         admin_a,
         &format!(r#"{{"target": "http://127.0.0.1:{admin_b}", "reason": "scale-down"}}"#),
     );
-    assert_eq!(answer["messages"], 5, "{answer}");
-    let out = wait_ids(&a, "XferOut", 5, Duration::from_secs(20));
-    let inn = wait_ids(&b, "XferIn", 5, Duration::from_secs(20));
+    assert_eq!(answer["messages"], 10, "{answer}");
+    let out = wait_ids(&a, "XferOut", 10, Duration::from_secs(20));
+    let inn = wait_ids(&b, "XferIn", 10, Duration::from_secs(20));
     let (mut out, mut inn, mut want) = (out, inn, ids_a.clone());
     out.sort();
     inn.sort();
@@ -120,7 +135,7 @@ fn a_message_in_backoff_moves_with_its_attempts_and_due_time_and_is_delivered_th
     assert_eq!(out, want, "every message left A under its id");
     assert_eq!(inn, want, "and arrived at B under it");
     let rebinds = a.records_of("AdminRebind");
-    assert_eq!(rebinds.len(), 5);
+    assert_eq!(rebinds.len(), 10);
     assert!(
         rebinds[0]["response"]["content"]
             .as_str()
@@ -137,7 +152,7 @@ fn a_message_in_backoff_moves_with_its_attempts_and_due_time_and_is_delivered_th
             (due_a - due_b).abs() <= 1000,
             "due {due_a} on A, {due_b} on B"
         );
-        assert_eq!(now["meta"]["tenant"], "slow", "{now}");
+        assert_eq!(now["meta"]["tenant"], was["meta"]["tenant"], "{now}");
         assert!(now["meta"].get("queue").is_none(), "{now}");
     }
     // gone from A's spool
@@ -147,13 +162,28 @@ fn a_message_in_backoff_moves_with_its_attempts_and_due_time_and_is_delivered_th
         None,
     );
     assert_eq!(r["status"], 404, "{r}");
-    // B delivers them when they fall due; A never does
+    // B delivers the ones due in 20 s when they fall due; A never does
     let delivered = wait_ids(&b, "Delivery", 5, Duration::from_secs(40));
     assert_eq!(delivered.len(), 5);
     assert_eq!(accepting.seqs().len(), 5);
     assert!(ids(&a, "Delivery").is_empty());
-    let d = &b.records_of("Delivery")[0];
-    assert_eq!(d["num_attempts"], 2, "attempts kept: {d}");
+    for d in b.records_of("Delivery") {
+        assert_eq!(d["num_attempts"], 2, "attempts kept: {d}");
+        assert_eq!(d["queue"], "slow@example.com", "{d}");
+    }
+    // the ones due in 10 minutes wait on B for their time
+    for (id, was) in ids_a.iter().zip(&before).filter(|(_, m)| later(m)) {
+        let now = inspect(admin_b, id);
+        assert_eq!(now["due"], was["due"], "{id}");
+    }
+}
+
+/// Now, unix milliseconds.
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 #[test]
@@ -175,6 +205,8 @@ fn a_target_that_refuses_leaves_the_messages_and_says_why() {
     for (target, why) in [
         (format!("http://127.0.0.1:{down}"), "error sending request"),
         (format!("http://127.0.0.1:{admin_b}"), "401"),
+        // a 4xx: A's own listener refuses its own mail
+        (format!("http://127.0.0.1:{admin_a}"), "400"),
     ] {
         let is_xfer = |r: &Value| r["delivery_protocol"] == "xfer";
         let before = a
@@ -334,19 +366,39 @@ fn killed_mid_transfer(kill_source: bool) -> usize {
         if seqs.len() >= TOTAL {
             break seqs;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {TOTAL} delivered: A {} B {}",
-            seqs.len(),
-            a.stderr(),
-            b.stderr()
-        );
+        if Instant::now() >= deadline {
+            let missing: Vec<u64> = (0..TOTAL as u64)
+                .filter(|s| !seqs.contains_key(s))
+                .collect();
+            let summary = |admin| http_json(admin, "/api/admin/queue-summary/v1", None);
+            panic!(
+                "{} of {TOTAL} delivered, missing {missing:?}; A has {}, B has {}",
+                seqs.len(),
+                summary(admin_a),
+                summary(admin_b),
+            );
+        }
         std::thread::sleep(Duration::from_millis(250));
     };
     assert!((0..TOTAL as u64).all(|s| seqs.contains_key(&s)));
-    // nothing left on A
+    // nothing left on A; nothing on B's spool that it does not deliver (a
+    // transfer spooled but never queued, as when a killed sender's request
+    // was cancelled half-way, shows here)
     let summary = http_json(admin_a, "/api/admin/queue-summary/v1", None);
     assert_eq!(summary["scheduled_total"], 0, "{summary}");
+    let spooled = |admin: u16| {
+        let m = http_request(admin, "/metrics", None);
+        m["samples"]["message_count{}"].as_f64().unwrap_or(-1.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spooled(admin_b) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "B's spool keeps {}",
+            spooled(admin_b)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(ids(&a, "Delivery").is_empty(), "A delivered nothing itself");
     seqs.values().filter(|&&n| n > 1).count()
 }

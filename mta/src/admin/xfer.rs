@@ -47,7 +47,20 @@ pub(super) async fn xfer_inject(
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     let ip = crate::config::listener::canonical(peer.ip());
-    match s.queues.accept_xfer(&body, ip).await {
+    // in a task of its own: hyper drops a handler whose client went away (a
+    // sender killed mid-transfer), and a message spooled but never queued
+    // would be answered "held already" when the sender retries, and wait
+    // here for a restart
+    let queues = s.queues.clone();
+    let task = tokio::spawn(async move { queues.accept_xfer(&body, ip).await });
+    let Ok(accepted) = task.await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the transfer task failed\n",
+        )
+            .into_response();
+    };
+    match accepted {
         Ok(id) => axum::Json(serde_json::json!({ "id": id })).into_response(),
         Err(e @ (AcceptError::Decode(_) | AcceptError::Loop(_))) => {
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()

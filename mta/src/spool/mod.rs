@@ -53,6 +53,10 @@ pub enum SpoolError {
     /// A spooled META record does not parse.
     #[error("spooled meta is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// Another process has the spool open (a pod and a handoff of its
+    /// volume, say): two writers would corrupt it.
+    #[error("the spool in {0} is in use by another process")]
+    Locked(String),
 }
 
 impl SpoolError {
@@ -64,6 +68,7 @@ impl SpoolError {
             SpoolError::NotFound(_) => "not_found",
             SpoolError::NoBody(_) => "no_body",
             SpoolError::Corrupt(_) => "corrupt",
+            SpoolError::Locked(_) => "locked",
         }
     }
 }
@@ -95,6 +100,20 @@ struct Shared {
     /// Set while the volume is short of space: an emptied current segment
     /// is then rolled at once so that its space can be freed.
     space_short: std::sync::atomic::AtomicBool,
+}
+
+/// Take the spool directory's lock, or fail if another process holds it.
+fn lock_dir(dir: &Path) -> Result<fs::File, SpoolError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SpoolError::Locked(dir.display().to_string())),
+        Err(e) => Err(io::Error::from(e).into()),
+    }
 }
 
 /// A message to store with [`Spool::put`].
@@ -131,6 +150,8 @@ pub struct Recovered {
 pub struct Spool {
     tx: Mutex<mpsc::Sender<Request>>,
     shared: Arc<Shared>,
+    /// `lock` in the directory, flock'ed while this spool is open.
+    _lock: fs::File,
 }
 
 /// How the spool writes.
@@ -156,6 +177,7 @@ impl Spool {
     /// Open (or create) the spool in `dir`, recovering every live message.
     pub fn open(dir: &Path, opts: SpoolOptions) -> Result<(Spool, Vec<Recovered>), SpoolError> {
         fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         let mut seg_numbers: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
@@ -244,6 +266,7 @@ impl Spool {
             Spool {
                 tx: Mutex::new(tx),
                 shared,
+                _lock: lock,
             },
             recovered,
         ))

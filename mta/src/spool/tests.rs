@@ -265,3 +265,21 @@ fn scan_resynchronises_after_garbage_and_reports_a_torn_tail() {
     assert_eq!(found.skipped, [first..junk_end, good..bytes.len() as u64]);
     assert_eq!(found.valid_end, good);
 }
+
+#[tokio::test]
+async fn a_spool_open_elsewhere_is_refused_until_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    spool.put(vec![msg(1, b"one")]).await.unwrap();
+    let err = Spool::open(dir.path(), SpoolOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, SpoolError::Locked(_)), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(spool);
+    let (_, rec) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    assert_eq!(rec.len(), 1);
+}

@@ -139,6 +139,8 @@ pub struct Controller {
     http: reqwest::Client,
     /// The hash last applied to the ConfigMap.
     applied: Option<String>,
+    /// Pods being removed already asked to hand their mail over (by uid).
+    handoff_asked: std::collections::HashSet<String>,
 }
 
 /// Watch one kind into a store; every change of an object's generation
@@ -206,6 +208,7 @@ impl Controller {
                 .build()
                 .expect("an HTTP client builds"),
             applied: None,
+            handoff_asked: Default::default(),
         }
     }
 
@@ -408,15 +411,39 @@ impl Controller {
         Ok(render::Fleet::Split(replicas.max(1) as u32))
     }
 
+    /// The admin API's credentials, when it requires them.
+    async fn credentials(&self) -> Result<Option<crate::admin_auth::Credentials>, Error> {
+        let Some(auth) = &self.config.admin_auth else {
+            return Ok(None);
+        };
+        let secrets = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let owner = async { self.owner_reference().await.ok().flatten() };
+        Ok(crate::admin_auth::credentials(&secrets, auth, owner).await?)
+    }
+
     /// The spool handoff pass, when it is on and the fleet exists.
-    async fn handoff(&self) -> Result<(), Error> {
+    async fn handoff(&mut self) -> Result<(), Error> {
         let (Some(config), Some(name)) = (&self.config.handoff, &self.config.fleet) else {
             return Ok(());
         };
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.config.namespace);
-        if let Some(sts) = api.get_opt(name).await? {
-            crate::handoff::reconcile(&self.client, &sts, config, &self.recorder).await?;
-        }
+        let Some(sts) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let credentials = self.credentials().await?;
+        let pod_api = crate::handoff::PodApi {
+            http: &self.http,
+            credentials: credentials.as_ref(),
+        };
+        crate::handoff::reconcile(
+            &self.client,
+            &sts,
+            config,
+            &self.recorder,
+            &pod_api,
+            &mut self.handoff_asked,
+        )
+        .await?;
         Ok(())
     }
 
@@ -448,14 +475,7 @@ impl Controller {
         let pods = api
             .list(&ListParams::default().labels(&self.config.mta_selector))
             .await?;
-        let credentials = match &self.config.admin_auth {
-            Some(auth) => {
-                let secrets = Api::namespaced(self.client.clone(), &self.config.namespace);
-                let owner = async { self.owner_reference().await.ok().flatten() };
-                crate::admin_auth::credentials(&secrets, auth, owner).await?
-            }
-            None => None,
-        };
+        let credentials = self.credentials().await?;
         let mut rollout = Rollout {
             updated: 0,
             total: 0,

@@ -10,6 +10,11 @@
 //! `--delete-drained-volumes` the claim is then deleted. A Job whose
 //! ordinal runs again is removed, and the spool's lock keeps the pod and a
 //! drainer that is still running from sharing it.
+//!
+//! Before that, while a removed ordinal's pod still runs (its preStop
+//! sleep, before SIGTERM), the operator asks it through its admin API to
+//! xfer what it holds to the live pods itself; the Job then finds little
+//! or nothing left.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -19,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Label of a handoff Job (and its pod): the StatefulSet it drains for.
 pub const FLEET_LABEL: &str = "sluice.dev/handoff-of";
@@ -72,6 +77,23 @@ pub fn orphans(
     found
 }
 
+/// The StatefulSet's replica count (1 when unset, as Kubernetes defaults it).
+fn replicas_of(sts: &StatefulSet) -> u32 {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as u32
+}
+
+/// A pod's admin port: its annotation, else `admin_port`.
+fn port_of(pod: &Pod, admin_port: u16) -> u16 {
+    pod.annotations()
+        .get(crate::controller::ADMIN_PORT_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(admin_port)
+}
+
 /// The ordinal of a StatefulSet pod's name.
 fn ordinal_of(fleet: &str, pod: &str) -> Option<u32> {
     pod.strip_prefix(fleet)?.strip_prefix('-')?.parse().ok()
@@ -84,7 +106,7 @@ pub fn targets(sts: &StatefulSet, pods: &[Pod], admin_port: u16) -> Vec<String> 
     let fleet = sts.name_any();
     let ns = sts.namespace().unwrap_or_default();
     let spec = sts.spec.as_ref();
-    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+    let replicas = replicas_of(sts);
     let service = spec
         .and_then(|s| s.service_name.clone())
         .unwrap_or_default();
@@ -94,11 +116,7 @@ pub fn targets(sts: &StatefulSet, pods: &[Pod], admin_port: u16) -> Vec<String> 
         .filter_map(|p| {
             let name = p.name_any();
             let ordinal = ordinal_of(&fleet, &name).filter(|o| *o < replicas)?;
-            let port = p
-                .annotations()
-                .get(crate::controller::ADMIN_PORT_ANNOTATION)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(admin_port);
+            let port = port_of(p, admin_port);
             let host = match service.is_empty() {
                 false => format!("{name}.{service}.{ns}.svc"),
                 true => p.status.as_ref()?.pod_ip.clone()?,
@@ -206,22 +224,71 @@ fn outcome(pods: &[Pod]) -> Option<serde_json::Value> {
     })
 }
 
-/// One pass: remove stale Jobs, start a Job for every undrained orphan,
-/// report finished ones (and delete their claims when asked to).
+/// How the operator reaches a pod's admin API.
+pub struct PodApi<'a> {
+    /// The operator's HTTP client.
+    pub http: &'a reqwest::Client,
+    /// The admin API's credentials, when it requires them.
+    pub credentials: Option<&'a crate::admin_auth::Credentials>,
+}
+
+impl PodApi<'_> {
+    /// Ask the pod at `ip:port` to move everything it holds to `targets`
+    /// (`/api/admin/xfer/v1`); how many messages it took.
+    async fn xfer_all(
+        &self,
+        ip: &str,
+        port: u16,
+        targets: &[String],
+        reason: &str,
+    ) -> Result<u64, reqwest::Error> {
+        let url = format!("http://{ip}:{port}/api/admin/xfer/v1");
+        let body = serde_json::json!({ "targets": targets, "reason": reason });
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(c) = self.credentials {
+            request = request.basic_auth(&c.username, Some(&c.password));
+        }
+        let bytes = request.send().await?.error_for_status()?.bytes().await?;
+        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(answer["messages"].as_u64().unwrap_or(0))
+    }
+}
+
+/// The pods of ordinals at or above `replicas` that still run: being
+/// removed. With their IP and admin port.
+fn leaving(sts: &StatefulSet, pods: &[Pod], admin_port: u16) -> Vec<(String, String, String, u16)> {
+    let fleet = sts.name_any();
+    let replicas = replicas_of(sts);
+    pods.iter()
+        .filter_map(|p| {
+            let name = p.name_any();
+            ordinal_of(&fleet, &name).filter(|o| *o >= replicas)?;
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            let port = port_of(p, admin_port);
+            Some((p.uid().unwrap_or_default(), name, ip, port))
+        })
+        .collect()
+}
+
+/// One pass: ask each pod being removed to move its mail to the live pods
+/// itself (once per pod, remembered in `asked`), remove stale Jobs, start
+/// a Job for every undrained orphan claim, report finished ones (and
+/// delete their claims when asked to).
 pub async fn reconcile(
     client: &Client,
     sts: &StatefulSet,
     config: &HandoffConfig,
     recorder: &Recorder,
+    pod_api: &PodApi<'_>,
+    asked: &mut HashSet<String>,
 ) -> Result<(), kube::Error> {
     let ns = sts.namespace().unwrap_or_default();
     let fleet = sts.name_any();
-    let replicas = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(0) as u32;
+    let replicas = replicas_of(sts);
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -253,13 +320,33 @@ pub async fn reconcile(
             jobs_api.delete(&j.name_any(), &dp).await?;
         }
     }
+    let all_pods = pods_api.list(&ListParams::default()).await?.items;
+    let live = targets(sts, &all_pods, config.admin_port);
+    let going = leaving(sts, &all_pods, config.admin_port);
+    asked.retain(|uid| going.iter().any(|(u, ..)| u == uid));
+    for (uid, name, ip, port) in &going {
+        if live.is_empty() || asked.contains(uid) {
+            continue;
+        }
+        let reason = format!("scale-down: {name} is being removed");
+        match pod_api.xfer_all(ip, *port, &live, &reason).await {
+            Ok(n) => {
+                asked.insert(uid.clone());
+                let note = format!(
+                    "{name} is being removed: it moves its {n} queued message(s) to the live pods"
+                );
+                publish(EventType::Normal, "SpoolHandoffStarted", note).await;
+            }
+            Err(e) => {
+                tracing::debug!(pod = %name, "cannot ask it to hand its mail over (yet): {e}")
+            }
+        }
+    }
     let claims = claims_api.list(&ListParams::default()).await?.items;
     let found = orphans(&fleet, replicas, &config.spool_volume, &claims);
     if found.is_empty() {
         return Ok(());
     }
-    let all_pods = pods_api.list(&ListParams::default()).await?.items;
-    let live = targets(sts, &all_pods, config.admin_port);
     for orphan in found {
         let name = job_name(&fleet, orphan.ordinal);
         let pod = format!("{fleet}-{}", orphan.ordinal);

@@ -31,6 +31,8 @@ pub struct Fleet {
     pub pods: Vec<MtaPod>,
     /// Pods scaled away, their volumes kept as the claims are.
     pub gone: Vec<MtaPod>,
+    /// The pods' /etc/hosts: their stable names, as cluster DNS answers.
+    pub hosts: std::path::PathBuf,
     pub operator: Operator,
     pub api: ApiServer,
     pub dns: Dnsmasq,
@@ -61,6 +63,16 @@ impl Fleet {
             &root_path("tests/e2e/hooks.yaml"),
         ]);
 
+        // the cluster's DNS for the pods' stable names (xfer between pods
+        // uses them), as every pod's /etc/hosts
+        let hosts = api.dir.path().join("hosts");
+        let mut names = String::from("127.0.0.1 localhost\n");
+        for i in 0..replicas {
+            names.push_str(&format!(
+                "127.0.0.1 rel-sluice-mta-{i}.rel-sluice-mta-headless.{NAMESPACE}.svc\n"
+            ));
+        }
+        std::fs::write(&hosts, names).unwrap();
         let replicas_set = format!("mta.replicas={replicas}");
         let mut all_sets = vec![replicas_set.as_str()];
         all_sets.extend(sets);
@@ -74,7 +86,8 @@ impl Fleet {
             .iter()
             .enumerate()
             .map(|(i, docs)| {
-                let pod = MtaPod::start(&api, docs, &format!("rel-sluice-mta-{i}"), secrets);
+                let name = format!("rel-sluice-mta-{i}");
+                let pod = MtaPod::start(&api, docs, &name, secrets, &hosts);
                 pod.register(&api, docs);
                 api.apply_json(&serde_json::json!({
                     "apiVersion": "v1",
@@ -88,6 +101,7 @@ impl Fleet {
         let fleet = Fleet {
             pods,
             gone: vec![],
+            hosts,
             operator,
             api,
             dns,
@@ -97,26 +111,44 @@ impl Fleet {
         fleet
     }
 
-    /// A scale of the StatefulSet to `n`, as its controller carries it out:
-    /// each pod above is stopped (SIGTERM and its drain, or SIGKILL when
-    /// `kill`: a node lost) and its Pod object deleted; its spool claim
-    /// stays. The stopped pods move to `gone`, their files kept.
+    /// A scale of the StatefulSet to `n`, as its controller and the kubelet
+    /// carry it out: each pod above runs its preStop sleep (the chart's
+    /// `lifecycle.preStop`), gets SIGTERM and drains, and its Pod object is
+    /// deleted; its spool claim stays. With `kill`, a node lost first: each
+    /// pod above is SIGKILLed and its Pod object deleted, then the fleet is
+    /// scaled. The stopped pods move to `gone`, their files kept.
     pub fn scale_to(&mut self, n: usize, kill: bool) {
-        self.kubectl(&[
+        let replicas = format!(r#"{{"spec":{{"replicas":{n}}}}}"#);
+        let patch = [
             "patch",
             "statefulset",
             "rel-sluice-mta",
             "--type=merge",
             "-p",
-            &format!(r#"{{"spec":{{"replicas":{n}}}}}"#),
-        ]);
+            &replicas,
+        ];
+        if kill {
+            while self.pods.len() > n {
+                let mut pod = self.pods.pop().unwrap();
+                pod.kill9();
+                self.kubectl(&["delete", "pod", &pod.name]);
+                self.gone.push(pod);
+            }
+            self.kubectl(&patch);
+            return;
+        }
+        self.kubectl(&patch);
+        let sts = self.get(&["get", "statefulset", "rel-sluice-mta"]);
+        let pre_stop = sts["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+            ["sleep"]["seconds"]
+            .as_u64()
+            .unwrap_or(0);
+        // the kubelet's preStop sleep: the pod still runs, its Pod object
+        // still exists
+        std::thread::sleep(Duration::from_secs(pre_stop));
         while self.pods.len() > n {
             let mut pod = self.pods.pop().unwrap();
-            if kill {
-                pod.kill9();
-            } else {
-                pod.stop();
-            }
+            pod.stop();
             self.kubectl(&["delete", "pod", &pod.name]);
             self.gone.push(pod);
         }
@@ -308,6 +340,8 @@ pub struct MtaPod {
     /// `user:password` of the admin API, from its mounted Secret.
     pub admin_user: Option<String>,
     mounts: Vec<Mount>,
+    /// The /etc/hosts bound into its namespace.
+    hosts: std::path::PathBuf,
     child: Option<Child>,
 }
 
@@ -317,6 +351,7 @@ impl MtaPod {
         docs: &[Value],
         name: &str,
         secrets: &[(&str, &str, &str)],
+        hosts: &std::path::Path,
     ) -> MtaPod {
         let sts = find(docs, "StatefulSet", "rel-sluice-mta");
         let spec = &sts["spec"]["template"]["spec"];
@@ -371,6 +406,7 @@ impl MtaPod {
             env: pod::env(container, name),
             admin_user,
             root,
+            hosts: hosts.to_path_buf(),
             child: None,
             _projector: projector,
         };
@@ -400,7 +436,7 @@ impl MtaPod {
             .open(self.root.path().join("stderr.log"))
             .unwrap();
         let child = self
-            .in_namespace(&self.args, &self.env, &[])
+            .in_namespace(&self.args, &self.env, &[(&self.hosts, "/etc/hosts")])
             .stderr(stderr)
             .spawn()
             .expect("unshare runs (util-linux)");

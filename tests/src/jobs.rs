@@ -2,8 +2,8 @@
 //! Job the operator created is run as its pod would be, the container's
 //! args and env from the Job's template, in the mount namespace of the
 //! scaled-away pod whose claim it names (that pod's volumes are where the
-//! claim's files are), with an /etc/hosts that resolves the pods' stable
-//! names, as the cluster's DNS would. Its outcome goes back to the API
+//! claim's files are), with the fleet's /etc/hosts for the pods' stable
+//! names, as the cluster's DNS would answer them. Its outcome goes back to the API
 //! server as the Job's status and its pod's termination message.
 
 use crate::fleet::{Fleet, MtaPod, NAMESPACE};
@@ -43,21 +43,6 @@ pub fn run_handoff_jobs(fleet: &Fleet, n: usize, within: Duration) -> Vec<JobRun
     jobs.iter().map(|job| run_one(fleet, job)).collect()
 }
 
-/// /etc/hosts of the cluster: every pod's stable name under the headless
-/// Service, on loopback (the pods differ in their ports instead).
-fn hosts_file(fleet: &Fleet, dir: &std::path::Path) -> std::path::PathBuf {
-    let mut text = String::from("127.0.0.1 localhost\n");
-    for pod in fleet.pods.iter().chain(&fleet.gone) {
-        text.push_str(&format!(
-            "127.0.0.1 {}.rel-sluice-mta-headless.{NAMESPACE}.svc\n",
-            pod.name
-        ));
-    }
-    let path = dir.join("hosts");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn run_one(fleet: &Fleet, job: &Value) -> JobRun {
     let name = job["metadata"]["name"].as_str().unwrap().to_string();
     let spec = &job["spec"]["template"]["spec"];
@@ -87,11 +72,9 @@ fn run_one(fleet: &Fleet, job: &Value) -> JobRun {
     let report = owner.path(&inside);
     args.extend(["--handoff-report".to_string(), inside]);
     let env = crate::pod::env(container, &pod_name);
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = hosts_file(fleet, dir.path());
     let log = owner.root.path().join(format!("{pod_name}.log"));
     let status = owner
-        .in_namespace(&args, &env, &[(&hosts, "/etc/hosts")])
+        .in_namespace(&args, &env, &[(&fleet.hosts, "/etc/hosts")])
         .stderr(std::fs::File::create(&log).unwrap())
         .status()
         .expect("unshare runs (util-linux)");

@@ -14,7 +14,8 @@ use crate::spool::{NewMessage, Recovered};
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// `POST /api/admin/xfer/v1`: KumoMTA's `XferV1Request`.
+/// `POST /api/admin/xfer/v1`: KumoMTA's `XferV1Request`, and Sluice's
+/// `targets` to spread the messages across several nodes.
 #[derive(Debug, Deserialize)]
 pub struct XferRequest {
     /// Which scheduled queues' messages move; none: all of them.
@@ -23,7 +24,11 @@ pub struct XferRequest {
     /// Why: in each AdminRebind record.
     pub reason: String,
     /// The HTTP listener of the node to move them to.
-    pub target: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Several nodes' listeners: the messages go to each in turn.
+    #[serde(default)]
+    pub targets: Vec<String>,
 }
 
 /// `POST /api/admin/xfer/cancel/v1`: KumoMTA's `XferCancelV1Request`.
@@ -67,25 +72,36 @@ impl QueueManager {
         self: &Arc<Self>,
         req: XferRequest,
     ) -> Result<serde_json::Value, XferRefused> {
-        let target = req.target.trim();
-        let url_ok = reqwest::Url::parse(target)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !url_ok {
+        let mut targets: Vec<String> = req.target.into_iter().chain(req.targets).collect();
+        targets.iter_mut().for_each(|t| *t = t.trim().to_string());
+        if targets.is_empty() {
             return Err(XferRefused {
                 status: 400,
-                text: format!("target {target:?} is not an http:// or https:// URL"),
+                text: "give the node to move the messages to: target (or targets)".into(),
             });
         }
-        let xq = crate::xfer::queue_name(target);
+        for target in &targets {
+            let url_ok = reqwest::Url::parse(target)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !url_ok {
+                return Err(XferRefused {
+                    status: 400,
+                    text: format!("target {target:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+        let queues: Vec<String> = targets.iter().map(|t| crate::xfer::queue_name(t)).collect();
         let criteria = req.criteria;
-        // what already waits for this target stays where it is
-        let msgs = self.take_queued(|queue, parts| queue != xq && criteria.matches(queue, parts));
+        // what already waits for one of these targets stays where it is
+        let msgs = self.take_queued(|queue, parts| {
+            !queues.iter().any(|q| q == queue) && criteria.matches(queue, parts)
+        });
         let count = msgs.len();
-        let (me, target, reason) = (self.clone(), target.to_string(), req.reason);
+        let (me, reason) = (self.clone(), req.reason);
         tokio::spawn(async move {
             let mut bound = Vec::with_capacity(msgs.len());
-            for msg in msgs {
-                match me.bind_for(&msg, &target, &reason) {
+            for (i, msg) in msgs.into_iter().enumerate() {
+                match me.bind_for(&msg, &targets[i % targets.len()], &reason) {
                     Some(q) => bound.push((msg, q)),
                     None => me.insert(msg.clone(), &name::queue_name(&msg).unwrap_or_default()),
                 }
@@ -99,7 +115,11 @@ impl QueueManager {
                 me.insert(msg, &q);
             }
         });
-        Ok(serde_json::json!({ "messages": count, "queue": xq }))
+        let mut answer = serde_json::json!({ "messages": count, "queues": queues });
+        if queues.len() == 1 {
+            answer["queue"] = queues[0].clone().into();
+        }
+        Ok(answer)
     }
 
     /// Bind the messages of an xfer queue back to their own queues, due

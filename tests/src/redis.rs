@@ -256,6 +256,10 @@ impl RedisCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = vec![];
         for p in &ports {
+            // the cluster bus is port + 10000 unless named: a port no other
+            // test's free_port() knows of, which an MTA started meanwhile
+            // could be given (and then find Redis answering its probe)
+            let bus = free_port();
             let d = dir.path().join(p.to_string());
             std::fs::create_dir(&d).unwrap();
             let child = Command::new("redis-server")
@@ -265,6 +269,8 @@ impl RedisCluster {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-port",
+                    &bus.to_string(),
                 ])
                 .args(["--requirepass", PASSWORD, "--masterauth", PASSWORD])
                 .args(["--save", "", "--appendonly", "no"])

@@ -121,6 +121,18 @@ fn wait_all(sink: &SessionSink, total: u64, within: Duration, mtas: &[&Mta]) {
 /// The rate of `times` (sorted arrival times) as the least-squares slope
 /// of the arrival count over time: throttled delivery comes in one-second
 /// steps, which the slope averages over.
+/// `per` messages into each node at once (each node's numbered after the
+/// last's), then wait until the sink has every one of them exactly once.
+fn inject_each_and_wait(nodes: &[(Mta, u16)], per: usize, sink: &SessionSink, within: Duration) {
+    std::thread::scope(|s| {
+        for (i, (mta, _)) in nodes.iter().enumerate() {
+            s.spawn(move || inject(mta, per, i * per));
+        }
+    });
+    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
+    wait_all(sink, (per * nodes.len()) as u64, within, &mtas);
+}
+
 fn rate(times: &[f64]) -> f64 {
     let n = times.len() as f64;
     let mean_t = times.iter().sum::<f64>() / n;
@@ -168,13 +180,7 @@ fn three_nodes_share_one_path_message_rate() {
         Duration::from_secs(10),
         "never reached Redis",
     );
-    std::thread::scope(|s| {
-        for (i, (mta, _)) in nodes.iter().enumerate() {
-            s.spawn(move || inject(mta, 200, i * 200));
-        }
-    });
-    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
-    wait_all(&sink, 600, Duration::from_secs(60), &mtas);
+    inject_each_and_wait(&nodes, 200, &sink, Duration::from_secs(60));
     // alone, each node would send at 50/s: 150/s in all
     assert_near(
         rate(&steady(&sink, 50)),
@@ -206,13 +212,7 @@ fn two_nodes_share_one_scheduled_queue_rate() {
         Duration::from_secs(10),
         "never reached Redis",
     );
-    std::thread::scope(|s| {
-        for (i, (mta, _)) in nodes.iter().enumerate() {
-            s.spawn(move || inject(mta, 200, i * 200));
-        }
-    });
-    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
-    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    inject_each_and_wait(&nodes, 200, &sink, Duration::from_secs(60));
     assert_near(
         rate(&steady(&sink, 40)),
         40.0,
@@ -239,13 +239,7 @@ fn two_nodes_on_the_operators_split_hold_the_fleet_rate() {
     let sink = SessionSink::start(0);
     let path = "max_message_rate = '50/2s,max_burst=24'";
     let nodes: Vec<_> = (0..2).map(|_| node(None, sink.port, "", path)).collect();
-    std::thread::scope(|s| {
-        for (i, (mta, _)) in nodes.iter().enumerate() {
-            s.spawn(move || inject(mta, 200, i * 200));
-        }
-    });
-    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
-    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    inject_each_and_wait(&nodes, 200, &sink, Duration::from_secs(60));
     assert_near(
         rate(&steady(&sink, 50)),
         50.0,
@@ -268,13 +262,7 @@ fn a_connection_limit_of_four_holds_across_three_nodes() {
             )
         })
         .collect();
-    std::thread::scope(|s| {
-        for (i, (mta, _)) in nodes.iter().enumerate() {
-            s.spawn(move || inject(mta, 100, i * 100));
-        }
-    });
-    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
-    wait_all(&sink, 300, Duration::from_secs(90), &mtas);
+    inject_each_and_wait(&nodes, 100, &sink, Duration::from_secs(90));
     let most = sink.max_concurrent();
     eprintln!("most sessions open at once: {most}");
     // alone, each node would open 4: 12 in all
@@ -475,13 +463,7 @@ fn a_redis_cluster_shares_the_rate_and_the_connections() {
         Duration::from_secs(15),
         "never reached the cluster",
     );
-    std::thread::scope(|s| {
-        for (i, (mta, _)) in nodes.iter().enumerate() {
-            s.spawn(move || inject(mta, 200, i * 200));
-        }
-    });
-    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
-    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    inject_each_and_wait(&nodes, 200, &sink, Duration::from_secs(60));
     assert_near(
         rate(&steady(&sink, 40)),
         40.0,
@@ -519,13 +501,7 @@ fn a_tls_redis_is_shared_when_its_ca_is_trusted_and_refused_when_not() {
         Duration::from_secs(10),
         "never reached Redis over TLS",
     );
-    std::thread::scope(|s| {
-        for (i, (mta, _)) in nodes.iter().enumerate() {
-            s.spawn(move || inject(mta, 200, i * 200));
-        }
-    });
-    let mtas: Vec<&Mta> = nodes.iter().map(|n| &n.0).collect();
-    wait_all(&sink, 400, Duration::from_secs(60), &mtas);
+    inject_each_and_wait(&nodes, 200, &sink, Duration::from_secs(60));
     assert_near(
         rate(&steady(&sink, 40)),
         40.0,

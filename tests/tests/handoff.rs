@@ -68,15 +68,19 @@ fn a_dead_nodes_spool_is_handed_to_the_live_ones_and_the_drainer_exits_0() {
     // the drainer on A's spool, with A's own policy
     let report = a.path("handoff.json");
     let targets = format!("http://127.0.0.1:{admin_b},http://127.0.0.1:{admin_c}");
-    let mut drainer = Command::new(binary("sluice-mta"))
-        .arg("--policy")
-        .arg(&a.policy_path)
-        .args(["--handoff-to", &targets])
-        .arg("--handoff-report")
-        .arg(&report)
-        .current_dir(a.dir.path())
-        .env("SLUICE_NODE_ID", "drainer-a")
-        .stdout(Stdio::null())
+    let drainer_command = || {
+        let mut c = Command::new(binary("sluice-mta"));
+        c.arg("--policy")
+            .arg(&a.policy_path)
+            .args(["--handoff-to", &targets])
+            .arg("--handoff-report")
+            .arg(&report)
+            .current_dir(a.dir.path())
+            .env("SLUICE_NODE_ID", "drainer-a")
+            .stdout(Stdio::null());
+        c
+    };
+    let mut drainer = drainer_command()
         .stderr(std::fs::File::create(a.path("drainer.log")).unwrap())
         .spawn()
         .unwrap();
@@ -124,15 +128,6 @@ fn a_dead_nodes_spool_is_handed_to_the_live_ones_and_the_drainer_exits_0() {
     assert_eq!(a.records_of("XferOut").len(), TOTAL);
 
     // an empty spool: nothing to do, done at once
-    let status = Command::new(binary("sluice-mta"))
-        .arg("--policy")
-        .arg(&a.policy_path)
-        .args(["--handoff-to", &targets])
-        .arg("--handoff-report")
-        .arg(&report)
-        .current_dir(a.dir.path())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = drainer_command().stderr(Stdio::null()).status().unwrap();
     assert!(status.success());
 }

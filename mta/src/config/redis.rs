@@ -228,12 +228,12 @@ impl Password {
     pub fn read(&self) -> Result<String, RedisConfigError> {
         match self {
             Password::Inline(p) => Ok(p.clone()),
-            Password::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| RedisConfigError::PasswordFile {
+            Password::File(path) => {
+                super::read_secret_file(path).map_err(|e| RedisConfigError::PasswordFile {
                     path: path.display().to_string(),
                     reason: e.to_string(),
-                }),
+                })
+            }
         }
     }
 }

@@ -181,21 +181,28 @@ impl QueueManager {
     pub async fn recover(self: &Arc<Self>, recovered: Vec<Recovered>) -> usize {
         let mut n = 0;
         for r in recovered {
-            let meta: SpooledMeta = match serde_json::from_slice(&r.meta) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(id = %r.id, "unreadable spooled meta, removing: {e}");
-                    let _ = self.spool.remove(r.id);
-                    continue;
-                }
+            let Some(msg) = self.recovered_message(r) else {
+                continue;
             };
-            let msg = Message::recovered(r.id, meta, r.data_len);
             if !self.requeue_spooled(msg).await {
                 continue;
             }
             n += 1;
         }
         n
+    }
+
+    /// The message a recovered spool record holds; `None` (and the record
+    /// removed) when its meta does not parse.
+    pub(super) fn recovered_message(&self, r: Recovered) -> Option<MessageRef> {
+        match serde_json::from_slice::<SpooledMeta>(&r.meta) {
+            Ok(meta) => Some(Message::recovered(r.id, meta, r.data_len)),
+            Err(e) => {
+                tracing::error!(id = %r.id, "unreadable spooled meta, removing: {e}");
+                let _ = self.spool.remove(r.id);
+                None
+            }
+        }
     }
 
     /// Queue a message the spool holds (recovered at start, or taken in

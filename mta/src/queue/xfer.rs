@@ -9,7 +9,7 @@ use super::QueueManager;
 use super::admin::Criteria;
 use crate::log::{PeerAddress, RecordType, Response};
 use crate::message::name::{self, QueueName};
-use crate::message::{Message, MessageRef, SpooledMeta};
+use crate::message::{Message, MessageRef};
 use crate::spool::{NewMessage, Recovered};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -210,21 +210,11 @@ impl QueueManager {
         reason: &str,
     ) -> Vec<MessageRef> {
         let mut msgs = Vec::with_capacity(recovered.len());
-        for (i, r) in recovered.into_iter().enumerate() {
-            let meta: SpooledMeta = match serde_json::from_slice(&r.meta) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(id = %r.id, "unreadable spooled meta, removing: {e}");
-                    let _ = self.spool.remove(r.id);
-                    continue;
-                }
-            };
-            let msg = Message::recovered(r.id, meta, r.data_len);
-            let from = name::queue_name(&msg).unwrap_or_default();
-            if let Some(xq) = crate::xfer::bind(&msg, &targets[i % targets.len()]) {
-                self.rebound(&msg, &from, &xq, reason);
-                self.save_meta(&msg);
-            }
+        let found = recovered
+            .into_iter()
+            .filter_map(|r| self.recovered_message(r));
+        for (i, msg) in found.enumerate() {
+            self.bind_for(&msg, &targets[i % targets.len()], reason);
             msgs.push(msg);
         }
         if let Err(e) = self.spool.flush().await {

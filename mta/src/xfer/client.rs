@@ -68,10 +68,8 @@ impl XferClient {
         if let Some(user) = &self.config.username {
             let password = match (&self.config.password, &self.config.password_file) {
                 (Some(p), _) => p.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f)
-                    .map_err(|e| SendError::Password(f.display().to_string(), e))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
+                (None, Some(f)) => crate::config::read_secret_file(f)
+                    .map_err(|e| SendError::Password(f.display().to_string(), e))?,
                 (None, None) => String::new(),
             };
             req = req.basic_auth(user, Some(password));

@@ -128,16 +128,35 @@ pub fn unbind(msg: &Message) -> bool {
     let Some(info) = saved(msg) else {
         return false;
     };
-    let mut s = msg.state();
-    s.meta.remove(INFO_KEY);
-    match info.queue {
-        Some(q) => s.meta.insert("queue".into(), q),
-        None => s.meta.remove("queue"),
-    };
-    s.num_attempts = info.num_attempts;
-    s.due = info.due;
-    s.schedule = info.schedule;
+    let s = &mut *msg.state();
+    info.put_back(
+        &mut s.meta,
+        &mut s.num_attempts,
+        &mut s.due,
+        &mut s.schedule,
+    );
     true
+}
+
+impl SavedInfo {
+    /// The message's own queue, attempts, due time and scheduling back in
+    /// place of its binding.
+    fn put_back(
+        self,
+        meta: &mut serde_json::Map<String, Value>,
+        num_attempts: &mut u16,
+        due: &mut Option<i64>,
+        schedule: &mut Option<Scheduling>,
+    ) {
+        meta.remove(INFO_KEY);
+        match self.queue {
+            Some(q) => meta.insert("queue".into(), q),
+            None => meta.remove("queue"),
+        };
+        *num_attempts = self.num_attempts;
+        *due = self.due;
+        *schedule = self.schedule;
+    }
 }
 
 /// The header of a transfer: who sends it, and the message as its own
@@ -157,14 +176,13 @@ pub struct Header {
 pub fn encode(msg: &Message, from_node: &str, data: &[u8]) -> Vec<u8> {
     let mut meta = msg.spooled_meta();
     if let Some(info) = saved(msg) {
-        meta.meta.remove(INFO_KEY);
-        match info.queue {
-            Some(q) => meta.meta.insert("queue".into(), q),
-            None => meta.meta.remove("queue"),
-        };
-        meta.num_attempts = info.num_attempts;
-        meta.due = info.due;
-        meta.schedule = info.schedule;
+        let m = &mut meta;
+        info.put_back(
+            &mut m.meta,
+            &mut m.num_attempts,
+            &mut m.due,
+            &mut m.schedule,
+        );
     }
     let header = Header {
         id: msg.id.to_string(),

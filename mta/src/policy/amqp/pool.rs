@@ -25,12 +25,12 @@ impl Secret {
     fn read(&self) -> Result<String, AmqpError> {
         match self {
             Secret::Inline(s) | Secret::KeyData { key_data: s } => Ok(s.clone()),
-            Secret::Path { path } => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|source| AmqpError::Password {
+            Secret::Path { path } => {
+                crate::config::read_secret_file(path).map_err(|source| AmqpError::Password {
                     path: path.clone(),
                     source,
-                }),
+                })
+            }
         }
     }
 }

@@ -105,7 +105,11 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     policy.attach_spool(spool.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.set_config(&policy.content_hash());
-    let logger = Arc::new(Logger::new(init.logs.clone())?.with_observer(metrics.clone()));
+    let logger = Arc::new(
+        Logger::new(init.logs.clone())?
+            .with_observer(metrics.clone())
+            .with_classifier(init.bounce_classifier.clone()),
+    );
     // measured once before any listener starts, then every second
     let storage = Arc::new(crate::storage::Storage::new(
         volumes(spool_def, &init.logs),

@@ -5,10 +5,12 @@
 
 pub mod admin;
 pub mod admission;
+pub mod bounce;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod egress;
 pub mod handoff;

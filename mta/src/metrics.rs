@@ -19,6 +19,9 @@ pub struct Metrics {
     delivered: IntCounterVec,
     transfail: IntCounterVec,
     failed: IntCounterVec,
+    /// Bounce, TransientFailure and Expiration records by record type and
+    /// bounce classification (the rules' labels: a bounded set).
+    classified: IntCounterVec,
     expired: IntCounter,
     rejections: IntCounter,
     delayed_rate: IntCounter,
@@ -242,6 +245,12 @@ impl Metrics {
                 "Permanent failures (bounces)",
                 &["service"],
             ),
+            classified: counter_vec(
+                &r,
+                "sluice_bounce_classifications_total",
+                "Failure records by type and bounce classification",
+                &["type", "classification"],
+            ),
             expired: counter(&r, "total_messages_expired", "Messages expired"),
             rejections: counter(
                 &r,
@@ -315,6 +324,16 @@ impl crate::log::Observer for Metrics {
     /// Count a log record: every disposition passes through here.
     fn observe(&self, rec: &LogRecord) {
         let service = rec.delivery_protocol.as_deref().unwrap_or("none");
+        if let Some(kind) = match rec.kind {
+            RecordType::Bounce => Some("Bounce"),
+            RecordType::TransientFailure => Some("TransientFailure"),
+            RecordType::Expiration => Some("Expiration"),
+            _ => None,
+        } {
+            self.classified
+                .with_label_values(&[kind, rec.bounce_classification.as_str()])
+                .inc();
+        }
         match rec.kind {
             RecordType::Reception => self.received.with_label_values(&["esmtp_listener"]).inc(),
             RecordType::Delivery => {

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod chart;
+pub mod dkim;
 pub mod fleet;
 pub mod haproxy;
 pub mod jobs;
@@ -14,6 +15,7 @@ pub mod pod;
 pub mod projector;
 pub mod rabbit;
 pub mod redis;
+pub mod reply_sink;
 pub mod tmpfs;
 
 use serde_json::Value;

@@ -125,4 +125,6 @@ pub struct InitConfig {
     /// From `kumo.xfer.configure_client`: how transfers to other nodes
     /// authenticate.
     pub xfer_client: xfer::XferClientConfig,
+    /// From `kumo.configure_bounce_classifier`, its rules compiled.
+    pub bounce_classifier: Option<std::sync::Arc<crate::bounce::Classifier>>,
 }

@@ -110,6 +110,7 @@ pub struct Logger {
     sinks: Vec<Sink>,
     hooks: std::sync::OnceLock<Vec<HookSender>>,
     observer: Option<std::sync::Arc<dyn Observer>>,
+    classifier: Option<std::sync::Arc<crate::bounce::Classifier>>,
 }
 
 impl Logger {
@@ -150,12 +151,23 @@ impl Logger {
             sinks,
             hooks: Default::default(),
             observer: None,
+            classifier: None,
         })
     }
 
     /// Show every record to `observer` too (the metrics count them).
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Label every Bounce, TransientFailure and Expiration with this
+    /// classifier (`configure_bounce_classifier`).
+    pub fn with_classifier(
+        mut self,
+        classifier: Option<std::sync::Arc<crate::bounce::Classifier>>,
+    ) -> Self {
+        self.classifier = classifier;
         self
     }
 
@@ -197,7 +209,15 @@ impl Logger {
     /// Log a record: to the observer, to every writer, and, unless it is a
     /// record of a hook message, to every hook. Blocks while a writer or hook
     /// has `back_pressure` records waiting.
-    pub fn log(&self, record: LogRecord) {
+    pub fn log(&self, mut record: LogRecord) {
+        if let Some(c) = &self.classifier
+            && matches!(
+                record.kind,
+                RecordType::Bounce | RecordType::TransientFailure | RecordType::Expiration
+            )
+        {
+            record.bounce_classification = c.classify(&record.response.to_single_line());
+        }
         if let Some(o) = &self.observer {
             o.observe(&record);
         }

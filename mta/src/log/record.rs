@@ -89,6 +89,16 @@ impl Response {
         self
     }
 
+    /// The response as the bounce classifier's rules see it: one line,
+    /// `code enhanced-code text`.
+    pub fn to_single_line(&self) -> String {
+        let enhanced = self
+            .enhanced_code
+            .as_ref()
+            .map(|e| (e.class, e.subject, e.detail));
+        crate::bounce::single_line(self.code, enhanced, &self.content)
+    }
+
     /// The reply line as an SMTP peer would see it.
     pub fn to_smtp_line(&self) -> String {
         match &self.enhanced_code {
@@ -201,9 +211,10 @@ pub struct LogRecord {
     /// The message's attempt count when the record was made: it rises after
     /// each transient failure, so a record of a first attempt has 0.
     pub num_attempts: u16,
-    /// The bounce classification; always `Uncategorized`, as no classifier
-    /// runs.
-    pub bounce_classification: &'static str,
+    /// The bounce classification (`configure_bounce_classifier`) of a
+    /// Bounce, TransientFailure or Expiration; otherwise, or without a
+    /// classifier, `Uncategorized`.
+    pub bounce_classification: crate::bounce::Label,
     /// The queue's `egress_pool` (`unspecified` when unset), on records of an
     /// attempt through a ready queue.
     pub egress_pool: Option<String>,
@@ -273,7 +284,7 @@ impl LogRecord {
             created: String::new(),
             created_time: 0,
             num_attempts: 0,
-            bounce_classification: "Uncategorized",
+            bounce_classification: crate::bounce::Label::uncategorized(),
             egress_pool: None,
             egress_source: None,
             source_address: None,

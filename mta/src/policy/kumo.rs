@@ -310,6 +310,22 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     )?;
 
     kumo.set(
+        "configure_bounce_classifier",
+        lua.create_function(|lua, params: Value| {
+            let what = "configure_bounce_classifier";
+            let params: crate::bounce::Params = from_table(lua, what, params)?;
+            // compiled here, so a broken rule fails --validate and start-up
+            // at this line, naming the file and the rule
+            let classifier = params
+                .build()
+                .map_err(|e| located_error(lua, format!("{what}: {e}")))?;
+            with_init(lua, what, |init| {
+                init.bounce_classifier = Some(std::sync::Arc::new(classifier))
+            })
+        })?,
+    )?;
+
+    kumo.set(
         "configure_log_hook",
         lua.create_function(|lua, params: Value| {
             let hook: crate::config::logs::LogHookConfig =

@@ -174,5 +174,114 @@ impl UserData for LuaMessage {
         methods.add_method("remove_all_named_headers", |lua, this, name: String| {
             this.edit_data(lua, |d| headers::remove_all_named_headers(d, &name))
         });
+        methods.add_method(
+            "dkim_sign",
+            |lua, this, signer: mlua::UserDataRef<super::lua_dkim::LuaSigner>| {
+                let data = this.data(lua)?;
+                let header = signer.0.sign(&data).map_err(|e| located_error(lua, e))?;
+                let mut signed = Vec::with_capacity(header.len() + data.len());
+                signed.extend_from_slice(&header);
+                signed.extend_from_slice(&data);
+                this.0.set_data(signed);
+                Ok(())
+            },
+        );
+        methods.add_method("from_header", |lua, this, ()| {
+            Ok(AddressHeader::parse(&this.data(lua)?, "From"))
+        });
+        methods.add_method("to_header", |lua, this, ()| {
+            Ok(AddressHeader::parse(&this.data(lua)?, "To"))
+        });
+        methods.add_method("get_address_header", |lua, this, name: String| {
+            Ok(AddressHeader::parse(&this.data(lua)?, &name))
+        });
+    }
+}
+
+/// KumoMTA's addressheader: the mailboxes of an address header (From,
+/// To, ...). `domain`, `user`, `email` and `name` need a single mailbox;
+/// `list` has them all.
+pub struct AddressHeader(Vec<Mailbox>);
+
+/// One mailbox of an address header.
+#[derive(Clone)]
+struct Mailbox {
+    name: Option<String>,
+    email: String,
+}
+
+impl AddressHeader {
+    /// The header `name` of `data` as mailboxes; `None` without one.
+    fn parse(data: &[u8], name: &str) -> Option<AddressHeader> {
+        let block = &data[..headers::header_block_len(data)];
+        let message = mail_parser::MessageParser::new().parse_headers(block)?;
+        let value = message.header(name)?.as_address()?;
+        let list: Vec<Mailbox> = value
+            .iter()
+            .filter_map(|a| {
+                Some(Mailbox {
+                    name: a.name.as_deref().map(str::to_string),
+                    email: a.address.as_deref()?.to_string(),
+                })
+            })
+            .collect();
+        (!list.is_empty()).then_some(AddressHeader(list))
+    }
+
+    fn single(&self, lua: &Lua, field: &str) -> mlua::Result<&Mailbox> {
+        match self.0.as_slice() {
+            [one] => Ok(one),
+            many => Err(located_error(
+                lua,
+                format!(
+                    "addressheader.{field}: the header has {} addresses, not one",
+                    many.len()
+                ),
+            )),
+        }
+    }
+}
+
+impl Mailbox {
+    fn user(&self) -> &str {
+        self.email.rsplit_once('@').map_or(&self.email, |(u, _)| u)
+    }
+
+    fn domain(&self) -> &str {
+        self.email.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+
+    fn to_table(&self, lua: &Lua) -> mlua::Result<mlua::Table> {
+        let t = lua.create_table()?;
+        t.set("name", self.name.clone())?;
+        t.set("address", self.email.clone())?;
+        t.set("email", self.email.clone())?;
+        t.set("user", self.user())?;
+        t.set("domain", self.domain())?;
+        Ok(t)
+    }
+}
+
+impl UserData for AddressHeader {
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("domain", |lua, this| {
+            Ok(this.single(lua, "domain")?.domain().to_string())
+        });
+        fields.add_field_method_get("user", |lua, this| {
+            Ok(this.single(lua, "user")?.user().to_string())
+        });
+        fields.add_field_method_get("email", |lua, this| {
+            Ok(this.single(lua, "email")?.email.clone())
+        });
+        fields.add_field_method_get("name", |lua, this| {
+            Ok(this.single(lua, "name")?.name.clone())
+        });
+        fields.add_field_method_get("list", |lua, this| {
+            let list = lua.create_table()?;
+            for m in &this.0 {
+                list.raw_push(m.to_table(lua)?)?;
+            }
+            Ok(list)
+        });
     }
 }

@@ -9,6 +9,7 @@ pub mod files;
 mod http;
 pub(crate) mod kumo;
 mod lua_connection;
+mod lua_dkim;
 mod lua_message;
 mod lua_throttle;
 mod lua_xfer;
@@ -429,6 +430,7 @@ fn new_state(source: &PolicySource, amqp: &Arc<amqp::Pools>) -> Result<Lua, Poli
         kumo.set("http", http::build_module(&lua)?)?;
         lua_throttle::register(&lua, &kumo)?;
         lua_xfer::register(&lua, &kumo)?;
+        lua_dkim::register(&lua, &kumo)?;
         lua.globals().set("kumo", kumo.clone())?;
         let package: Table = lua.globals().get("package")?;
         let loaded: Table = package.get("loaded")?;

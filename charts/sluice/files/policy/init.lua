@@ -40,6 +40,10 @@ kumo.on('init', function()
       min_free_inodes = settings.spool_min_free_inodes,
     }
   end
+  if settings.bounce_rules then
+    -- bounce_classification in the log records (mta.bounceClassifier)
+    kumo.configure_bounce_classifier { files = settings.bounce_rules }
+  end
   if settings.log_dir then
     kumo.configure_local_logs {
       log_dir = settings.log_dir,

@@ -32,13 +32,17 @@ build_mta
 
 WORK=$(mktemp -d /var/tmp/sluice-dkim.XXXXXX)
 chmod 755 "$WORK"
+# OpenDKIM refuses a configuration or key under a directory others may
+# write (/var/tmp is one): its files live in a root-owned one
+SAFE=$(mktemp -d /var/lib/sluice-dkim.XXXXXX)
+chmod 755 "$SAFE"
 cleanup() {
   pkill -f "$WORK/policy" 2>/dev/null || true
   pkill -f "smtp-sink.*:$SINK" 2>/dev/null || true
-  pkill -f "opendkim -x $WORK" 2>/dev/null || true
+  pkill -f "opendkim -x $SAFE" 2>/dev/null || true
   postconf -e "smtpd_milters =" "non_smtpd_milters =" 2>/dev/null || true
   stop_postfix
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$SAFE"
 }
 trap cleanup EXIT
 
@@ -77,20 +81,19 @@ stop_sluice() {
 }
 
 start_opendkim() {
-  install -o opendkim -g opendkim -m 0600 "$WORK/rsa.pem" "$WORK/opendkim.key"
-  cat > "$WORK/opendkim.conf" <<CONF
+  install -o opendkim -g opendkim -m 0600 "$WORK/rsa.pem" "$SAFE/opendkim.key"
+  cat > "$SAFE/opendkim.conf" <<CONF
 Mode                s
 Domain              bench.local
 Selector            s1
-KeyFile             $WORK/opendkim.key
+KeyFile             $SAFE/opendkim.key
 Canonicalization    relaxed/relaxed
 SignHeaders         From,To,Subject,Date,Message-ID
 Socket              inet:$MILTER@127.0.0.1
 UserID              opendkim
-PidFile             $WORK/opendkim.pid
 Syslog              no
 CONF
-  opendkim -x "$WORK/opendkim.conf" -f &
+  opendkim -x "$SAFE/opendkim.conf" -f &
   DKIM_PID=$!
   wait_port $MILTER
 }

@@ -5,11 +5,11 @@
 //! It speaks enough ESMTP for Sluice's client — EHLO, MAIL, RCPT, DATA,
 //! RSET, NOOP, QUIT, no PIPELINING — one thread per connection.
 
+use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use parking_lot::Mutex;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Decides the reply to the `n`th RCPT (from 0, over every connection) for
 /// `recipient`: `None` accepts it with 250.

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod egress;
+pub mod feedback;
 pub mod handoff;
 
 pub mod inject;

@@ -19,9 +19,11 @@ pub struct Metrics {
     delivered: IntCounterVec,
     transfail: IntCounterVec,
     failed: IntCounterVec,
-    /// Bounce, TransientFailure and Expiration records by record type and
+    /// Bounce, TransientFailure, Expiration and OOB records by record type and
     /// bounce classification (the rules' labels: a bounded set).
     classified: IntCounterVec,
+    /// Feedback and OOB records: reports taken in by listener domains.
+    reports: IntCounterVec,
     expired: IntCounter,
     rejections: IntCounter,
     delayed_rate: IntCounter,
@@ -251,6 +253,12 @@ impl Metrics {
                 "Failure records by type and bounce classification",
                 &["type", "classification"],
             ),
+            reports: counter_vec(
+                &r,
+                "sluice_reports_received_total",
+                "ARF feedback reports (Feedback) and out-of-band bounces (OOB, per recipient) logged",
+                &["type"],
+            ),
             expired: counter(&r, "total_messages_expired", "Messages expired"),
             rejections: counter(
                 &r,
@@ -328,6 +336,7 @@ impl crate::log::Observer for Metrics {
             RecordType::Bounce => Some("Bounce"),
             RecordType::TransientFailure => Some("TransientFailure"),
             RecordType::Expiration => Some("Expiration"),
+            RecordType::Oob => Some("OOB"),
             _ => None,
         } {
             self.classified
@@ -347,6 +356,8 @@ impl crate::log::Observer for Metrics {
             RecordType::Bounce => self.failed.with_label_values(&[service]).inc(),
             RecordType::Expiration => self.expired.inc(),
             RecordType::Rejection => self.rejections.inc(),
+            RecordType::Feedback => self.reports.with_label_values(&["Feedback"]).inc(),
+            RecordType::Oob => self.reports.with_label_values(&["OOB"]).inc(),
             RecordType::Delayed => {
                 if let Some(reason) = rec.delay_reason {
                     self.delayed

@@ -201,12 +201,21 @@ impl Fleet {
     }
 
     /// Waits until the operator has written a config other than `previous`
-    /// and every pod reports running it on its admin API; its hash.
+    /// that holds every object as it is now, and every pod reports running
+    /// it on its admin API; its hash.
+    ///
+    /// A config other than `previous` is not enough: applying three objects
+    /// can give two renders, and a loaded machine rolls out the first (say
+    /// the EgressPool without its QueuePolicy) before the operator has seen
+    /// the last. So every QueuePolicy, EgressPool and EgressPath must also
+    /// say, in its status, that its current generation is in this config
+    /// (or was rejected).
     pub fn wait_rollout(&self, previous: Option<&str>) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(hash) = self.generated_hash()
                 && Some(hash.as_str()) != previous
+                && self.objects_reconciled_into(&hash)
                 && self
                     .pods
                     .iter()
@@ -225,6 +234,25 @@ impl Fleet {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Whether the status of every object of the three kinds describes its
+    /// current generation and names `hash` as the config it is part of
+    /// (a rejected object names none).
+    fn objects_reconciled_into(&self, hash: &str) -> bool {
+        let Some(list) = self.api.get_json(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "queuepolicies,egresspools,egresspaths",
+        ]) else {
+            return false;
+        };
+        list["items"].as_array().into_iter().flatten().all(|o| {
+            let status = &o["status"];
+            status["observedGeneration"] == o["metadata"]["generation"]
+                && (status["configHash"] == hash || status["configHash"].is_null())
+        })
     }
 
     /// `kubectl wait --for=condition=Ready` on every object of the three kinds.

@@ -296,8 +296,14 @@ pub fn poll_records(
         }
         if Instant::now() > deadline {
             let kinds: Vec<String> = recs.iter().map(|r| r["type"].to_string()).collect();
+            // what each kind of outcome said, once per distinct reply
+            let said: std::collections::BTreeSet<String> = recs
+                .iter()
+                .filter(|r| r["type"] != "Reception")
+                .map(|r| format!("{} {}", r["type"], r["response"]))
+                .collect();
             panic!(
-                "timed out waiting for {what}; records: {kinds:?}\nstderr:\n{}",
+                "timed out waiting for {what}; records: {kinds:?}\nreplies: {said:#?}\nstderr:\n{}",
                 stderr()
             );
         }

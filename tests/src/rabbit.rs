@@ -88,7 +88,8 @@ impl Rabbit {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Erlang boots slowly on a loaded 2-core machine (60 s was once too few)
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.connect().is_ok() {
                 return;

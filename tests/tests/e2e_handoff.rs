@@ -132,15 +132,25 @@ fn scaled_down_pod_hands_its_mail_to_the_live_ones(kill: bool) {
             pod.name
         );
     }
+    let gone_records = fleet.gone[0].records();
     for (id, was) in &sample {
+        // a slow run may pass the due time before the handoff: then pod 2
+        // tried it again after the sample, and it left with one attempt
+        // more (and a new due time) than the sample says
+        let tries_on_pod_2 = gone_records
+            .iter()
+            .filter(|r| r["id"] == id.as_str() && r["type"] == "TransientFailure")
+            .count() as u64;
+        let left_with = was["num_attempts"].as_u64().unwrap().max(tries_on_pod_2);
+        let retried_there = left_with != was["num_attempts"].as_u64().unwrap();
         let (pod, now) = fleet
             .pods
             .iter()
             .find_map(|p| inspect(p, id).map(|m| (p, m)))
             .unwrap_or_else(|| panic!("{id} is on neither live pod"));
-        // a slow run may pass the due time before this look: then the
-        // live pod has tried it again, and its first attempt there must
-        // have counted on from the attempts it arrived with
+        // or pass it before this look: then the live pod has tried it
+        // again, and its first attempt there must have counted on from the
+        // attempts it arrived with
         let retried: Vec<Value> = pod
             .records()
             .into_iter()
@@ -148,16 +158,16 @@ fn scaled_down_pod_hands_its_mail_to_the_live_ones(kill: bool) {
             .collect();
         if let Some(first) = retried.first() {
             assert_eq!(
-                first["num_attempts"], was["num_attempts"],
-                "{id}: retried on {} as {first}, was {was}",
+                first["num_attempts"], left_with,
+                "{id}: retried on {} as {first}, was {was}, tried {tries_on_pod_2} times on pod 2",
                 pod.name
             );
             continue;
         }
-        assert_eq!(
-            now["num_attempts"], was["num_attempts"],
-            "{id}: {now} was {was}"
-        );
+        assert_eq!(now["num_attempts"], left_with, "{id}: {now} was {was}");
+        if retried_there {
+            continue;
+        }
         let (a, b) = (was["due"].as_i64().unwrap(), now["due"].as_i64().unwrap());
         assert!((a - b).abs() <= 1000, "{id}: due {b}, was {a}");
     }
@@ -197,11 +207,17 @@ fn scaled_down_pod_hands_its_mail_to_the_live_ones(kill: bool) {
             );
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {total} delivered",
-            seqs.len()
-        );
+        if Instant::now() >= deadline {
+            // what the live pods last heard from the destination
+            let said: std::collections::BTreeSet<String> = fleet
+                .pods
+                .iter()
+                .flat_map(|p| p.records())
+                .filter(|r| r["type"] == "TransientFailure")
+                .map(|r| r["response"].to_string())
+                .collect();
+            panic!("{} of {total} delivered; replies: {said:#?}", seqs.len());
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod listener;
+pub mod listener_domain;
 pub mod logs;
 pub mod min_free;
 pub mod redis;

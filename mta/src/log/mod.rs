@@ -213,7 +213,10 @@ impl Logger {
         if let Some(c) = &self.classifier
             && matches!(
                 record.kind,
-                RecordType::Bounce | RecordType::TransientFailure | RecordType::Expiration
+                RecordType::Bounce
+                    | RecordType::TransientFailure
+                    | RecordType::Expiration
+                    | RecordType::Oob
             )
         {
             record.bounce_classification = c.classify(&record.response.to_single_line());

@@ -42,6 +42,15 @@ pub enum RecordType {
     /// The message waits without an attempt (scheduling, a throttle, a full
     /// ready queue, a suspension); `delay_reason` says why.
     Delayed,
+    /// An ARF feedback report (RFC 5965) arrived for a listener domain with
+    /// `log_arf`: logged in place of its Reception record, the parsed report
+    /// in `feedback_report`.
+    Feedback,
+    /// An out-of-band bounce (an RFC 3464 DSN) arrived for a listener domain
+    /// with `log_oob`: one record per failed recipient it reports, after the
+    /// report's Reception record.
+    #[serde(rename = "OOB")]
+    Oob,
 }
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
@@ -223,7 +232,7 @@ pub struct LogRecord {
     /// KumoMTA's local address of the delivery connection; Sluice leaves it
     /// `null`.
     pub source_address: Option<Value>,
-    /// KumoMTA's parsed ARF feedback report; Sluice leaves it `null`.
+    /// The parsed ARF feedback report of a Feedback record; otherwise `null`.
     pub feedback_report: Option<Value>,
     /// Message meta, as the log's `meta` patterns select it; a Rejection logged
     /// without patterns carries its session's meta.

@@ -258,7 +258,8 @@ impl Policy {
 
     /// Exercise what `--validate` can reach without traffic: `init` (every
     /// listener, spool and log table is parsed), `get_queue_config` for a
-    /// sample of names, and any `validate_config` handlers.
+    /// sample of names, `get_listener_domain` for a sample domain, and any
+    /// `validate_config` handlers.
     pub async fn validate(&self) -> Result<InitConfig, PolicyError> {
         let init = self.run_init().await?;
         // (tenant, campaign, routing_domain) for the sample domain
@@ -275,6 +276,13 @@ impl Policy {
                     message: e.to_string(),
                 })?;
         }
+        // a listener domain for a sample domain, as a session would ask
+        self.get_listener_domain("example.com", "0.0.0.0:25", &ConnMeta::default())
+            .await
+            .map_err(|e| PolicyError::Event {
+                event: super::lua_listener_domain::EVENT.into(),
+                message: e.to_string(),
+            })?;
         let lua = self
             .checkout()
             .map_err(|e| PolicyError::Load(e.to_string()))?;

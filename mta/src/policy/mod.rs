@@ -10,6 +10,7 @@ mod http;
 pub(crate) mod kumo;
 mod lua_connection;
 mod lua_dkim;
+pub mod lua_listener_domain;
 mod lua_message;
 mod lua_throttle;
 mod lua_xfer;
@@ -431,6 +432,7 @@ fn new_state(source: &PolicySource, amqp: &Arc<amqp::Pools>) -> Result<Lua, Poli
         lua_throttle::register(&lua, &kumo)?;
         lua_xfer::register(&lua, &kumo)?;
         lua_dkim::register(&lua, &kumo)?;
+        lua_listener_domain::register(&lua, &kumo)?;
         lua.globals().set("kumo", kumo.clone())?;
         let package: Table = lua.globals().get("package")?;
         let loaded: Table = package.get("loaded")?;

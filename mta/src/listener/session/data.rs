@@ -2,8 +2,10 @@
 //! headers, run the reception events, spool (one group commit), log
 //! Reception, reply 250, then queue.
 
+use super::reports::{Arrival, examine, oob_records, reception_record};
 use super::{Flow, Session, Transaction};
 use crate::config::listener::{BatchHandling, InvalidLineEndings};
+use crate::feedback::Report;
 use crate::listener::io::ReadError;
 use crate::log::{RecordType, Response};
 use crate::message::{Message, MessageId, MessageRef, split_address};
@@ -81,7 +83,7 @@ impl Session {
         &self,
         tx: &Transaction,
         data: Vec<u8>,
-    ) -> Result<Vec<(MessageRef, String)>, EventError> {
+    ) -> Result<Vec<(MessageRef, String, Arrival)>, EventError> {
         let policy = &self.services.policy;
         let batches: Vec<Vec<String>> = match self.config.batch_handling {
             BatchHandling::BifurcateAlways => {
@@ -114,6 +116,7 @@ impl Session {
         let data = whole.data().expect("in memory");
         let mut out = vec![];
         for rcpts in batches {
+            let rcpts_first = rcpts[0].clone();
             let id = MessageId::new();
             let mut body = self.trace_headers(id, &rcpts);
             body.extend_from_slice(&data);
@@ -138,7 +141,14 @@ impl Session {
                 .route(&msg)
                 .await
                 .map_err(|e| EventError::Failed(e.to_string()))?;
-            out.push((msg, queue));
+            // as KumoMTA: the first recipient's disposition stands for the batch
+            let first = tx.recipients.iter().position(|r| *r == rcpts_first);
+            let disposition = first.map(|i| tx.dispositions[i]).unwrap_or_default();
+            let arrival = match msg.data() {
+                Some(d) => examine(&disposition, &d, &self.config.trace_headers.header_name),
+                None => Arrival::default(),
+            };
+            out.push((msg, queue, arrival));
         }
         Ok(out)
     }
@@ -190,9 +200,19 @@ impl Session {
 
     /// Spool every message (one group commit; not with `deferred_spool`),
     /// log Reception, queue, reply 250.
-    async fn commit(&mut self, prepared: Vec<(MessageRef, String)>) -> Result<Flow, ReadError> {
+    async fn commit(
+        &mut self,
+        prepared: Vec<(MessageRef, String, Arrival)>,
+    ) -> Result<Flow, ReadError> {
         let deferred_spool = self.config.deferred_spool;
-        if let Err(e) = self.services.queues.admit(&prepared, deferred_spool).await {
+        // what is not relayed (a logged-then-dropped report, a message
+        // accepted only as a possible report) is never spooled
+        let kept: Vec<(MessageRef, String)> = prepared
+            .iter()
+            .filter(|(_, _, a)| a.relay)
+            .map(|(m, q, _)| (m.clone(), q.clone()))
+            .collect();
+        if let Err(e) = self.services.queues.admit(&kept, deferred_spool).await {
             tracing::error!("spool write failed: {e}");
             self.error(
                 451,
@@ -201,13 +221,13 @@ impl Session {
             );
             return Ok(Flow::Continue);
         }
-        let ids: Vec<String> = prepared.iter().map(|(m, _)| m.id.to_string()).collect();
+        let ids: Vec<String> = prepared.iter().map(|(m, ..)| m.id.to_string()).collect();
         // the 250 goes out before anything is queued, so no delivery can
         // happen for a message whose client never saw its 250
         self.ok(250, &ids_reply(&ids));
         let sent = self.conn.flush().await;
         let queues = self.services.queues.clone();
-        for (msg, queue) in prepared {
+        for (msg, queue, arrival) in prepared {
             let mut rec =
                 queues.record(RecordType::Reception, &msg, &queue, Response::new(250, ""));
             rec.peer_address = Some(self.peer_address());
@@ -216,8 +236,16 @@ impl Session {
                 rec.tls_cipher = Some(cipher.clone());
                 rec.tls_protocol_version = Some(version.clone());
             }
+            let rec = reception_record(rec, arrival.report.as_ref());
+            let oob = match &arrival.report {
+                Some(Report::Delivery(dsn)) => oob_records(&rec, dsn),
+                _ => vec![],
+            };
             queues.log(rec);
-            if queue != "null" {
+            for r in oob {
+                queues.log(r);
+            }
+            if arrival.relay && queue != "null" {
                 queues.insert(msg, &queue);
             }
         }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod data;
+mod reports;
 
 use super::io::{Conn, Line, ReadError};
 use super::{Listener, Params, Services};
@@ -25,6 +26,8 @@ const COMMAND_LINE_LIMIT: usize = 4096;
 struct Transaction {
     sender: String,
     recipients: Vec<String>,
+    /// What may be done with mail to each recipient, in the same order.
+    dispositions: Vec<crate::config::listener_domain::RelayDisposition>,
 }
 
 struct Session {
@@ -44,6 +47,8 @@ struct Session {
     authz: Option<String>,
     auth_failures: u32,
     tx: Option<Transaction>,
+    /// `get_listener_domain`'s answers, asked once per domain.
+    listener_domains: reports::DomainCache,
     accepted_rcpts: usize,
     errors: usize,
 }
@@ -123,6 +128,7 @@ pub async fn run(
         authz: None,
         auth_failures: 0,
         tx: None,
+        listener_domains: Default::default(),
         accepted_rcpts: 0,
         errors: 0,
     };
@@ -378,6 +384,7 @@ impl Session {
                 self.tx = Some(Transaction {
                     sender: address,
                     recipients: vec![],
+                    dispositions: vec![],
                 });
             }
             Command::RcptTo { address, .. } => {
@@ -397,7 +404,12 @@ impl Session {
                     );
                     return Ok(Flow::Continue);
                 }
-                if self.authz.is_none() && !self.config.may_relay(self.peer.ip()) {
+                let sender = tx.sender.clone();
+                let disposition = match self.relay_disposition(&sender, &address).await {
+                    Ok(d) => d,
+                    Err(e) => return Ok(self.reject(&e, line)),
+                };
+                if !disposition.accepts() {
                     let text = format!("5.7.1 relaying not permitted for {}", self.peer);
                     self.error(550, &text, Some(line));
                     return Ok(Flow::Continue);
@@ -414,6 +426,7 @@ impl Session {
                 self.ok(250, &format!("OK <{address}>"));
                 if let Some(tx) = &mut self.tx {
                     tx.recipients.push(address);
+                    tx.dispositions.push(disposition);
                 }
             }
             Command::Data => return self.data(line).await,

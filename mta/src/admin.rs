@@ -47,6 +47,8 @@ pub struct AdminState {
     /// Storage and memory: while either is short, injection and both
     /// readiness checks answer 503.
     pub admission: Arc<crate::admission::Admission>,
+    /// Shaping automation, when `configure_shaping_automation` was called.
+    pub shaping: Option<Arc<crate::shaping::Shaping>>,
 }
 
 /// Lets a request through to a non-probe endpoint: from `trusted_hosts`, or
@@ -359,6 +361,20 @@ async fn queue_summary(
     axum::Json(s.queues.summary(q.limit.unwrap_or(1000))).into_response()
 }
 
+/// `GET /api/admin/shaping/v1`: the shaping automation actions in force on
+/// this node (the fleet's, when they are shared through Redis).
+async fn shaping(State(s): State<AdminState>) -> Response {
+    let body = match &s.shaping {
+        Some(sh) => serde_json::json!({
+            "enabled": true,
+            "rules": sh.rule_count(),
+            "actions": sh.in_force(),
+        }),
+        None => serde_json::json!({ "enabled": false, "rules": 0, "actions": [] }),
+    };
+    axum::Json(body).into_response()
+}
+
 /// The admin routes: the probes (`/healthz/live`, `check-liveness`,
 /// `check-readiness`) open to every client, the rest only to a trusted host or
 /// accepted HTTP Basic credentials.
@@ -376,6 +392,7 @@ pub fn router(state: AdminState) -> Router {
             get(suspend).post(suspend).delete(suspend),
         )
         .route("/api/admin/queue-summary/v1", get(queue_summary))
+        .route("/api/admin/shaping/v1", get(shaping))
         .route("/api/admin/inspect-message/v1", get(xfer::inspect_message))
         .route("/api/admin/xfer/v1", axum::routing::post(xfer::xfer))
         .route(

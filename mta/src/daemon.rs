@@ -30,6 +30,9 @@ pub enum StartError {
     /// A spool handoff stopped before the spool was empty.
     #[error(transparent)]
     Handoff(#[from] crate::handoff::Unfinished),
+    /// A `shaping.toml` file of `configure_shaping_automation` is broken.
+    #[error("shaping automation: {0}")]
+    Shaping(crate::shaping::rules::RulesError),
     /// `init` defined no spool.
     #[error("the init event must call kumo.define_spool")]
     NoSpool,
@@ -105,11 +108,15 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     policy.attach_spool(spool.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.set_config(&policy.content_hash());
-    let logger = Arc::new(
-        Logger::new(init.logs.clone())?
-            .with_observer(metrics.clone())
-            .with_classifier(init.bounce_classifier.clone()),
-    );
+    // shaping automation watches the records, once the queues exist
+    let (feed, shaped_records) = crate::shaping::feed();
+    let mut logger = Logger::new(init.logs.clone())?
+        .with_observer(metrics.clone())
+        .with_classifier(init.bounce_classifier.clone());
+    if !init.shaping_files.is_empty() {
+        logger = logger.with_observer(feed);
+    }
+    let logger = Arc::new(logger);
     // measured once before any listener starts, then every second
     let storage = Arc::new(crate::storage::Storage::new(
         volumes(spool_def, &init.logs),
@@ -151,6 +158,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     ));
     throttles.start();
     policy.attach_throttles(throttles.clone());
+    let shaping_throttles = throttles.clone();
     let egress = crate::egress::Egress::new(
         policy.clone(),
         Arc::new(dns),
@@ -200,6 +208,29 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         }
         return handoff.map(|_| ()).map_err(StartError::Handoff);
     }
+    let shaping = if init.shaping_files.is_empty() {
+        None
+    } else {
+        let rules =
+            crate::shaping::rules::load(&init.shaping_files).map_err(StartError::Shaping)?;
+        let store = crate::shaping::Store::new(
+            shaping_throttles,
+            Some(spool_def.path.join("shaping-actions.json")),
+        );
+        let counter = crate::metrics::counter_vec(
+            metrics.registry(),
+            "sluice_shaping_actions_total",
+            "Actions shaping automation enacted on this node, by action",
+            &["action"],
+        );
+        let shaping =
+            crate::shaping::Shaping::new(rules, store, node_id(), shaped_records, counter);
+        let enforcer: Arc<dyn crate::shaping::Enforcer> =
+            crate::queue::shaping::ShapingEnforcer::new(&queues);
+        shaping.start(enforcer);
+        tracing::info!(rules = shaping.rule_count(), "shaping automation started");
+        Some(shaping)
+    };
     let count = recovered.len();
     let queued = queues.recover(recovered).await;
     tracing::info!(spooled = count, queued, "spool recovered");
@@ -241,6 +272,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         listeners: Arc::new(reports),
         trusted: Arc::new(vec![]),
         admission: admission.clone(),
+        shaping: shaping.clone(),
     };
     for config in &init.http_listeners {
         let state = crate::admin::AdminState {

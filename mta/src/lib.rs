@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod reload;
+pub mod shaping;
 pub mod smtp;
 pub mod spool;
 pub mod storage;

@@ -236,6 +236,20 @@ impl Fleet {
         }
     }
 
+    /// Waits until every pod runs a config other than `previous` (the
+    /// pods have applied an edit, whatever the objects' statuses say yet).
+    pub fn wait_pods_leave(&self, previous: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .pods
+            .iter()
+            .all(|p| p.running_hash().is_some_and(|h| h != previous))
+        {
+            assert!(Instant::now() < deadline, "the pods still run {previous}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether the status of every object of the three kinds describes its
     /// current generation and names `hash` as the config it is part of
     /// (a rejected object names none).

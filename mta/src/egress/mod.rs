@@ -8,12 +8,16 @@
 //! are reaped.
 
 mod dispatcher;
+mod error;
 mod ready;
+mod suspend;
 #[cfg(test)]
 mod tests;
 mod wrr;
 
+pub use error::EgressError;
 pub use ready::ReadyQueue;
+pub use suspend::Suspension;
 pub use wrr::Wrr;
 
 use crate::delivery::custom_lua::LuaDeliver;
@@ -26,7 +30,7 @@ use crate::lifecycle::Lifecycle;
 use crate::log::Response;
 use crate::message::name::QueueName;
 use crate::message::{Message, MessageRef};
-use crate::policy::{EventError, Fetched, Policy};
+use crate::policy::{Fetched, Policy};
 use crate::spool::{Spool, SpoolError};
 use crate::throttle::Throttles;
 use crate::xfer::client::XferClient;
@@ -83,31 +87,8 @@ pub enum Submitted {
     Done(Ready, Attempt),
     /// No path now.
     Refused(Ready, Refusal),
-}
-
-/// Egress failures, each a transient failure of the message.
-#[derive(Debug, thiserror::Error)]
-pub enum EgressError {
-    /// A policy hook (`get_egress_pool`, `get_egress_source`) failed.
-    #[error("{0}")]
-    Policy(#[from] EventError),
-    /// Every source of the queue's pool has weight zero, or the pool is
-    /// empty.
-    #[error("no sources for {queue} pool=`{pool}` are eligible for selection at this time")]
-    NoSource {
-        /// The scheduled queue whose message needed a source.
-        queue: String,
-        /// The queue's `egress_pool` (`unspecified` when it names none).
-        pool: String,
-    },
-    /// `get_egress_path_config` failed for a new ready queue.
-    #[error("get_egress_path_config for {name}: {source}")]
-    PathConfig {
-        /// The ready queue's name, `source->site@protocol`.
-        name: String,
-        /// The hook's failure.
-        source: EventError,
-    },
+    /// Its path is suspended (shaping automation) until then.
+    Suspended(Ready, Suspension),
 }
 
 /// Egress for one node: the cached pools and sources, the ready queues and
@@ -127,6 +108,8 @@ pub struct Egress {
     limits: Mutex<HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
     /// The client the xfer queues hand messages to other nodes with.
     xfer: OnceLock<Arc<XferClient>>,
+    /// Paths suspended by shaping automation.
+    suspended: suspend::Suspensions,
 }
 
 impl Egress {
@@ -151,6 +134,7 @@ impl Egress {
             ready: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             xfer: OnceLock::new(),
+            suspended: Default::default(),
         })
     }
 
@@ -272,6 +256,9 @@ impl Egress {
                 return Submitted::Refused(item, transient(format!("4.4.4 KumoMTA internal: {e}")));
             }
         };
+        if let Some(s) = self.suspended.get(&format!("{}->{site}", source.name)) {
+            return Submitted::Suspended(item, s);
+        }
         let rq = match self
             .ready_queue(source, site, parts.routing_domain(), deliver)
             .await

@@ -104,12 +104,13 @@ pub enum LogError {
     Thread(std::io::Error),
 }
 
-/// Sends every record to the local log writers, the log hooks and the observer.
+/// Sends every record to the local log writers, the log hooks and the
+/// observers.
 #[derive(Default)]
 pub struct Logger {
     sinks: Vec<Sink>,
     hooks: std::sync::OnceLock<Vec<HookSender>>,
-    observer: Option<std::sync::Arc<dyn Observer>>,
+    observers: Vec<std::sync::Arc<dyn Observer>>,
     classifier: Option<std::sync::Arc<crate::bounce::Classifier>>,
 }
 
@@ -150,14 +151,15 @@ impl Logger {
         Ok(Logger {
             sinks,
             hooks: Default::default(),
-            observer: None,
+            observers: vec![],
             classifier: None,
         })
     }
 
-    /// Show every record to `observer` too (the metrics count them).
+    /// Show every record to `observer` too (the metrics count them,
+    /// shaping automation watches them).
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
-        self.observer = Some(observer);
+        self.observers.push(observer);
         self
     }
 
@@ -221,7 +223,7 @@ impl Logger {
         {
             record.bounce_classification = c.classify(&record.response.to_single_line());
         }
-        if let Some(o) = &self.observer {
+        for o in &self.observers {
             o.observe(&record);
         }
         for sink in &self.sinks {

@@ -155,6 +155,8 @@ pub enum DelayReason {
     ReadyQueueThrottled,
     /// An admin suspension holds its queue.
     AdminSuspended,
+    /// Shaping automation suspended its path (`Suspend`).
+    ReadyQueueSuspended,
 }
 
 impl DelayReason {
@@ -166,6 +168,7 @@ impl DelayReason {
             DelayReason::ReadyQueueWasFull => "ready_queue_full",
             DelayReason::ReadyQueueThrottled => "ready_queue_throttled",
             DelayReason::AdminSuspended => "admin_suspended",
+            DelayReason::ReadyQueueSuspended => "ready_queue_suspended",
         }
     }
 }

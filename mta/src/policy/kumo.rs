@@ -326,6 +326,23 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     )?;
 
     kumo.set(
+        "configure_shaping_automation",
+        lua.create_function(|lua, params: Value| {
+            let what = "configure_shaping_automation";
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Params {
+                files: Vec<std::path::PathBuf>,
+            }
+            let params: Params = from_table(lua, what, params)?;
+            // read here, so a broken rule fails --validate at this line
+            crate::shaping::rules::load(&params.files)
+                .map_err(|e| located_error(lua, format!("{what}: {e}")))?;
+            with_init(lua, what, |init| init.shaping_files = params.files)
+        })?,
+    )?;
+
+    kumo.set(
         "configure_log_hook",
         lua.create_function(|lua, params: Value| {
             let hook: crate::config::logs::LogHookConfig =

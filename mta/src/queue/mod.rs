@@ -20,6 +20,7 @@ mod promote;
 mod registry;
 mod requeue;
 pub mod retry;
+pub mod shaping;
 mod store;
 mod timer;
 pub mod xfer;

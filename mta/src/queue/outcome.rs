@@ -73,6 +73,9 @@ fn delay_response(reason: DelayReason, wait: Duration, due: DateTime<Utc>) -> Re
             &format!("4.4.1 KumoMTA internal: ready queue throttled. {when}"),
         ),
         DelayReason::AdminSuspended => Response::new(400, "Context: AdminSuspended"),
+        DelayReason::ReadyQueueSuspended => {
+            Response::new(400, &format!("Context: ReadyQueueSuspended. {when}"))
+        }
     }
 }
 

@@ -115,6 +115,7 @@ impl QueueManager {
                 );
                 self.apply(&item, None, attempt).await;
             }
+            Submitted::Suspended(item, suspension) => self.hold_for_path(item, &suspension),
             Submitted::Full(item) => {
                 // back to the scheduled queue for a random 0-60 s, no event (spec §3.2)
                 let wait = retry::ready_full_wait(rand::random());

@@ -17,6 +17,7 @@ pub use local::LocalThrottles;
 
 use crate::config::redis::RedisSettings;
 use metrics::ThrottleMetrics;
+use redis::RedisStore;
 use shared::Shared;
 use sluice_common::ThrottleSpec;
 use std::sync::Arc;
@@ -75,6 +76,19 @@ impl Throttles {
         if let Some(s) = &self.shared {
             tokio::spawn(s.clone().probe());
         }
+    }
+
+    /// The fleet's Redis when configured and answering.
+    pub fn shared_store(&self) -> Option<&RedisStore> {
+        self.shared
+            .as_ref()
+            .filter(|s| s.is_up())
+            .map(|s| s.store())
+    }
+
+    /// Whether Redis is configured (answering or not).
+    pub fn is_fleet(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// The mode in force, for status and logs.

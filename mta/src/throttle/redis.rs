@@ -228,6 +228,18 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout(limit))
     }
 
+    /// Run one command on a pooled connection, within the response timeout.
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        let mut c = self.conn()?;
+        Ok(self.timed(c.query(cmd)).await??)
+    }
+
+    /// Run a script (loaded on first use), within the response timeout.
+    pub async fn invoke(&self, inv: &redis::ScriptInvocation<'_>) -> Result<Value, RedisError> {
+        let mut c = self.conn()?;
+        Ok(self.timed(c.invoke(inv)).await??)
+    }
+
     /// Announce `node` as alive for `ttl`; how many nodes are alive.
     pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<u32, RedisError> {
         let mut c = self.conn()?;

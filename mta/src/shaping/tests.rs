@@ -151,3 +151,55 @@ fn record_sites_split_into_source_and_site_and_hosts() {
         ["smart.host.local", "10.0.0.1", "relay.example"]
     );
 }
+
+/// The chart's starter rules parse, and each says where its reply is
+/// documented.
+#[test]
+fn the_charts_starter_rules_parse_and_each_names_its_source() {
+    let text = include_str!("../../../charts/sluice/files/shaping/providers.toml");
+    let rules = parse(Path::new("providers.toml"), text).unwrap();
+    assert!(rules.len() >= 6, "{}", rules.len());
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.ends_with(".automation]]") {
+            let comments = lines[..i].iter().rev().take_while(|l| l.starts_with('#'));
+            assert!(
+                comments
+                    .clone()
+                    .any(|l| l.starts_with("# Source: https://")),
+                "no source above line {}: {line}",
+                i + 1
+            );
+        }
+    }
+    // the replies they were written for set them off
+    let yahoo = mx_hosts("(mta5|mta6|mta7).am0.yahoodns.net");
+    let deferral = "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to \
+                    unexpected volume or user complaints";
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.matches(&subject("aol.com", &yahoo, deferral)))
+    );
+    let google = mx_hosts("(alt1|alt2)?.gmail-smtp-in.l.google.com");
+    let unusual = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail";
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.matches(&subject("gmail.com", &google, unusual)))
+    );
+    let outlook = mx_hosts("outlook-com.olc.protection.outlook.com");
+    let limited = "451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited";
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.matches(&subject("outlook.com", &outlook, limited)))
+    );
+    // and an ordinary deferral does not
+    let busy = "421 4.7.0 Try again later";
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r.matches(&subject("aol.com", &yahoo, busy)))
+    );
+}

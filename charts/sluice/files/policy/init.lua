@@ -44,6 +44,10 @@ kumo.on('init', function()
     -- bounce_classification in the log records (mta.bounceClassifier)
     kumo.configure_bounce_classifier { files = settings.bounce_rules }
   end
+  if settings.shaping_rules then
+    -- provider replies suspend paths for a while (mta.shaping)
+    kumo.configure_shaping_automation { files = settings.shaping_rules }
+  end
   if settings.log_dir then
     kumo.configure_local_logs {
       log_dir = settings.log_dir,

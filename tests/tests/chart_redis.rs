@@ -158,7 +158,11 @@ impl Drop for Running {
 }
 
 /// A guarded metric of a pod's admin API, with the operator's credentials.
+/// A metric of a chart pod; 0 while its admin listener is not up yet.
 fn pod_metric(admin: u16, name: &str) -> f64 {
+    if std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        return 0.0;
+    }
     let r = http_request_as(admin, "/metrics", None, Some(ADMIN));
     let body = r["body"].as_str().unwrap_or_default().to_string();
     body.lines()

@@ -380,6 +380,27 @@ pub fn python_client(script: &str, args: &[&str]) -> Output {
         .expect("python3 runs")
 }
 
+/// `sluice-mta --validate --policy <path>`.
+pub fn validate_policy(path: &Path) -> Output {
+    Command::new(binary("sluice-mta"))
+        .arg("--validate")
+        .arg("--policy")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// Write `policy` to `dir/policy.lua` and `--validate` it, which must
+/// fail; what it printed on stderr.
+pub fn validate_fails(dir: &Path, policy: &str) -> String {
+    let path = dir.join("policy.lua");
+    std::fs::write(&path, policy).unwrap();
+    let o = validate_policy(&path);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    err
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",

@@ -4,7 +4,7 @@
 
 use sluice_tests::reply_sink::ReplySink;
 use sluice_tests::{
-    Mta, RawSmtp, binary, free_port, http_request, policy_with_init, workspace_root,
+    Mta, RawSmtp, free_port, http_request, policy_with_init, validate_fails, workspace_root,
 };
 use std::time::Duration;
 
@@ -107,26 +107,16 @@ fn a_broken_rule_fails_validate_naming_the_file_the_label_and_the_line() {
         "[rules]\nSpamBlock = ['spamhaus']\nInvalidRecipient = ['^550 ', '(no such']\n",
     )
     .unwrap();
-    let policy = dir.path().join("policy.lua");
-    std::fs::write(
-        &policy,
-        format!(
+    let err = validate_fails(
+        dir.path(),
+        &format!(
             "local kumo = require 'kumo'\nkumo.on('init', function()\n  \
              kumo.define_spool {{ name = 'data', path = '{d}/spool' }}\n  \
              kumo.configure_bounce_classifier {{ files = {{ '{}' }} }}\nend)\n",
             bad.display(),
             d = dir.path().display()
         ),
-    )
-    .unwrap();
-    let o = std::process::Command::new(binary("sluice-mta"))
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--validate")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    );
     for want in [
         &bad.display().to_string(),
         "InvalidRecipient[2]",

@@ -3,7 +3,7 @@
 //! there by OpenDKIM and by dkimpy against keys served by dnsmasq.
 
 use sluice_tests::dkim::{DkimDns, DkimKey, wire_form};
-use sluice_tests::{Mta, RawSmtp, Sink, binary, relay_policy};
+use sluice_tests::{Mta, RawSmtp, Sink, relay_policy, validate_fails};
 use std::time::Duration;
 
 /// Signs per the message's `X-Case`: `rsa`, `ed` or `both`, then
@@ -252,16 +252,7 @@ kumo.on('smtp_server_message_received', function(msg) msg:dkim_sign(signer) end)
         missing.display(),
         dir = dir.path().display()
     );
-    let path = dir.path().join("policy.lua");
-    std::fs::write(&path, policy).unwrap();
-    let o = std::process::Command::new(binary("sluice-mta"))
-        .arg("--policy")
-        .arg(&path)
-        .arg("--validate")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let err = validate_fails(dir.path(), &policy);
     assert!(err.contains(&missing.display().to_string()), "{err}");
     assert!(err.contains("policy.lua:2"), "{err}");
 }

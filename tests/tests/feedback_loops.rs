@@ -9,8 +9,8 @@
 
 use serde_json::Value;
 use sluice_tests::{
-    Mta, RawSmtp, Sink, binary, free_port, http_request, log_records, policy_with_init, text,
-    workspace_root,
+    Mta, RawSmtp, Sink, free_port, http_request, log_records, policy_with_init, text,
+    validate_fails, workspace_root,
 };
 use std::time::Duration;
 
@@ -357,26 +357,16 @@ fn reports_to_listener_domains_are_logged_with_the_original_recipient() {
 #[test]
 fn a_bad_listener_domain_fails_validate_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.lua");
-    std::fs::write(
-        &policy,
-        format!(
+    let err = validate_fails(
+        dir.path(),
+        &format!(
             "local kumo = require 'kumo'\nkumo.on('init', function()\n  \
              kumo.define_spool {{ name = 'data', path = '{}/spool' }}\nend)\n\
              kumo.on('get_listener_domain', function(domain, listener, conn_meta)\n  \
              return kumo.make_listener_domain {{ log_arf = 'Drop' }}\nend)\n",
             dir.path().display()
         ),
-    )
-    .unwrap();
-    let o = std::process::Command::new(binary("sluice-mta"))
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--validate")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    );
     for want in [
         "get_listener_domain",
         "log_arf",

@@ -7,15 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn validate(path: &Path) -> std::process::Output {
-    Command::new(binary("sluice-mta"))
-        .arg("--validate")
-        .arg("--policy")
-        .arg(path)
-        .output()
-        .unwrap()
-}
-
 fn seed(name: &str) -> std::path::PathBuf {
     workspace_root().join("examples/seeds").join(name)
 }
@@ -32,7 +23,7 @@ const SEEDS: &[&str] = &[
 #[test]
 fn every_seed_policy_passes_validate_unchanged() {
     for name in SEEDS {
-        let o = validate(&seed(name));
+        let o = validate_policy(&seed(name));
         assert!(o.status.success(), "{name}: {}", text(&o));
         assert!(
             String::from_utf8_lossy(&o.stdout).contains(": OK"),
@@ -121,7 +112,7 @@ fn broken_policies_fail_validation_naming_file_line_and_key() {
     let path = dir.path().join("broken.lua");
     for (body, expected) in BROKEN {
         std::fs::write(&path, body).unwrap();
-        let o = validate(&path);
+        let o = validate_policy(&path);
         let out = text(&o);
         assert!(!o.status.success(), "should fail:\n{body}\n{out}");
         for e in *expected {

@@ -323,6 +323,16 @@ impl LogRecord {
         self.created_at = Some(created);
     }
 
+    /// The first recipient of `recipient` (string or array); empty when
+    /// there is none.
+    pub fn first_recipient(&self) -> &str {
+        match &self.recipient {
+            Value::String(s) => s,
+            Value::Array(a) => a.first().and_then(Value::as_str).unwrap_or_default(),
+            _ => "",
+        }
+    }
+
     /// Set `recipient`: a string for one recipient, an array for several.
     pub fn set_recipients(&mut self, recipients: &[String]) {
         self.recipient = match recipients {

@@ -159,16 +159,7 @@ impl Shaping {
     }
 
     async fn process(&self, rec: &LogRecord) {
-        let recipient = match &rec.recipient {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(a) => a
-                .first()
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string(),
-            _ => return,
-        };
-        let domain = crate::message::split_address(&recipient)
+        let domain = crate::message::split_address(rec.first_recipient())
             .1
             .to_ascii_lowercase();
         let (source, site) = split_site(&rec.site, rec.egress_source.as_deref());

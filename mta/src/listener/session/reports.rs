@@ -146,15 +146,7 @@ pub(super) fn oob_records(reception: &LogRecord, report: &DeliveryReport) -> Vec
         .and_then(|t| t.get("recipient"))
         .and_then(Value::as_str)
         .filter(|_| failed.len() == 1);
-    let sender = match &reception.recipient {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a
-            .first()
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        _ => String::new(),
-    };
+    let sender = reception.first_recipient().to_string();
     failed
         .into_iter()
         .map(|r| {

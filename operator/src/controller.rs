@@ -1,4 +1,4 @@
-//! The controller. The three kinds all render into one output (the fleet's
+//! The controller. The kinds all render into one output (the fleet's
 //! ConfigMap), so it is keyed on the fleet: watches on the kinds feed one
 //! trigger, bursts are debounced into one render, and each pass
 //!
@@ -8,13 +8,13 @@
 //! 4. writes each object's status (only when it changed) and an event on
 //!    each transition.
 
-use crate::crd::{EgressPath, EgressPool, HasStatus, PolicyStatus, QueuePolicy};
+use crate::crd::{DkimSigner, EgressPath, EgressPool, HasStatus, PolicyStatus, QueuePolicy};
 use crate::metrics::Metrics;
 use crate::render::{self, Inputs, ObjectKey, POLICY_FILE, Rendered};
 use crate::status;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -57,6 +57,10 @@ pub struct Config {
     pub admin_auth: Option<crate::admin_auth::AdminAuth>,
     /// Where the MTA pods mount Secrets (`DIR/<secret>/<key>`), for the renderer.
     pub secrets_dir: String,
+    /// The Secrets mounted into the MTA pods (the chart's `mta.secrets`),
+    /// which DkimSigners may name and the operator may read; `None`:
+    /// unknown, every named Secret is read.
+    pub mounted_secrets: Option<Vec<String>>,
     /// Quiet time that ends a burst of changes.
     pub debounce: Duration,
     /// How often pods are asked which config they run.
@@ -93,9 +97,11 @@ struct Stores {
     queue_policies: Store<QueuePolicy>,
     egress_pools: Store<EgressPool>,
     egress_paths: Store<EgressPath>,
+    dkim_signers: Store<DkimSigner>,
 }
 
 impl Stores {
+    /// The objects; `secrets` as [`Controller::signer_secrets`] read them.
     fn inputs(&self) -> Inputs {
         Inputs {
             queue_policies: self
@@ -116,6 +122,13 @@ impl Stores {
                 .iter()
                 .map(|o| (**o).clone())
                 .collect(),
+            dkim_signers: self
+                .dkim_signers
+                .state()
+                .iter()
+                .map(|o| (**o).clone())
+                .collect(),
+            secrets: None,
         }
     }
 }
@@ -229,6 +242,8 @@ impl Controller {
             watch(Api::namespaced(self.client.clone(), &ns), all(), tx.clone());
         let (egress_paths, t3) =
             watch(Api::namespaced(self.client.clone(), &ns), all(), tx.clone());
+        let (dkim_signers, t5) =
+            watch(Api::namespaced(self.client.clone(), &ns), all(), tx.clone());
         // a scale of the fleet changes every split share: render again (the
         // field selector is what RBAC's resourceNames allows to watch)
         let t4 = self.config.fleet.clone().map(|name| {
@@ -240,18 +255,20 @@ impl Controller {
             queue_policies,
             egress_pools,
             egress_paths,
+            dkim_signers,
         };
         for ready in [
             stores.queue_policies.wait_until_ready().await,
             stores.egress_pools.wait_until_ready().await,
             stores.egress_paths.wait_until_ready().await,
+            stores.dkim_signers.wait_until_ready().await,
         ] {
             ready.expect("the watch tasks run");
         }
         self.metrics
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(namespace = %ns, "watching QueuePolicy, EgressPool and EgressPath");
+        tracing::info!(namespace = %ns, "watching QueuePolicy, EgressPool, EgressPath and DkimSigner");
         futures::pin_mut!(shutdown);
         let mut poll = tokio::time::interval(self.config.poll_interval);
         loop {
@@ -281,7 +298,10 @@ impl Controller {
                 .duration
                 .observe(started.elapsed().as_secs_f64());
         }
-        for t in [Some(t1), Some(t2), Some(t3), t4].into_iter().flatten() {
+        for t in [Some(t1), Some(t2), Some(t3), t4, Some(t5)]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         Ok(())
@@ -289,7 +309,8 @@ impl Controller {
 
     /// One pass over the fleet.
     async fn reconcile(&mut self, stores: &Stores) -> Result<(), Error> {
-        let inputs = stores.inputs();
+        let mut inputs = stores.inputs();
+        inputs.secrets = Some(self.signer_secrets(&inputs.dkim_signers).await);
         let fleet = self.fleet().await?;
         let outcome = crate::last_accepted::render(
             &inputs,
@@ -345,7 +366,59 @@ impl Controller {
             )
             .await?;
         }
+        for o in &inputs.dkim_signers {
+            self.write_status(
+                Api::<DkimSigner>::namespaced(self.client.clone(), ns),
+                o,
+                &outcome,
+                &rollout,
+                fleet,
+                changed,
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    /// The Secrets the DkimSigners name, read at every pass (a rotated or
+    /// newly created key shows in the status within a poll interval). One
+    /// that is not mounted into the pods is not read.
+    async fn signer_secrets(
+        &self,
+        signers: &[DkimSigner],
+    ) -> std::collections::BTreeMap<String, render::SecretState> {
+        use render::SecretState;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let mut out = std::collections::BTreeMap::new();
+        for signer in signers {
+            let name = &signer.spec.key_secret_ref.name;
+            if out.contains_key(name) {
+                continue;
+            }
+            let mounted = self
+                .config
+                .mounted_secrets
+                .as_ref()
+                .is_none_or(|m| m.contains(name));
+            let state = if !mounted {
+                SecretState::NotMounted
+            } else {
+                match api.get_opt(name).await {
+                    Ok(Some(secret)) => SecretState::Data(
+                        secret
+                            .data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect(),
+                    ),
+                    Ok(None) => SecretState::NotFound,
+                    Err(e) => SecretState::Unreadable(e.to_string()),
+                }
+            };
+            out.insert(name.clone(), state);
+        }
+        out
     }
 
     /// Server-side-apply the ConfigMap unless it already holds this hash;
@@ -538,7 +611,7 @@ impl Controller {
         let key = render::key_of(obj);
         let verdict = outcome.verdict(&key);
         let old = obj.status().cloned().unwrap_or_default();
-        let new = status::compute(
+        let mut new = status::compute(
             &old,
             obj.meta().generation,
             &verdict,
@@ -547,6 +620,9 @@ impl Controller {
             fleet,
             crate::last_accepted::spec_json(obj),
         );
+        if let Some(signer) = outcome.rendered.signers.get(&key) {
+            status::add_signer(&mut new, &old, signer);
+        }
         if new == old {
             return Ok(());
         }

@@ -95,6 +95,7 @@ pub fn render(inputs: &Inputs, options: &Options) -> Outcome {
     substitute(&mut again.queue_policies, &first.verdicts, &mut serving);
     substitute(&mut again.egress_pools, &first.verdicts, &mut serving);
     substitute(&mut again.egress_paths, &first.verdicts, &mut serving);
+    substitute(&mut again.dkim_signers, &first.verdicts, &mut serving);
     if serving.is_empty() {
         return Outcome {
             rendered: first,

@@ -81,6 +81,11 @@ struct RunArgs {
     /// Where the MTA pods mount Secrets (`DIR/<secret>/<key>`).
     #[arg(long, default_value = render::DEFAULT_SECRETS_DIR)]
     secrets_dir: String,
+    /// The Secrets mounted into the MTA pods, comma-separated (may be
+    /// empty): the only ones a DkimSigner's key is read from. Unset: read
+    /// whichever a DkimSigner names.
+    #[arg(long, value_delimiter = ',')]
+    mounted_secrets: Option<Vec<String>>,
     /// Quiet time that ends a burst of changes before rendering.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     debounce: std::time::Duration,
@@ -158,6 +163,9 @@ fn run_command(args: RunArgs) -> ExitCode {
                 create: args.create_admin_secret,
             }),
             secrets_dir: args.secrets_dir,
+            mounted_secrets: args
+                .mounted_secrets
+                .map(|m| m.into_iter().filter(|s| !s.is_empty()).collect()),
             debounce: args.debounce,
             poll_interval: args.poll_interval,
             handoff: args

@@ -114,6 +114,7 @@ fn add(inputs: &mut Inputs, value: Value, namespace: &str) -> Result<(), (String
         "QueuePolicy" => inputs.queue_policies.push(parse(value).map_err(err)?),
         "EgressPool" => inputs.egress_pools.push(parse(value).map_err(err)?),
         "EgressPath" => inputs.egress_paths.push(parse(value).map_err(err)?),
+        "DkimSigner" => inputs.dkim_signers.push(parse(value).map_err(err)?),
         other => return Err(err(format!("unknown kind {other:?} in {GROUP}"))),
     }
     Ok(())

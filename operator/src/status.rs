@@ -6,6 +6,7 @@
 use crate::controller::Rollout;
 use crate::crd::PolicyStatus;
 use crate::last_accepted::Verdict;
+use crate::render::SignerStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The condition of type `type_` in `status`, if there is one.
@@ -16,6 +17,68 @@ pub fn condition<'a>(status: &'a PolicyStatus, type_: &str) -> Option<&'a Condit
 /// The first 12 hex digits, for messages.
 pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
+}
+
+/// A condition, keeping `old`'s transition time while its status stays.
+fn make_condition(
+    old: &PolicyStatus,
+    generation: Option<i64>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = condition(old, type_)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// A DkimSigner's own part of `status`: what it signs, the DNS record to
+/// publish, and `KeyReady`. An unusable key makes it not Ready, with the
+/// key's reason: its domains' mail is refused (4xx), never sent unsigned.
+pub fn add_signer(status: &mut PolicyStatus, old: &PolicyStatus, signer: &SignerStatus) {
+    let generation = status.observed_generation;
+    status.signing = Some(signer.signing.clone());
+    status.dns_names = signer.dns_names.clone();
+    status.dns_record = None;
+    let key = match &signer.key {
+        Ok(None) => return,
+        Ok(Some(record)) => {
+            status.dns_record = Some(record.clone());
+            let message = format!(
+                "publish {record:?} as TXT at {}",
+                status.dns_names.join(", ")
+            );
+            make_condition(old, generation, "KeyReady", true, "KeyRead", message)
+        }
+        Err(r) => {
+            let message = format!(
+                "{}; mail from these domains is refused with a 4xx until the key is usable",
+                r.message
+            );
+            // not Ready, and Stalled (kstatus: Failed) until someone acts
+            status
+                .conditions
+                .retain(|c| c.type_ != "Ready" && c.type_ != "Stalled");
+            for type_ in ["Ready", "Stalled"] {
+                let ok = type_ == "Stalled";
+                let c = make_condition(old, generation, type_, ok, r.reason, message.clone());
+                status.conditions.push(c);
+            }
+            make_condition(old, generation, "KeyReady", false, r.reason, message)
+        }
+    };
+    status.conditions.push(key);
 }
 
 /// The status for an object of `generation` with this verdict, given the
@@ -31,20 +94,7 @@ pub fn compute(
     spec: Option<String>,
 ) -> PolicyStatus {
     let make = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        // keep the transition time while the status stays the same
-        let since = condition(old, type_)
-            .filter(|c| c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: since,
-        }
+        make_condition(old, generation, type_, ok, reason, message)
     };
     let pods = format!("{}/{}", rollout.updated, rollout.total);
     let config = short(hash);
@@ -101,6 +151,7 @@ pub fn compute(
         },
         last_accepted_generation: last_generation,
         last_accepted_spec: last_spec,
+        ..PolicyStatus::default()
     }
 }
 
@@ -231,5 +282,52 @@ mod tests {
         assert_eq!(s.last_accepted_spec.as_deref(), Some("{\"maxAge\":\"1d\"}"));
         assert_eq!(s.last_accepted_generation, Some(1));
         assert_eq!(s.config_hash.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_signer_with_an_unusable_key_is_stalled_and_a_usable_one_ready() {
+        let accepted = compute(
+            &PolicyStatus::default(),
+            Some(1),
+            &Verdict::Accepted,
+            "abc",
+            &rollout(2, 2),
+            crate::render::Fleet::Split(1),
+            None,
+        );
+        let mut signer = SignerStatus {
+            signing: "rsa-sha256 for example.com".into(),
+            dns_names: vec!["s1._domainkey.example.com".into()],
+            key: Err(Rejection {
+                reason: "SecretNotFound",
+                message: "spec.keySecretRef: Secret \"k\" does not exist".into(),
+            }),
+        };
+        let mut s = accepted.clone();
+        add_signer(&mut s, &PolicyStatus::default(), &signer);
+        for (type_, status) in [
+            ("Ready", "False"),
+            ("Stalled", "True"),
+            ("KeyReady", "False"),
+        ] {
+            let c = condition(&s, type_).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (status, "SecretNotFound")
+            );
+            assert!(c.message.contains("refused with a 4xx"), "{}", c.message);
+        }
+        assert_eq!(condition(&s, "Accepted").unwrap().status, "True");
+        assert_eq!(s.dns_record, None);
+        assert_eq!(s.signing.as_deref(), Some("rsa-sha256 for example.com"));
+
+        signer.key = Ok(Some("v=DKIM1; k=rsa; p=AAAA".into()));
+        let mut s = accepted;
+        add_signer(&mut s, &PolicyStatus::default(), &signer);
+        assert_eq!(condition(&s, "Ready").unwrap().reason, "RolloutComplete");
+        assert!(condition(&s, "Stalled").is_none());
+        assert_eq!(condition(&s, "KeyReady").unwrap().status, "True");
+        assert_eq!(s.dns_record.as_deref(), Some("v=DKIM1; k=rsa; p=AAAA"));
+        assert_eq!(s.dns_names, vec!["s1._domainkey.example.com"]);
     }
 }

@@ -203,3 +203,91 @@ async fn requeue_rule_moves_the_message_after_the_third_attempt() {
         .unwrap();
     assert_eq!(msg.meta_string("queue"), None);
 }
+
+/// The DkimSigner example rendered, its keys where the pods mount them, and
+/// the generated `dkim_sign` called from smtp_server_message_received as
+/// the chart's policy does: mail from a matching domain gets both
+/// signatures, other mail none.
+#[tokio::test]
+async fn generated_dkim_sign_adds_a_signature_per_matching_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    let keys = secrets.join("dkim-example");
+    std::fs::create_dir_all(&keys).unwrap();
+    for (file, args) in [
+        (
+            "rsa.pem",
+            &["genrsa", "-traditional", "-out", "F", "2048"][..],
+        ),
+        (
+            "ed25519.pem",
+            &["genpkey", "-algorithm", "ed25519", "-out", "F"][..],
+        ),
+    ] {
+        let out = keys.join(file);
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "F" { out.to_str().unwrap() } else { a })
+            .collect();
+        assert!(
+            std::process::Command::new("openssl")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let (inputs, errors) =
+        sluice_operator::manifests::read_dir(&root().join("examples/operator/dkim"), "default");
+    assert!(errors.is_empty(), "{errors:?}");
+    let options = render::Options {
+        secrets_dir: secrets.display().to_string(),
+        ..Default::default()
+    };
+    let rendered = render::render(&inputs, &options);
+    for (name, content) in &rendered.files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let init = dir.path().join("policy.lua");
+    std::fs::write(
+        &init,
+        "local kumo = require 'kumo'\nlocal generated = require 'sluice-generated'\n\
+         assert(generated.signs)\n\
+         kumo.on('smtp_server_message_received', function(msg) generated.dkim_sign(msg) end)\n",
+    )
+    .unwrap();
+    let policy = Policy::load(PolicySource::from_file(&init).unwrap())
+        .unwrap_or_else(|e| panic!("the generated policy loads: {e}"));
+    let signed = |from: &str| {
+        let msg = Message::new(
+            MessageId::new(),
+            "sender@example.com".into(),
+            vec!["u@dest.test".into()],
+            Default::default(),
+            format!("From: <{from}>\r\nTo: u@dest.test\r\nSubject: t\r\n\r\nbody\r\n").into_bytes(),
+        );
+        let policy = policy.clone();
+        async move {
+            policy
+                .message_event("smtp_server_message_received", Some(&msg), None)
+                .await
+                .unwrap();
+            String::from_utf8(msg.data().unwrap().to_vec()).unwrap()
+        }
+    };
+    let text = signed("news@Mail.Example.com").await;
+    let signatures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("DKIM-Signature:"))
+        .collect();
+    assert_eq!(signatures.len(), 2, "{text}");
+    assert!(text.contains("a=ed25519-sha256"), "{text}");
+    assert!(text.contains("a=rsa-sha256"), "{text}");
+    assert!(
+        text.contains("s=s2026") && text.contains("s=e2026"),
+        "{text}"
+    );
+    assert!(text.contains("d=example.com"), "{text}");
+    let text = signed("news@other.test").await;
+    assert!(!text.contains("DKIM-Signature"), "{text}");
+}

@@ -44,6 +44,7 @@ fn invalid_objects_are_left_out_with_reason_and_field() {
         inputs.queue_policies.extend(extra.queue_policies);
         inputs.egress_pools.extend(extra.egress_pools);
         inputs.egress_paths.extend(extra.egress_paths);
+        inputs.dkim_signers.extend(extra.dkim_signers);
         let rendered = render::render(&inputs, &render::Options::default());
         let rejected: Vec<_> = rendered.rejected().collect();
         assert_eq!(

@@ -35,6 +35,16 @@ fn examples_validate_against_the_crd_schemas() {
 }
 
 #[test]
+fn the_dkim_example_validates_against_its_crd_schema() {
+    let results = validate(&[root().join("examples/operator/dkim")]);
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(r["kind"], "DkimSigner", "{r}");
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    }
+}
+
+#[test]
 fn invalid_examples_are_rejected_by_the_schema_with_their_message() {
     let schema_cases: Vec<Invalid> = invalid_examples()
         .into_iter()

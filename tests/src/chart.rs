@@ -38,7 +38,11 @@ pub fn template(values: Option<&str>, sets: &[&str]) -> Result<String, String> {
         args.extend(["-f", v]);
     }
     for s in sets {
-        args.extend(["--set", s]);
+        // `json:key=[]` for what --set cannot say (an empty list)
+        match s.strip_prefix("json:") {
+            Some(json) => args.extend(["--set-json", json]),
+            None => args.extend(["--set", s]),
+        }
     }
     helm(&args)
 }

@@ -207,7 +207,7 @@ impl Fleet {
     /// A config other than `previous` is not enough: applying three objects
     /// can give two renders, and a loaded machine rolls out the first (say
     /// the EgressPool without its QueuePolicy) before the operator has seen
-    /// the last. So every QueuePolicy, EgressPool and EgressPath must also
+    /// the last. So every QueuePolicy, EgressPool, EgressPath and DkimSigner must also
     /// say, in its status, that its current generation is in this config
     /// (or was rejected).
     pub fn wait_rollout(&self, previous: Option<&str>) -> String {
@@ -250,7 +250,7 @@ impl Fleet {
         }
     }
 
-    /// Whether the status of every object of the three kinds describes its
+    /// Whether the status of every object of the kinds describes its
     /// current generation and names `hash` as the config it is part of
     /// (a rejected object names none).
     fn objects_reconciled_into(&self, hash: &str) -> bool {
@@ -258,7 +258,7 @@ impl Fleet {
             "-n",
             NAMESPACE,
             "get",
-            "queuepolicies,egresspools,egresspaths",
+            "queuepolicies,egresspools,egresspaths,dkimsigners",
         ]) else {
             return false;
         };
@@ -269,12 +269,12 @@ impl Fleet {
         })
     }
 
-    /// `kubectl wait --for=condition=Ready` on every object of the three kinds.
+    /// `kubectl wait --for=condition=Ready` on every object of the kinds.
     pub fn wait_ready(&self) {
         self.kubectl(&[
             "wait",
             "--for=condition=Ready",
-            "queuepolicies,egresspools,egresspaths",
+            "queuepolicies,egresspools,egresspaths,dkimsigners",
             "--all",
             "--timeout=30s",
         ]);

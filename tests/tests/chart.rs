@@ -145,7 +145,7 @@ fn crds_are_the_repository_crds() {
         );
         seen += 1;
     }
-    assert_eq!(seen, 3);
+    assert_eq!(seen, 4);
     let without = documents(&template(None, &["crds.enabled=false", "crds.keep=false"]).unwrap());
     assert!(
         without

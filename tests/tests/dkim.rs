@@ -290,3 +290,72 @@ end)
     assert!(sink.messages().is_empty());
     assert_eq!(sluice_tests::count(&mta.records(), "Reception"), 0);
 }
+
+/// The chart's policy with the operator's rendering of the DkimSigner
+/// example and a user's module, as `--validate` loads it: the chart signs
+/// in smtp_server_message_received itself unless a module handles that
+/// event, which then must call `dkim_sign` and say so
+/// (`mta.userPolicy.signsDkim`); otherwise loading fails, naming the
+/// module's line and the value to set.
+#[test]
+fn the_charts_policy_signs_with_dkim_signers_or_leaves_it_to_a_users_handler() {
+    use sluice_tests::chart;
+    let setup = |module: Option<&str>, sets: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        // rules files are read from the pod's paths at init: not here
+        let mut all = vec![
+            "mta.bounceClassifier.enabled=false",
+            "mta.shaping.enabled=false",
+        ];
+        all.extend(sets);
+        let docs = chart::documents(&chart::template(None, &all).unwrap());
+        let cm = chart::find(&docs, "ConfigMap", "rel-sluice-mta");
+        for (name, text) in cm["data"].as_object().unwrap() {
+            std::fs::write(dir.path().join(name), text.as_str().unwrap()).unwrap();
+        }
+        let examples = sluice_tests::fleet::root_path("examples/operator/dkim");
+        let out = std::process::Command::new(sluice_tests::binary("sluice-operator"))
+            .args(["render", "-f", &examples, "-o"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", sluice_tests::text(&out));
+        if let Some(m) = module {
+            std::fs::write(dir.path().join("mine.lua"), m).unwrap();
+        }
+        dir
+    };
+    let init = |dir: &tempfile::TempDir| dir.path().join("init.lua");
+
+    // no module of the user's: the chart registers the signing
+    let dir = setup(None, &[]);
+    let o = sluice_tests::validate_policy(&init(&dir));
+    assert!(o.status.success(), "{}", sluice_tests::text(&o));
+
+    // a module that handles the event itself, without saying so
+    let handler = "local kumo = require 'kumo'\n\
+                   kumo.on('smtp_server_message_received', function(msg) end)\n";
+    let dir = setup(Some(handler), &["mta.userPolicy.modules={mine}"]);
+    let o = sluice_tests::validate_policy(&init(&dir));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("mine.lua:2"), "{err}");
+    assert!(err.contains("mta.userPolicy.signsDkim=true"), "{err}");
+    assert!(err.contains("dkim_sign(msg)"), "{err}");
+
+    // ... and one that signs as the chart says
+    let composed = "local kumo = require 'kumo'\n\
+                    kumo.on('smtp_server_message_received', function(msg)\n\
+                      msg:set_meta('tenant', 'mine')\n\
+                      require('sluice-generated').dkim_sign(msg)\n\
+                    end)\n";
+    let dir = setup(
+        Some(composed),
+        &[
+            "mta.userPolicy.modules={mine}",
+            "mta.userPolicy.signsDkim=true",
+        ],
+    );
+    let o = sluice_tests::validate_policy(&init(&dir));
+    assert!(o.status.success(), "{}", sluice_tests::text(&o));
+}

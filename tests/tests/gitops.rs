@@ -91,6 +91,24 @@ fn argo_cd_health_follows_the_conditions() {
         )
     );
 
+    // a DkimSigner in the config whose key cannot be used
+    let keyless = object(
+        1,
+        json!({"observedGeneration": 1, "configHash": hash, "pods": "2/2", "conditions": [
+            condition("Accepted", "True", "Rendered", "part of config"),
+            condition("Ready", "False", "SecretNotFound", "spec.keySecretRef: no Secret"),
+            condition("Stalled", "True", "SecretNotFound", "spec.keySecretRef: no Secret"),
+            condition("KeyReady", "False", "SecretNotFound", "spec.keySecretRef: no Secret"),
+        ]}),
+    );
+    assert_eq!(
+        health(&keyless),
+        (
+            "Degraded".into(),
+            "SecretNotFound: spec.keySecretRef: no Secret".into()
+        )
+    );
+
     let rolling = object(
         4,
         json!({"observedGeneration": 4, "configHash": hash, "pods": "1/2", "conditions": [
@@ -122,7 +140,7 @@ fn argocd_cm_carries_the_health_script_for_each_kind() {
     let root = workspace_root().join("deploy/argocd");
     let script = std::fs::read_to_string(root.join("health.lua")).unwrap();
     let cm = documents(&std::fs::read_to_string(root.join("argocd-cm.yaml")).unwrap()).remove(0);
-    for kind in ["QueuePolicy", "EgressPool", "EgressPath"] {
+    for kind in ["QueuePolicy", "EgressPool", "EgressPath", "DkimSigner"] {
         let key = format!("resource.customizations.health.sluice.dev_{kind}");
         assert_eq!(cm["data"][&key].as_str(), Some(script.as_str()), "{key}");
     }

@@ -1,13 +1,15 @@
-//! The renderer: a pure function from the fleet's custom resources to the
-//! generated policy file. Same input, same bytes (objects sorted, keys
-//! sorted, no timestamps). Every object gets a verdict; an invalid one is
+//! The renderer: a pure function from the fleet's custom resources (and the
+//! Secrets their DkimSigners name) to the generated policy file. Same
+//! input, same bytes (objects sorted, keys sorted, no timestamps). Every object gets a verdict; an invalid one is
 //! left out, and the rest still renders.
 
+pub mod dkim;
 pub mod lua;
 mod runtime;
 mod validate;
 
-use crate::crd::{EgressPath, EgressPool, QueuePolicy};
+use crate::crd::{DkimSigner, EgressPath, EgressPool, QueuePolicy};
+pub use dkim::{SecretState, SignerStatus};
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -27,6 +29,11 @@ pub struct Inputs {
     pub egress_pools: Vec<EgressPool>,
     /// The EgressPath objects.
     pub egress_paths: Vec<EgressPath>,
+    /// The DkimSigner objects.
+    pub dkim_signers: Vec<DkimSigner>,
+    /// The Secrets the DkimSigners name, as the controller found them;
+    /// `None` when they cannot be read (`sluice-operator render`).
+    pub secrets: Option<BTreeMap<String, SecretState>>,
 }
 
 /// Render settings that do not come from the objects.
@@ -116,6 +123,8 @@ pub struct Rendered {
     pub hash: String,
     /// Every input object, `Ok` if it is part of the output.
     pub verdicts: BTreeMap<ObjectKey, Result<(), Rejection>>,
+    /// What each accepted DkimSigner's status reports besides its verdict.
+    pub signers: BTreeMap<ObjectKey, SignerStatus>,
 }
 
 impl Rendered {
@@ -366,6 +375,8 @@ pub fn render(inputs: &Inputs, options: &Options) -> Rendered {
     // merged in order, so the one that takes precedence goes last
     paths.reverse();
 
+    let (signers, signer_status) = dkim_signers(inputs, options, &mut verdicts);
+
     let sources: Map<String, Value> = source_tables
         .into_iter()
         .map(|(name, (table, _))| (name, table))
@@ -376,13 +387,61 @@ pub fn render(inputs: &Inputs, options: &Options) -> Rendered {
         egress_sources: &Value::Object(sources),
         egress_paths: &paths,
         amqp_publishers: &amqp,
+        dkim_signers: &signers,
     });
     let hash = sha256_hex(lua.as_bytes());
     Rendered {
         files: BTreeMap::from([(POLICY_FILE.to_string(), lua)]),
         hash,
         verdicts,
+        signers: signer_status,
     }
+}
+
+/// The accepted DkimSigners' entries (by namespace/name) and statuses.
+fn dkim_signers(
+    inputs: &Inputs,
+    options: &Options,
+    verdicts: &mut BTreeMap<ObjectKey, Result<(), Rejection>>,
+) -> (Vec<Value>, BTreeMap<ObjectKey, SignerStatus>) {
+    let mut objects = inputs.dkim_signers.clone();
+    objects.sort_by_key(key_of);
+    let mut accepted = Vec::new();
+    for object in &objects {
+        let key = key_of(object);
+        match dkim::signer_entry(object, &key, &options.secrets_dir) {
+            Ok(entry) => accepted.push((key, object, entry)),
+            Err(r) => {
+                verdicts.insert(key, Err(r));
+            }
+        }
+    }
+    let selectors: Vec<(ObjectKey, Vec<String>, String)> = accepted
+        .iter()
+        .map(|(key, o, _)| {
+            (
+                key.clone(),
+                dkim::normalised_domains(o),
+                o.spec.selector.to_lowercase(),
+            )
+        })
+        .collect();
+    let conflicting = dkim::conflicts(&selectors);
+    let mut entries = Vec::new();
+    let mut statuses = BTreeMap::new();
+    for (key, object, entry) in accepted {
+        if let Some(r) = conflicting.get(&key) {
+            verdicts.insert(key, Err(r.clone()));
+            continue;
+        }
+        statuses.insert(
+            key.clone(),
+            dkim::signer_status(object, inputs.secrets.as_ref()),
+        );
+        verdicts.insert(key, Ok(()));
+        entries.push(entry);
+    }
+    (entries, statuses)
 }
 
 /// SHA-256 of `bytes`, as lower-case hex.

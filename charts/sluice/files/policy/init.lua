@@ -3,10 +3,11 @@
 --
 -- * sluice-settings.lua: spool, logs, listeners and where the SMTP AUTH and
 --   admin API credentials are mounted, from the chart's values.
--- * sluice-generated.lua: queue config, egress pools and paths rendered by
---   sluice-operator from QueuePolicy, EgressPool and EgressPath objects. It
---   appears once the operator has written its ConfigMap; the MTA reloads
---   when it does and whenever it changes.
+-- * sluice-generated.lua: queue config, egress pools and paths, and DKIM
+--   signers, rendered by sluice-operator from QueuePolicy, EgressPool,
+--   EgressPath and DkimSigner objects. It appears once the operator has
+--   written its ConfigMap; the MTA reloads when it does and whenever it
+--   changes.
 -- * your own modules (mta.userPolicy): custom_lua constructors and event
 --   handlers, required last.
 local kumo = require 'kumo'
@@ -99,10 +100,30 @@ end
 
 -- Present when the operator has rendered its ConfigMap (the volume source is
 -- optional, so pods start before the operator's first write).
+local generated
 if package.searchpath('sluice-generated', package.path) then
-  require 'sluice-generated'
+  generated = require 'sluice-generated'
 end
 
 for _, module in ipairs(settings.modules) do
   require(module)
+end
+
+-- DkimSigner objects: sign every message last, after your modules' handlers
+-- have changed it (unless they call dkim_sign themselves: mta.userPolicy.signsDkim).
+if type(generated) == 'table' and generated.signs and not settings.user_signs_dkim then
+  for _, event in ipairs { 'smtp_server_message_received', 'http_message_generated' } do
+    local ok, err = pcall(kumo.on, event, function(msg)
+      generated.dkim_sign(msg)
+    end)
+    if not ok then
+      local where = tostring(err):match('defined at ([^\n]+)') or tostring(err):match('[^\n]*')
+      error(string.format(
+        'DkimSigner objects sign in %s, which your module handles too (at %s): end your handler with '
+          .. "require('sluice-generated').dkim_sign(msg) and set mta.userPolicy.signsDkim=true",
+        event,
+        where
+      ))
+    end
+  end
 end

@@ -88,9 +88,9 @@ impl Conn {
             self.pos = 0;
         }
         let start = self.buf.len();
-        self.buf.resize(start + 16 * 1024, 0);
-        let n = match tokio::time::timeout_at(deadline, self.io.read(&mut self.buf[start..])).await
-        {
+        // read into spare capacity: no zeroing of 16 KiB per read
+        self.buf.reserve(16 * 1024);
+        let n = match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
             Err(_) => {
                 self.buf.truncate(start);
                 return Err(ReadError::Timeout);

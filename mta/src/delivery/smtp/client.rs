@@ -392,14 +392,17 @@ fn all(recipients: &[String], reply: &Reply) -> Transaction {
 /// The body with leading dots doubled, CRLF line ends, and the final dot.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in data {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
+    if data.first() == Some(&b'.') {
+        out.push(b'.');
     }
+    // copy runs between line-leading dots at memchr speed
+    let mut start = 0;
+    for at in memchr::memmem::find_iter(data, b"\n.") {
+        out.extend_from_slice(&data[start..=at]);
+        out.push(b'.');
+        start = at + 1;
+    }
+    out.extend_from_slice(&data[start..]);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -460,5 +463,9 @@ mod tests {
         assert_eq!(dot_stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
         assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b"..\r\n.\r\n.\n..x\r\n"),
+            b"...\r\n..\r\n..\n...x\r\n.\r\n"
+        );
     }
 }

@@ -51,9 +51,12 @@ fn the_client_behind_haproxy_is_who_relay_control_and_the_logs_see() {
         text(&o)
     );
 
-    let recs = mta.wait_for_records(Duration::from_secs(10), "deliveries", |r| {
-        count(r, "Delivery") == 2
-    });
+    // the Rejection record may be written after the deliveries' records
+    let recs = mta.wait_for_records(
+        Duration::from_secs(10),
+        "deliveries and the rejection",
+        |r| count(r, "Delivery") == 2 && count(r, "Rejection") >= 1,
+    );
     let receptions: Vec<&Value> = recs.iter().filter(|r| r["type"] == "Reception").collect();
     assert_eq!(receptions.len(), 2);
     for r in receptions {

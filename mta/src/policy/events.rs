@@ -258,8 +258,10 @@ impl Policy {
 
     /// Exercise what `--validate` can reach without traffic: `init` (every
     /// listener, spool and log table is parsed), `get_queue_config` for a
-    /// sample of names, `get_listener_domain` for a sample domain, and any
-    /// `validate_config` handlers.
+    /// sample of names, the egress hooks for the pools those configs name,
+    /// `should_enqueue_log_record` for each log hook, `get_listener_domain`
+    /// for a sample domain, and any `validate_config` handlers: whatever
+    /// would fail at run time fails here, naming file, line and key.
     pub async fn validate(&self) -> Result<InitConfig, PolicyError> {
         let init = self.run_init().await?;
         // (tenant, campaign, routing_domain) for the sample domain
@@ -268,14 +270,18 @@ impl Policy {
             (Some("tenant"), Some("campaign"), None),
             (None, None, Some("routing.example.com")),
         ];
+        let mut pools = std::collections::BTreeSet::new();
         for (tenant, campaign, routing) in samples {
-            self.get_queue_config("example.com", tenant, campaign, routing)
+            let config = self
+                .get_queue_config(SAMPLE_DOMAIN, tenant, campaign, routing)
                 .await
-                .map_err(|e| PolicyError::Event {
-                    event: "get_queue_config".into(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| event_error("get_queue_config", e))?;
+            pools.insert(config.egress_pool.unwrap_or_else(|| "unspecified".into()));
         }
+        for pool in pools {
+            self.validate_egress(&pool).await?;
+        }
+        self.validate_log_hooks(&init).await?;
         // a listener domain for a sample domain, as a session would ask
         self.get_listener_domain("example.com", "0.0.0.0:25", &ConnMeta::default())
             .await
@@ -293,6 +299,74 @@ impl Policy {
                 message: e.to_string(),
             })?;
         Ok(init)
+    }
+}
+
+/// The recipient domain `--validate` asks the hooks about.
+const SAMPLE_DOMAIN: &str = "example.com";
+/// The site name `--validate` asks `get_egress_path_config` about, shaped
+/// like one built from MX host names.
+const SAMPLE_SITE: &str = "mx.example.com";
+
+fn event_error(event: &str, e: EventError) -> PolicyError {
+    PolicyError::Event {
+        event: event.into(),
+        message: e.to_string(),
+    }
+}
+
+impl Policy {
+    /// `get_egress_pool` for `pool`, `get_egress_source` for each of its
+    /// sources, and `get_egress_path_config` from each source to a sample
+    /// site, as the first delivery through that pool would ask.
+    async fn validate_egress(&self, pool: &str) -> Result<(), PolicyError> {
+        let pool = self
+            .get_egress_pool(pool)
+            .await
+            .map_err(|e| event_error("get_egress_pool", e))?;
+        for entry in &pool.entries {
+            self.get_egress_source(&entry.name)
+                .await
+                .map_err(|e| event_error("get_egress_source", e))?;
+            self.get_egress_path_config(SAMPLE_DOMAIN, &entry.name, SAMPLE_SITE)
+                .await
+                .map_err(|e| event_error("get_egress_path_config", e))?;
+        }
+        Ok(())
+    }
+
+    /// `should_enqueue_log_record` for each configured log hook, with a
+    /// sample Delivery record made into a message as the hook would.
+    async fn validate_log_hooks(&self, init: &InitConfig) -> Result<(), PolicyError> {
+        for hook in &init.log_hooks {
+            let record = serde_json::json!({
+                "type": "Delivery",
+                "id": "0123456789abcdef0123456789abcdef",
+                "sender": "sender@example.net",
+                "recipient": format!("recipient@{SAMPLE_DOMAIN}"),
+                "queue": SAMPLE_DOMAIN,
+                "site": format!("unspecified->{SAMPLE_SITE}@smtp_client"),
+                "response": { "code": 250, "content": "OK", "command": null },
+                "num_attempts": 0,
+            });
+            let mut meta = serde_json::Map::new();
+            meta.insert("log_record".into(), record.clone());
+            meta.insert(
+                "reception_protocol".into(),
+                crate::log::HOOK_RECEPTION_PROTOCOL.into(),
+            );
+            let msg = crate::message::Message::new(
+                crate::message::MessageId::new(),
+                "sender@example.net".into(),
+                vec![format!("recipient@{SAMPLE_DOMAIN}")],
+                meta,
+                serde_json::to_vec(&record).unwrap_or_default(),
+            );
+            self.should_enqueue_log_record(&msg, &hook.name)
+                .await
+                .map_err(|e| event_error("should_enqueue_log_record", e))?;
+        }
+        Ok(())
     }
 }
 

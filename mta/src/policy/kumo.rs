@@ -63,7 +63,10 @@ impl AsRef<EgressPathConfig> for EgressPathUd {
 }
 
 /// Convert a policy table into a typed config, naming the offending key.
+/// KumoMTA keys the typed config does not read are screened first
+/// ([`super::kumo_keys`]).
 pub fn from_table<T: DeserializeOwned>(lua: &Lua, what: &str, value: Value) -> mlua::Result<T> {
+    let value = super::kumo_keys::screen(lua, what, value)?;
     let de = mlua::serde::Deserializer::new(value);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -182,6 +185,15 @@ fn listener_spec(lua: &Lua, params: Table) -> mlua::Result<ListenerSpec> {
                     .collect();
             configs.push(std::sync::Arc::new(merged(&layers)?));
         }
+    }
+    if configs
+        .iter()
+        .any(|c| c.tls_certificate.is_some() != c.tls_private_key.is_some())
+    {
+        return Err(located_error(
+            lua,
+            format!("{WHAT}: keys 'tls_certificate' and 'tls_private_key' must be set together"),
+        ));
     }
     let base = &configs[0];
     if let Err(e) = base.listen.parse::<std::net::SocketAddr>() {

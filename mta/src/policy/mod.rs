@@ -8,6 +8,7 @@ mod fetched;
 pub mod files;
 mod http;
 pub(crate) mod kumo;
+pub mod kumo_keys;
 mod lua_connection;
 mod lua_dkim;
 pub mod lua_listener_domain;

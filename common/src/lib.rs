@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod egress;
+pub mod key_source;
 pub mod queue_config;
 pub mod throttle;
 

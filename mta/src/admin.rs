@@ -232,6 +232,9 @@ async fn config(State(s): State<AdminState>) -> Response {
     let status = s.reloader.status.lock().clone();
     let mut body = serde_json::to_value(status).unwrap_or_default();
     body["listeners"] = serde_json::to_value(s.listeners.as_ref()).unwrap_or_default();
+    // config hooks failing at run time (their messages get TransientFailures)
+    body["hook_errors"] =
+        serde_json::to_value(crate::policy::hook_errors::snapshot()).unwrap_or_default();
     axum::Json(body).into_response()
 }
 

@@ -107,6 +107,7 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
     let spool = Arc::new(spool);
     policy.attach_spool(spool.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    crate::policy::hook_errors::register(metrics.registry());
     metrics.set_config(&policy.content_hash());
     // shaping automation watches the records, once the queues exist
     let (feed, shaped_records) = crate::shaping::feed();

@@ -8,6 +8,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
 pub use placeholder::EmptyDuplex;
 
+/// The rustls cipher suites ring offers, by the names KumoMTA's
+/// `rustls_cipher_suites` uses.
+pub fn cipher_suite_names() -> Vec<String> {
+    rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect()
+}
+
+/// Names in `rustls_cipher_suites` that ring does not offer.
+pub fn unknown_cipher_suites(names: &[String]) -> Vec<String> {
+    let known = cipher_suite_names();
+    names
+        .iter()
+        .filter(|n| !known.contains(n))
+        .cloned()
+        .collect()
+}
+
 mod placeholder {
     use std::pin::Pin;
     use std::task::{Context, Poll};

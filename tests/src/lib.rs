@@ -16,6 +16,7 @@ pub mod projector;
 pub mod rabbit;
 pub mod redis;
 pub mod reply_sink;
+pub mod submission;
 pub mod tmpfs;
 
 use serde_json::Value;
@@ -69,6 +70,8 @@ pub struct Mta {
     pub policy_path: PathBuf,
     /// Extra command-line arguments for `sluice-mta`.
     pub args: Vec<String>,
+    /// Extra environment variables for `sluice-mta` (`SSL_CERT_FILE`, ...).
+    pub env: Vec<(String, String)>,
     /// A cgroup's `cgroup.procs`: the MTA runs in that cgroup from its
     /// first instruction.
     pub cgroup: Option<PathBuf>,
@@ -147,6 +150,7 @@ impl Mta {
             port,
             policy_path,
             args: vec![],
+            env: vec![],
             cgroup: None,
         }
     }
@@ -177,6 +181,7 @@ impl Mta {
             .arg("--policy")
             .arg(&self.policy_path)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
             // each its own node, as pods are (xfer refuses a node's own mail)

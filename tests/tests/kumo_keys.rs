@@ -280,3 +280,64 @@ end)
     let o = validate_policy(&path);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A config hook that fails while the MTA runs is counted on `/metrics` and
+/// its last error shown on `/api/admin/config/v1`, beside the
+/// TransientFailures of the messages it was asked about.
+#[test]
+fn a_hook_failing_at_run_time_shows_on_the_admin_api_and_in_metrics() {
+    let sink = Sink::start(&[]);
+    let admin = free_port();
+    let mta = Mta::start(&policy_with_init(
+        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        "",
+        &format!(
+            r#"
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }},
+    retry_interval = '1 hour',
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_dane = true }}
+end)
+"#,
+            sink.port
+        ),
+    ));
+    let o = swaks(mta.port, &["--to", "u@example.com"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recs = mta.wait_for_records(Duration::from_secs(20), "a transient failure", |r| {
+        count(r, "TransientFailure") == 1
+    });
+    let tf = recs
+        .iter()
+        .find(|r| r["type"] == "TransientFailure")
+        .unwrap();
+    assert!(
+        tf["response"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("enable_dane"),
+        "{tf}"
+    );
+    let config = http_json(admin, "/api/admin/config/v1", None);
+    let hook = &config["hook_errors"]["get_egress_path_config"];
+    assert!(hook["count"].as_u64().unwrap() >= 1, "{config}");
+    let last = hook["last_error"].as_str().unwrap();
+    assert!(
+        last.contains("policy.lua:") && last.contains("key 'enable_dane' = true is not supported"),
+        "{last}"
+    );
+    assert!(
+        hook["last_error_at"].as_str().unwrap().ends_with('Z'),
+        "{hook}"
+    );
+    let m = http_request(admin, "/metrics", None);
+    let n = m["samples"]["sluice_policy_hook_errors_total{event=get_egress_path_config}"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(n >= 1.0, "{}", m["samples"]);
+    assert_eq!(sink.messages().len(), 0);
+}

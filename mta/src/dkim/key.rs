@@ -6,40 +6,9 @@ use mail_auth::common::crypto::{DkimKey, Ed25519Key, HashOutput, RsaKey, Sha256,
 use mail_auth::common::headers::Writable;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::Deserialize;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-/// KumoMTA's KeySource: a string is a file to read (a mounted Secret, in
-/// Kubernetes), `{ key_data = '...' }` the key itself.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(untagged)]
-pub enum KeySource {
-    /// A file holding the key.
-    File(PathBuf),
-    /// The key data given by the policy.
-    Data {
-        /// PEM (or, for Ed25519, DER) key data
-        key_data: String,
-    },
-    /// HashiCorp Vault, which Sluice does not reach: refused by name.
-    Vault {
-        /// Vault's secrets engine mount
-        vault_mount: String,
-        /// the secret's path
-        vault_path: String,
-    },
-}
-
-impl std::fmt::Display for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::File(path) => write!(f, "key file {}", path.display()),
-            KeySource::Data { .. } => f.write_str("key_data"),
-            KeySource::Vault { vault_path, .. } => write!(f, "vault key {vault_path}"),
-        }
-    }
-}
+pub use sluice_common::key_source::KeySource;
 
 /// A key that could not be had, naming where it was looked for.
 #[derive(Debug, thiserror::Error)]

@@ -69,6 +69,18 @@ impl Policy {
         campaign: Option<&str>,
         routing_domain: Option<&str>,
     ) -> Result<QueueConfig, EventError> {
+        self.queue_config(domain, tenant, campaign, routing_domain)
+            .await
+            .inspect_err(|e| super::hook_errors::record("get_queue_config", &e.to_string()))
+    }
+
+    async fn queue_config(
+        &self,
+        domain: &str,
+        tenant: Option<&str>,
+        campaign: Option<&str>,
+        routing_domain: Option<&str>,
+    ) -> Result<QueueConfig, EventError> {
         let lua = self.checkout()?;
         let result = self
             .call_handlers(&lua, "get_queue_config", |lua| {
@@ -87,8 +99,24 @@ impl Policy {
     }
 
     /// Call a single-handler event that must return a config object; `None`
-    /// when no handler is registered.
+    /// when no handler is registered. A failure is counted for the metrics
+    /// and the admin API.
     async fn config_event<T, U>(
+        &self,
+        event: &str,
+        what: &str,
+        args: impl Fn(&Lua) -> mlua::Result<MultiValue>,
+    ) -> Result<Option<T>, EventError>
+    where
+        T: serde::de::DeserializeOwned + Clone,
+        U: mlua::UserData + 'static + AsRef<T>,
+    {
+        self.config_event_inner::<T, U>(event, what, args)
+            .await
+            .inspect_err(|e| super::hook_errors::record(event, &e.to_string()))
+    }
+
+    async fn config_event_inner<T, U>(
         &self,
         event: &str,
         what: &str,

@@ -409,7 +409,18 @@ pub fn build_module(lua: &Lua) -> mlua::Result<Table> {
     kumo.set(
         "make_egress_path",
         lua.create_function(|lua, params: Value| {
-            Ok(EgressPathUd(from_table(lua, "make_egress_path", params)?))
+            let path: EgressPathConfig = from_table(lua, "make_egress_path", params)?;
+            let unknown = crate::smtp::unknown_cipher_suites(&path.rustls_cipher_suites);
+            if !unknown.is_empty() {
+                return Err(located_error(
+                    lua,
+                    format!(
+                        "make_egress_path: key 'rustls_cipher_suites': unknown {unknown:?}; known: {}",
+                        crate::smtp::cipher_suite_names().join(", ")
+                    ),
+                ));
+            }
+            Ok(EgressPathUd(path))
         })?,
     )?;
 

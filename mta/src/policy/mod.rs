@@ -6,6 +6,7 @@ mod amqp;
 mod events;
 mod fetched;
 pub mod files;
+pub mod hook_errors;
 mod http;
 pub(crate) mod kumo;
 pub mod kumo_keys;

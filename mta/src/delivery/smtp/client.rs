@@ -4,6 +4,9 @@
 //! may carry many transactions.
 
 use crate::smtp::Io;
+
+mod auth;
+mod eight_bit;
 use sluice_common::egress::{EgressPathConfig, Tls};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -57,6 +60,10 @@ pub enum ClientError {
     /// The TLS handshake after STARTTLS failed.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// SMTP AUTH was refused, or not attempted because the connection could
+    /// not protect the credential.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// The result of one transaction for each recipient.
@@ -77,6 +84,8 @@ pub struct SmtpClient {
     extensions: HashSet<String>,
     /// (protocol version, cipher suite) once STARTTLS succeeded.
     pub tls: Option<(String, String)>,
+    /// The TLS session's certificate was verified (not an `*Insecure` mode).
+    tls_verified: bool,
     transactions: usize,
     settings: Arc<EgressPathConfig>,
 }
@@ -89,24 +98,6 @@ async fn with_timeout<T>(
     tokio::time::timeout(d, f)
         .await
         .unwrap_or(Err(ClientError::Timeout(d, phase)))
-}
-
-fn tls_config(insecure: bool) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions");
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(insecure::AcceptAnyCert))
-            .with_no_client_auth()
-    } else {
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Arc::new(config)
 }
 
 impl SmtpClient {
@@ -137,6 +128,7 @@ impl SmtpClient {
             name: name.to_string(),
             extensions: HashSet::new(),
             tls: None,
+            tls_verified: false,
             transactions: 0,
             settings: settings.clone(),
         };
@@ -151,20 +143,47 @@ impl SmtpClient {
         let wants_tls = settings.enable_tls != Tls::Disabled;
         let required = matches!(settings.enable_tls, Tls::Required | Tls::RequiredInsecure);
         if wants_tls && client.extensions.contains("STARTTLS") {
-            client.starttls(ehlo_domain).await?;
+            if client.starttls_command().await?
+                && let Err(e) = client.handshake(ehlo_domain).await
+            {
+                if required || !settings.opportunistic_tls_reconnect_on_failed_handshake {
+                    return Err(e);
+                }
+                tracing::debug!(%addr, "opportunistic TLS failed ({e}); reconnecting in clear");
+                let mut clear = (*settings).clone();
+                clear.enable_tls = Tls::Disabled;
+                return Box::pin(Self::connect(
+                    name,
+                    addr,
+                    source,
+                    ehlo_domain,
+                    Arc::new(clear),
+                ))
+                .await;
+            }
         } else if required {
             return Err(ClientError::TlsRequired(format!(
                 "{name} does not offer STARTTLS"
             )));
         }
+        client.authenticate().await?;
         Ok(client)
     }
 
     async fn ehlo(&mut self, domain: &str) -> Result<(), ClientError> {
         let timeout = self.settings.ehlo_timeout;
+        let (verb, phase) = if self.settings.use_lmtp {
+            ("LHLO", "LHLO")
+        } else {
+            ("EHLO", "EHLO")
+        };
         let reply = self
-            .command(&format!("EHLO {domain}"), timeout, "EHLO")
+            .command(&format!("{verb} {domain}"), timeout, phase)
             .await?;
+        if reply.code != 250 && self.settings.use_lmtp {
+            // LMTP has no HELO to fall back to (RFC 2033 §4.1)
+            return Err(ClientError::Rejected { phase, reply });
+        }
         if reply.code == 250 {
             self.extensions = reply
                 .text
@@ -188,7 +207,9 @@ impl SmtpClient {
         Ok(())
     }
 
-    async fn starttls(&mut self, ehlo_domain: &str) -> Result<(), ClientError> {
+    /// Send STARTTLS: true when the server is ready for the handshake,
+    /// false when it refused and the session may go on in clear.
+    async fn starttls_command(&mut self) -> Result<bool, ClientError> {
         let timeout = self.settings.starttls_timeout;
         let reply = self.command("STARTTLS", timeout, "STARTTLS").await?;
         let required = matches!(
@@ -202,13 +223,20 @@ impl SmtpClient {
                     reply.line()
                 )));
             }
-            return Ok(());
+            return Ok(false);
         }
+        Ok(true)
+    }
+
+    /// The TLS handshake after a 220 to STARTTLS, then EHLO again.
+    async fn handshake(&mut self, ehlo_domain: &str) -> Result<(), ClientError> {
+        let timeout = self.settings.starttls_timeout;
         let insecure = matches!(
             self.settings.enable_tls,
             Tls::OpportunisticInsecure | Tls::RequiredInsecure
         );
-        let connector = tokio_rustls::TlsConnector::from(tls_config(insecure));
+        let config = super::tls::client_config(insecure, &self.settings.rustls_cipher_suites)?;
+        let connector = tokio_rustls::TlsConnector::from(config);
         let server_name = rustls::pki_types::ServerName::try_from(self.name.clone())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(self.peer.ip().into()));
         let plain = std::mem::replace(
@@ -221,6 +249,7 @@ impl SmtpClient {
             .map_err(|_| ClientError::Timeout(timeout, "STARTTLS handshake"))?
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let (_, conn) = tls.get_ref();
+        self.tls_verified = !insecure;
         self.tls = Some((
             conn.protocol_version()
                 .map(|v| format!("{v:?}"))
@@ -288,6 +317,10 @@ impl SmtpClient {
         data: &[u8],
     ) -> Result<Transaction, ClientError> {
         let s = self.settings.clone();
+        let params = match self.mail_params(sender, recipients, data) {
+            Ok(params) => params,
+            Err(refusal) => return Ok(all(recipients, &refusal)),
+        };
         if self.transactions > 0 && s.enable_rset {
             let reply = self.command("RSET", s.rset_timeout, "RSET").await?;
             if reply.code != 250 {
@@ -298,7 +331,7 @@ impl SmtpClient {
             }
         }
         self.transactions += 1;
-        let mail = format!("MAIL FROM:<{sender}>\r\n");
+        let mail = format!("MAIL FROM:<{sender}>{params}\r\n");
         let pipelining = s.enable_pipelining && self.extensions.contains("PIPELINING");
         let mail_reply;
         let mut rcpt_replies = Vec::with_capacity(recipients.len());
@@ -364,11 +397,18 @@ impl SmtpClient {
             });
         }
         self.write(&dot_stuff(data)).await?;
-        let final_reply = self.read_reply(s.data_dot_timeout, "data dot").await?;
         let mut results: Vec<(String, Reply)> =
             recipients.iter().cloned().zip(rcpt_replies).collect();
-        for i in accepted {
-            results[i].1 = final_reply.clone();
+        if s.use_lmtp {
+            // one reply per accepted recipient, in RCPT order (RFC 2033 §4.2)
+            for i in accepted {
+                results[i].1 = self.read_reply(s.data_dot_timeout, "data dot").await?;
+            }
+        } else {
+            let final_reply = self.read_reply(s.data_dot_timeout, "data dot").await?;
+            for i in accepted {
+                results[i].1 = final_reply.clone();
+            }
         }
         Ok(Transaction { results })
     }
@@ -408,50 +448,6 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
-}
-
-mod insecure {
-    use rustls::DigitallySignedStruct;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-
-    /// For `*Insecure` TLS modes: encrypt, but accept any certificate.
-    #[derive(Debug)]
-    pub struct AcceptAnyCert;
-
-    impl ServerCertVerifier for AcceptAnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod site;
+mod tls;
 
 use super::{Attempt, BoxFuture, Deliver, Outcome, Path, RecipientResult, Refused, Sent, Session};
 use crate::dns::{Dns, MxAnswer};
@@ -99,6 +100,11 @@ impl Deliver for SmtpDeliver {
                 targets: self.site.targets.len(),
                 strategy: path.config.reconnect_strategy,
                 restart: self.restart.clone(),
+                protocol: if path.config.use_lmtp {
+                    "LMTP"
+                } else {
+                    "ESMTP"
+                },
             }) as Box<dyn Session>)
         })
     }
@@ -201,6 +207,8 @@ struct SmtpSession {
     targets: usize,
     strategy: ReconnectStrategy,
     restart: Arc<parking_lot::Mutex<Option<usize>>>,
+    /// `ESMTP`, or `LMTP` with the path's `use_lmtp`.
+    protocol: &'static str,
 }
 
 impl Session for SmtpSession {
@@ -222,7 +230,7 @@ impl Session for SmtpSession {
                         close = true;
                         *self.restart.lock() = restart_at(self.strategy, self.target, self.targets);
                         Attempt {
-                            protocol: "ESMTP",
+                            protocol: self.protocol,
                             peer: None,
                             tls: None,
                             results,
@@ -277,7 +285,7 @@ impl SmtpSession {
             }
         }
         Ok(Attempt {
-            protocol: "ESMTP",
+            protocol: self.protocol,
             peer: Some(PeerAddress {
                 name: self.client.name.clone(),
                 addr: self.client.peer.ip().to_string(),

@@ -188,7 +188,15 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     a == b || (empty(a) && empty(b))
 }
 
-fn check_shape(shape: Shape, v: &Value) -> Result<(), String> {
+/// A key's value is not of the shape KumoMTA gives that key.
+#[derive(Debug, thiserror::Error)]
+#[error("expected {expected}, not {found}")]
+struct ShapeMismatch {
+    expected: &'static str,
+    found: String,
+}
+
+fn check_shape(shape: Shape, v: &Value) -> Result<(), ShapeMismatch> {
     let ok = match shape {
         Shape::Any => true,
         Shape::Bool => v.is_boolean(),
@@ -207,11 +215,10 @@ fn check_shape(shape: Shape, v: &Value) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "expected {}, not {}",
-            shape.describe(),
-            describe_value(v)
-        ))
+        Err(ShapeMismatch {
+            expected: shape.describe(),
+            found: describe_value(v),
+        })
     }
 }
 

@@ -137,6 +137,18 @@ fn the_docs_table_is_rendered_from_the_key_table() {
         std::fs::write(&path, &want).expect("writable docs");
     }
     let have = std::fs::read_to_string(&path).unwrap_or_default();
+    // README's summary quotes the counts
+    let count = |s: Status| keys().iter().filter(|k| k.status == s).count();
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let summary = format!(
+        "of KumoMTA's {} keys, {} are implemented\nwith KumoMTA's meaning, {} are ignored",
+        keys().len(),
+        count(Status::Implemented),
+        count(Status::Ignored)
+    );
+    assert!(readme.contains(&summary), "README.md must say: {summary}");
+    let pending = format!("and {} are not built yet.", count(Status::Pending));
+    assert!(readme.contains(&pending), "README.md must say: {pending}");
     assert!(
         have == want,
         "{} is stale: run SLUICE_UPDATE_DOCS=1 cargo test -p sluice-mta kumo_keys",

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod settings;
+pub use settings::{ConnectionLimit, IpLookupStrategy, ReconnectStrategy, Tls};
+
 /// `"10.0.0.0/8"` or a bare address (a /32 or /128).
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     if let Ok(net) = s.parse::<IpNet>() {
@@ -122,94 +125,6 @@ impl EgressPool {
     }
 }
 
-/// A connection limit: an integer, or a string such as `"1_000"` or `"local:20"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ConnectionLimit {
-    /// Most concurrent connections (at least 1).
-    pub limit: usize,
-    /// `local:` prefix: always node-local, even if shared limits exist.
-    pub force_local: bool,
-}
-
-impl<'de> Deserialize<'de> for ConnectionLimit {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        let (limit, force_local, input) = match Raw::deserialize(d)? {
-            Raw::N(n) => (Some(n), false, n.to_string()),
-            Raw::S(s) => {
-                let (local, rest) = match s.strip_prefix("local:") {
-                    Some(r) => (true, r),
-                    None => (false, s.as_str()),
-                };
-                let digits: String = rest.chars().filter(|c| *c != '_' && *c != ',').collect();
-                (digits.parse::<u64>().ok(), local, s.clone())
-            }
-        };
-        match limit {
-            Some(n) if n >= 1 => Ok(ConnectionLimit {
-                limit: n as usize,
-                force_local,
-            }),
-            _ => Err(serde::de::Error::custom(format!(
-                "invalid connection limit {input:?}: must be a whole number >= 1"
-            ))),
-        }
-    }
-}
-
-/// `enable_tls`: whether STARTTLS is used towards the destination, and how
-/// strictly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub enum Tls {
-    /// STARTTLS when the server offers it, with certificate verification; plain
-    /// text when it does not (the default).
-    #[default]
-    Opportunistic,
-    /// As `Opportunistic`, without certificate verification.
-    OpportunisticInsecure,
-    /// STARTTLS with a verified certificate, or the connection fails.
-    Required,
-    /// STARTTLS without certificate verification, or the connection fails.
-    RequiredInsecure,
-    /// Never STARTTLS.
-    Disabled,
-}
-
-/// `ip_lookup_strategy`: which addresses a destination host name resolves to,
-/// in which order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub enum IpLookupStrategy {
-    /// A and AAAA records, the IPv4 addresses first (the default).
-    #[default]
-    Ipv4AndIpv6,
-    /// A records only.
-    Ipv4Only,
-    /// AAAA records only.
-    Ipv6Only,
-    /// IPv4 addresses, then IPv6 ones (as `Ipv4AndIpv6`).
-    Ipv4thenIpv6,
-    /// IPv6 addresses, then IPv4 ones.
-    Ipv6thenIpv4,
-}
-
-/// `reconnect_strategy`: where in the site's plan the next connection starts
-/// after a session failed on a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub enum ReconnectStrategy {
-    /// The host after the one that failed (the default).
-    #[default]
-    ConnectNextHost,
-    /// The host that failed.
-    ReconnectSameHost,
-    /// The top of the plan, as a fresh session.
-    TerminateSession,
-}
-
 mod duration_field {
     pub use crate::duration::deserialize;
     pub use crate::duration::serialize;
@@ -295,6 +210,23 @@ pub struct EgressPathConfig {
     /// STARTTLS use towards the destination; default `Opportunistic`.
     #[serde(default)]
     pub enable_tls: Tls,
+    /// With an opportunistic `enable_tls`: when the handshake (or the EHLO
+    /// after it) fails, reconnect to the same address in clear instead of
+    /// moving on to the next one; default false.
+    #[serde(default)]
+    pub opportunistic_tls_reconnect_on_failed_handshake: bool,
+    /// The rustls cipher suites to offer, by name (`TLS13_AES_256_GCM_SHA384`,
+    /// ...); default ring's safe set.
+    #[serde(default)]
+    pub rustls_cipher_suites: Vec<String>,
+    /// Send 8-bit mail to a next hop that does not offer 8BITMIME (or an
+    /// 8-bit envelope without SMTPUTF8) instead of failing it; default false.
+    #[serde(default)]
+    pub ignore_8bit_checks: bool,
+    /// Speak LMTP (RFC 2033: LHLO, a reply per recipient after the body)
+    /// instead of ESMTP; default false.
+    #[serde(default)]
+    pub use_lmtp: bool,
     /// Use ESMTP PIPELINING when the server offers it; default true.
     #[serde(default = "yes")]
     pub enable_pipelining: bool,
@@ -373,9 +305,23 @@ pub struct EgressPathConfig {
     #[serde(default = "d_starttls", with = "duration_field")]
     pub starttls_timeout: Duration,
     /// KumoMTA's time for SMTP AUTH; default 60 s. Accepted for compatibility:
-    /// Sluice's client does not authenticate.
+    /// How long to wait for the reply to AUTH; default 60 s.
     #[serde(default = "d_auth", with = "duration_field")]
     pub auth_timeout: Duration,
+    /// AUTH PLAIN (RFC 4616) as this user after EHLO; none by default.
+    #[serde(default)]
+    pub smtp_auth_plain_username: Option<String>,
+    /// The password for `smtp_auth_plain_username`: a KeySource (a file,
+    /// such as a mounted Secret, or `{ key_data = '...' }`).
+    #[serde(default)]
+    pub smtp_auth_plain_password: Option<crate::key_source::KeySource>,
+    /// Send the credential over a connection without TLS; default false.
+    #[serde(default)]
+    pub allow_smtp_auth_plain_without_tls: bool,
+    /// Send it over TLS whose certificate was not verified (an `*Insecure`
+    /// `enable_tls`); default false.
+    #[serde(default)]
+    pub allow_smtp_auth_plain_without_valid_certificate: bool,
     /// How long an idle connection waits for more messages before closing.
     #[serde(default = "d_idle", with = "duration_field")]
     pub idle_timeout: Duration,

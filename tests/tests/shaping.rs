@@ -5,7 +5,8 @@
 //! counts both nodes' matches; within a second both nodes hold the path,
 //! their Delayed records name the rule, and delivery resumes when the
 //! suspension lapses. Without Redis, a suspension survives kill -9 in the
-//! file beside the spool.
+//! file beside the spool. A SetConfig rule slows the path to the rate it
+//! names while it lasts.
 
 use serde_json::Value;
 use sluice_tests::redis::{PASSWORD, Redis};
@@ -256,4 +257,91 @@ fn without_redis_a_suspension_survives_a_restart() {
         r.iter().filter(|r| suspended_record(r)).count() > held_before
     });
     assert_eq!(sink.rcpts(), rcpts);
+}
+
+/// The times of the Delivery records of `recipients`, sorted.
+fn delivered_at(mta: &Mta, recipients: &[String]) -> Vec<f64> {
+    let mut t: Vec<f64> = mta
+        .records()
+        .iter()
+        .filter(|r| r["type"] == "Delivery")
+        .filter(|r| recipients.iter().any(|x| r["recipient"] == x.as_str()))
+        .map(seconds)
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+#[test]
+fn set_config_slows_the_path_while_it_lasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("shaping.toml");
+    // a provider asking for a slower rate: two a second for 6 s
+    std::fs::write(
+        &rules,
+        "[[\"shaped.test\".automation]]\nregex = \"TSS04\"\n\
+         action = {SetConfig = {name = \"max_message_rate\", value = \"2/s\"}}\nduration = \"6s\"\n",
+    )
+    .unwrap();
+    // the provider defers the first attempt only
+    let sink = ReplySink::start(|n, _| {
+        (n == 0).then(|| "451 4.7.0 [TSS04] Messages temporarily deferred".to_string())
+    });
+    let (mta, admin) = node(None, sink.port, &rules);
+    RawSmtp::send_message(mta.port, "first@shaped.test", "Subject: x\r\n\r\nx");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let action = loop {
+        if let Some(a) = actions(admin)
+            .into_iter()
+            .find(|a| a["action"] == "SetConfig")
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no SetConfig action");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(action["config"]["name"], "max_message_rate", "{action}");
+    assert_eq!(action["config"]["value"], "2/s", "{action}");
+
+    let send = |tag: &str| -> Vec<String> {
+        let to: Vec<String> = (0..6).map(|i| format!("{tag}{i}@shaped.test")).collect();
+        for r in &to {
+            let reply = RawSmtp::send_message(mta.port, r, "Subject: y\r\n\r\ny");
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+        to
+    };
+    let wait = |to: &[String]| -> Vec<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = delivered_at(&mta, to);
+            if t.len() == to.len() {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivered {} of {}",
+                t.len(),
+                to.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // six messages at two a second take at least 2 s (2.5 s by the rate)
+    let slow = wait(&send("slow"));
+    let spread = slow[5] - slow[0];
+    assert!(spread >= 2.0, "six messages within {spread:.2} s at 2/s");
+
+    // once the action lapses, the path runs at its own (unlimited) rate
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !actions(admin).is_empty() {
+        assert!(Instant::now() < deadline, "the action did not lapse");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fast = wait(&send("fast"));
+    let spread = fast[5] - fast[0];
+    assert!(
+        spread < 2.0,
+        "six messages took {spread:.2} s after the lapse"
+    );
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod overrides;
 mod settings;
+pub use overrides::SettingError;
 pub use settings::{ConnectionLimit, IpLookupStrategy, ReconnectStrategy, Tls};
 
 /// `"10.0.0.0/8"` or a bare address (a /32 or /128).

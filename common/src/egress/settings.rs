@@ -5,12 +5,22 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A connection limit: an integer, or a string such as `"1_000"` or `"local:20"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimit {
     /// Most concurrent connections (at least 1).
     pub limit: usize,
     /// `local:` prefix: always node-local, even if shared limits exist.
     pub force_local: bool,
+}
+
+/// Written as `make_egress_path` reads it: a number, or `"local:N"`.
+impl Serialize for ConnectionLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.force_local {
+            true => format!("local:{}", self.limit).serialize(s),
+            false => self.limit.serialize(s),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ConnectionLimit {

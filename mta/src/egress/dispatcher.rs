@@ -152,6 +152,12 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
                 session.close().await;
                 continue 'connections;
             }
+            // the path's settings changed (a refresh, shaping's SetConfig):
+            // the next connection runs on them
+            if *rq.config() != *config {
+                session.close().await;
+                continue 'connections;
+            }
             // a fleet-wide lease held by an idle connection is one another
             // node with work cannot have: idle briefly, then give it back
             let idle = match leases.iter().any(Lease::is_shared) {

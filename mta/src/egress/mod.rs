@@ -9,6 +9,7 @@
 
 mod dispatcher;
 mod error;
+mod overrides;
 mod ready;
 mod suspend;
 #[cfg(test)]
@@ -110,6 +111,8 @@ pub struct Egress {
     xfer: OnceLock<Arc<XferClient>>,
     /// Paths suspended by shaping automation.
     suspended: suspend::Suspensions,
+    /// Path settings replaced by shaping automation.
+    overrides: overrides::Overrides,
 }
 
 impl Egress {
@@ -135,6 +138,7 @@ impl Egress {
             limits: Mutex::new(HashMap::new()),
             xfer: OnceLock::new(),
             suspended: Default::default(),
+            overrides: Default::default(),
         })
     }
 
@@ -408,6 +412,7 @@ impl Egress {
         let config = match (config, existing) {
             (Ok(c), Some(rq)) => {
                 *rq.config.lock() = Fetched::new(Arc::new(c), epoch);
+                self.refresh_in_force(&rq);
                 return Ok(rq);
             }
             (Err(e), Some(rq)) => {
@@ -415,7 +420,7 @@ impl Egress {
                     ready_queue = name,
                     "get_egress_path_config failed, keeping previous config: {e}"
                 );
-                let old = rq.config();
+                let old = rq.base_config();
                 *rq.config.lock() = Fetched::new(old, epoch);
                 return Ok(rq);
             }
@@ -429,7 +434,10 @@ impl Egress {
             deliver,
             Fetched::new(config, epoch),
         ));
-        Ok(self.ready.lock().entry(name).or_insert(rq).clone())
+        let rq = self.ready.lock().entry(name).or_insert(rq).clone();
+        // after it is listed, so a setting made meanwhile reaches it
+        self.refresh_in_force(&rq);
+        Ok(rq)
     }
 
     /// The scheduled queues that have messages in some ready queue.

@@ -24,7 +24,10 @@ pub struct ReadyQueue {
     pub site: String,
     /// The protocol its connections drive.
     pub deliver: Arc<dyn Deliver>,
+    /// What the path config hook gave, and when.
     pub(super) config: Mutex<Fetched<EgressPathConfig>>,
+    /// That config with shaping's replaced settings applied.
+    in_force: Mutex<Arc<EgressPathConfig>>,
     items: Mutex<VecDeque<Ready>>,
     connections: AtomicUsize,
     pub(super) work: Notify,
@@ -54,6 +57,7 @@ impl ReadyQueue {
             source,
             site,
             deliver,
+            in_force: Mutex::new(config.value.clone()),
             config: Mutex::new(config),
             items: Mutex::new(VecDeque::new()),
             connections: AtomicUsize::new(0),
@@ -68,9 +72,18 @@ impl ReadyQueue {
     }
 
     /// The path config now in force (refreshed when stale, on the next
-    /// submit).
+    /// submit), with shaping's replaced settings.
     pub fn config(&self) -> Arc<EgressPathConfig> {
+        self.in_force.lock().clone()
+    }
+
+    /// The path config as its hook gave it.
+    pub(super) fn base_config(&self) -> Arc<EgressPathConfig> {
         self.config.lock().value.clone()
+    }
+
+    pub(super) fn set_in_force(&self, config: Arc<EgressPathConfig>) {
+        *self.in_force.lock() = config;
     }
 
     /// How many messages wait.

@@ -1,5 +1,6 @@
 //! Shaping automation carried out by the queue engine: a `Suspend` holds
-//! the path in egress and sends back what its ready queues held; tenant
+//! the path in egress and sends back what its ready queues held; a
+//! `SetConfig` replaces a setting of the path in egress; tenant
 //! and campaign suspensions and the bounce actions are admin rules named
 //! after the automation rule, replaced when the action is extended.
 
@@ -61,6 +62,13 @@ impl Enforcer for ShapingEnforcer {
                 }
                 return;
             }
+            "SetConfig" => {
+                if let Some(c) = &a.config {
+                    q.egress
+                        .set_setting(&a.source, &a.site, &a.key, &c.name, &c.value);
+                }
+                return;
+            }
             "SuspendTenant" | "SuspendCampaign" => q.admin_suspend(req),
             "Bounce" | "BounceTenant" | "BounceCampaign" => q.admin_bounce(req),
             other => {
@@ -77,8 +85,10 @@ impl Enforcer for ShapingEnforcer {
         let Some(q) = self.queues.upgrade() else {
             return;
         };
-        if a.action == "Suspend" {
-            q.egress.resume_path(&a.source, &a.site);
+        match a.action.as_str() {
+            "Suspend" => q.egress.resume_path(&a.source, &a.site),
+            "SetConfig" => q.egress.clear_setting(&a.source, &a.site, &a.key),
+            _ => {}
         }
         if let Some(id) = self.rules.lock().remove(&a.key) {
             q.delete_rule(&id);

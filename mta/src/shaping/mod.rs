@@ -3,9 +3,10 @@
 //! a rule that triggers (at once, or at `N/period` matches for the same
 //! site — counted across the fleet when Redis is configured) enacts its
 //! actions for its duration: a ready-queue suspension, a tenant or
-//! campaign suspension, a bounce rule. Enacted actions are shared through
-//! Redis (each node looks every 250 ms), or kept in a file beside the spool
-//! without it, and survive a restart either way. The queue engine carries
+//! campaign suspension, a bounce rule, a path setting replaced (SetConfig).
+//! Enacted actions are shared through Redis (each node looks every 250 ms),
+//! or kept in a file beside the spool without it, and survive a restart
+//! either way. The queue engine carries
 //! them out through [`Enforcer`].
 
 pub mod rules;
@@ -52,6 +53,9 @@ pub struct Enacted {
     pub expires: DateTime<Utc>,
     /// The node whose record triggered it.
     pub node: String,
+    /// The path setting and its value while it lasts (SetConfig).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<rules::ConfigValue>,
 }
 
 /// Carries enacted actions out (the queue engine and egress).
@@ -216,8 +220,13 @@ impl Shaping {
                         campaign.as_deref().unwrap_or("-")
                     ),
                 };
+                let (what, config) = match action {
+                    // two settings of one rule are two actions
+                    Action::SetConfig(c) => (format!("SetConfig:{}", c.name), Some(c.clone())),
+                    _ => (action.name().to_string(), None),
+                };
                 let enacted = Enacted {
-                    key: format!("{} {} {target}", rule.name, action.name()),
+                    key: format!("{} {what} {target}", rule.name),
                     rule: rule.describe(),
                     action: action.name().to_string(),
                     source: source.clone(),
@@ -228,6 +237,7 @@ impl Shaping {
                     since: now,
                     expires,
                     node: self.node.clone(),
+                    config,
                 };
                 let known = self.applied.lock().get(&enacted.key).map(|a| a.expires);
                 // a rule that keeps triggering extends by whole seconds at most

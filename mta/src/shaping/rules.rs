@@ -52,7 +52,7 @@ impl Action {
 }
 
 /// `{name="max_message_rate", value="1/minute"}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigValue {
     /// The egress path setting.
@@ -260,16 +260,23 @@ fn rules_of(
         if regex.is_empty() || actions.is_empty() {
             return Err(err(format!("{name}: needs a regex and an action")));
         }
-        if let Some(a) = actions
-            .iter()
-            .find(|a| matches!(a, Action::SetConfig(_) | Action::SetDomainConfig(_)))
-        {
-            return Err(err(format!(
-                "{name}: action {} is not supported yet (Sluice cannot override egress path \
-                 settings from automation); Suspend, SuspendTenant, SuspendCampaign and the \
-                 Bounce actions are",
-                a.name()
-            )));
+        for a in &actions {
+            match a {
+                Action::SetDomainConfig(_) => {
+                    return Err(err(format!(
+                        "{name}: action SetDomainConfig is not supported yet (Sluice's ready \
+                         queues are per site, not per domain); SetConfig, Suspend, \
+                         SuspendTenant, SuspendCampaign and the Bounce actions are"
+                    )));
+                }
+                // checked as make_egress_path would read it
+                Action::SetConfig(c) => {
+                    sluice_common::egress::EgressPathConfig::default()
+                        .with_setting(&c.name, &c.value)
+                        .map_err(|e| err(format!("{name}: SetConfig: {e}")))?;
+                }
+                _ => {}
+            }
         }
         out.push(Rule {
             name,

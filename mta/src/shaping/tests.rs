@@ -128,9 +128,20 @@ fn mistakes_name_the_file_the_rule_and_what_is_wrong() {
     );
     assert!(e.contains("provider.p") && e.contains("match"), "{e}");
     let e = err(
-        "[[\"x.test\".automation]]\nregex = \"a\"\naction = {SetConfig = {name = \"connection_limit\", value = 1}}\nduration = \"1m\"\n",
+        "[[\"x.test\".automation]]\nregex = \"a\"\naction = {SetConfig = {name = \"max_connections\", value = 1}}\nduration = \"1m\"\n",
     );
-    assert!(e.contains("SetConfig is not supported yet"), "{e}");
+    assert!(
+        e.contains("SetConfig: max_connections = 1: unknown field `max_connections`"),
+        "{e}"
+    );
+    let e = err(
+        "[[\"x.test\".automation]]\nregex = \"a\"\naction = {SetConfig = {name = \"max_message_rate\", value = \"often\"}}\nduration = \"1m\"\n",
+    );
+    assert!(e.contains("SetConfig: max_message_rate = \"often\""), "{e}");
+    let e = err(
+        "[[\"x.test\".automation]]\nregex = \"a\"\naction = {SetDomainConfig = {name = \"connection_limit\", value = 1}}\nduration = \"1m\"\n",
+    );
+    assert!(e.contains("SetDomainConfig is not supported yet"), "{e}");
 }
 
 #[test]

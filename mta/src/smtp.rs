@@ -193,6 +193,17 @@ fn valid_address(addr: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
+/// The verb of a command line, uppercased, when it is a command the server
+/// knows (`None` for an unknown one, as KumoMTA gives hooks).
+pub fn verb(line: &str) -> Option<String> {
+    const KNOWN: [&str; 13] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "STARTTLS", "VRFY", "EXPN",
+        "HELP", "AUTH",
+    ];
+    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+    KNOWN.contains(&verb.as_str()).then_some(verb)
+}
+
 /// Parse one command line (without its CRLF). An unknown verb is
 /// [`Command::Unknown`]; a known one with bad arguments is an error.
 pub fn parse_command(line: &str) -> Result<Command, SyntaxError> {

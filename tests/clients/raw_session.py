@@ -22,7 +22,10 @@ f = s.makefile("rb")
 def reply():
     text = []
     while True:
-        line = f.readline()
+        try:
+            line = f.readline()
+        except OSError:  # reset by a server that closed the session
+            return None
         if not line:
             return None
         line = line.decode()
@@ -35,6 +38,9 @@ replies = [] if args.no_banner else [reply()]
 for line in args.lines:
     if replies and replies[-1] is None:
         break
-    s.sendall(line.encode() + b"\r\n")
+    try:
+        s.sendall(line.encode() + b"\r\n")
+    except OSError:  # the server closed the session
+        break
     replies.append(reply())
 print(json.dumps([r for r in replies if r is not None]))

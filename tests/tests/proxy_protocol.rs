@@ -1,6 +1,7 @@
 //! PROXY protocol inbound behind a real HAProxy (v1 `send-proxy` and v2
 //! `send-proxy-v2`): the client HAProxy names is who relay control and the
-//! Reception record see, and only the proxy's address may send the header.
+//! Reception record see, and only the proxy's address may send the header;
+//! the chart's `proxyProtocol` values render a listener that does the same.
 
 use serde_json::Value;
 use sluice_tests::haproxy::Haproxy;
@@ -140,4 +141,91 @@ fn a_header_is_required_from_the_proxy_and_ignored_from_anyone_else() {
         m["samples"]["sluice_proxy_protocol_refused_total{reason=missing}"], 1.0,
         "{m}"
     );
+}
+
+/// The chart's `proxyProtocol` values behind a masquerading LoadBalancer:
+/// the listener the chart renders, run by a real MTA behind HAProxy,
+/// relays for the client HAProxy names and not for the proxy itself; the
+/// open-relay refusal gives way only when the header carries the client,
+/// and `from` is required.
+#[test]
+fn the_charts_proxy_protocol_values_put_the_real_client_in_relay_control() {
+    use sluice_tests::chart::{documents, find, template};
+    let cluster = [
+        "mta.service.type=LoadBalancer",
+        "mta.service.externalTrafficPolicy=Cluster",
+        "mta.listeners.submission.exposed=false",
+        "mta.listeners.smtp.relayHosts={127.0.0.5}",
+    ];
+    // a private relay range behind a masquerading Service: refused without the header
+    let mut sets = cluster.to_vec();
+    sets[3] = "mta.listeners.smtp.relayHosts={10.1.0.0/16}";
+    let err = template(None, &sets).unwrap_err();
+    assert!(
+        err.contains("refusing an open relay") && err.contains("proxyProtocol"),
+        "{err}"
+    );
+    sets.push("mta.listeners.smtp.proxyProtocol.enabled=true");
+    let err = template(None, &sets).unwrap_err();
+    assert!(
+        err.contains("mta.listeners.smtp.proxyProtocol.enabled needs proxyProtocol.from"),
+        "{err}"
+    );
+    let from = format!(
+        "mta.listeners.smtp.proxyProtocol.from={{{}/32}}",
+        Haproxy::SOURCE
+    );
+    sets.push(&from);
+    template(None, &sets).expect("renders with the proxies named");
+
+    let mut sets = cluster.to_vec();
+    sets.push("mta.listeners.smtp.proxyProtocol.enabled=true");
+    sets.push(&from);
+    let docs = documents(&template(None, &sets).unwrap());
+    let cm = find(&docs, "ConfigMap", "rel-sluice-mta");
+    let settings = cm["data"]["sluice-settings.lua"].as_str().unwrap();
+    let json = settings
+        .split_once("[==[")
+        .and_then(|(_, r)| r.split_once("]==]"))
+        .unwrap()
+        .0;
+    let settings: Value = serde_json::from_str(json).unwrap();
+    let smtp = settings["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listen"] == "0.0.0.0:2525")
+        .unwrap();
+    assert_eq!(
+        smtp["peer"],
+        serde_json::json!({ format!("{}/32", Haproxy::SOURCE): { "require_proxy_protocol": true } })
+    );
+    // that listener's relay and peer keys, as the chart's init.lua passes them
+    let lua = |v: &Value| format!("kumo.json_parse [==[{v}]==]");
+    let mta = Mta::start(&maildir_policy(
+        &format!(
+            "relay_hosts = {}, peer = {}",
+            lua(&smtp["relay_hosts"]),
+            lua(&smtp["peer"])
+        ),
+        "",
+    ));
+    let proxy = Haproxy::start(mta.port);
+    for port in [proxy.v1_port, proxy.v2_port] {
+        let o = swaks_from(port, "127.0.0.5", "friend@elsewhere.example");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = swaks_from(proxy.v2_port, "127.0.0.6", "friend@elsewhere.example");
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("relaying not permitted for 127.0.0.6"),
+        "{}",
+        text(&o)
+    );
+    let recs = mta.wait_for_records(Duration::from_secs(10), "two deliveries", |r| {
+        count(r, "Delivery") == 2
+    });
+    for r in recs.iter().filter(|r| r["type"] == "Reception") {
+        assert_eq!(r["peer_address"]["addr"], "127.0.0.5", "{r}");
+    }
 }

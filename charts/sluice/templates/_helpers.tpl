@@ -165,6 +165,11 @@ ranges by address alone. Also the admin API's credentials.
 {{- $masquerades := eq (include "sluice.mta.externalTrafficPolicy" .) "Cluster" -}}
 {{- range $name, $l := .Values.mta.listeners -}}
 {{- if $l.enabled -}}
+{{- /* behind PROXY protocol, relay control sees the real client, not the masquerading node */ -}}
+{{- $proxied := dig "proxyProtocol" "enabled" false $l -}}
+{{- if and $proxied (not (dig "proxyProtocol" "from" list $l)) -}}
+{{- fail (printf "mta.listeners.%s.proxyProtocol.enabled needs proxyProtocol.from: the networks the load balancer or HAProxy connects from (whoever may send the header chooses the address relay control sees)" $name) -}}
+{{- end -}}
 {{- if $l.requireAuth -}}
 {{- if not $l.tls -}}
 {{- fail (printf "mta.listeners.%s.requireAuth needs tls: true (AUTH is offered only after STARTTLS, so passwords never cross in clear)" $name) -}}
@@ -175,10 +180,10 @@ ranges by address alone. Also the admin API's credentials.
 {{- if $l.relayHosts -}}
 {{- fail (printf "mta.listeners.%s.requireAuth relays only for authenticated clients: set relayHosts to [] (it lists %s)" $name (join ", " $l.relayHosts)) -}}
 {{- end -}}
-{{- else if and $masquerades $l.exposed -}}
+{{- else if and $masquerades $l.exposed (not $proxied) -}}
 {{- range $cidr := $l.relayHosts -}}
 {{- if include "sluice.cidrIsPrivate" $cidr -}}
-{{- fail (printf "refusing an open relay: mta.service.externalTrafficPolicy is Cluster, so the %s Service masquerades every client to a node's private address, and mta.listeners.%s (exposed on it) relays for %s without authentication: every internet client reaching port %v could relay. Set mta.listeners.%s.requireAuth=true (with tls and mta.smtpAuth.secretName) and relayHosts=[], or exposed=false (cluster-internal only), or keep externalTrafficPolicy Local" $.Values.mta.service.type $name $cidr $l.servicePort $name) -}}
+{{- fail (printf "refusing an open relay: mta.service.externalTrafficPolicy is Cluster, so the %s Service masquerades every client to a node's private address, and mta.listeners.%s (exposed on it) relays for %s without authentication: every internet client reaching port %v could relay. Set mta.listeners.%s.requireAuth=true (with tls and mta.smtpAuth.secretName) and relayHosts=[], or exposed=false (cluster-internal only), or proxyProtocol.enabled with from (the real client in a PROXY protocol header), or keep externalTrafficPolicy Local" $.Values.mta.service.type $name $cidr $l.servicePort $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

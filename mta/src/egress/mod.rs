@@ -217,7 +217,11 @@ impl Egress {
                 {
                     Ok(site) => (
                         site.name.clone(),
-                        Arc::new(SmtpDeliver::new(self.dns.clone(), site)),
+                        Arc::new(SmtpDeliver::new(
+                            self.dns.clone(),
+                            site,
+                            self.policy.clone(),
+                        )),
                     ),
                     Err(NoSite::Transient(r)) => {
                         return Submitted::Refused(item, Refusal::Transient(r));

@@ -33,6 +33,21 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
+/// What [`Rewrite::rewrite`] answers, in time.
+pub type Rewritten<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<(u16, String)>> + Send + 'a>>;
+
+/// Changes a reply before it is sent (`smtp_server_rewrite_response`):
+/// the status and text to send instead, or `None` to send it as it is.
+pub trait Rewrite: Send + Sync {
+    /// Rewrite the reply `code text` to `command` (`None`: unilateral, or
+    /// not a command).
+    fn rewrite<'a>(&'a self, code: u16, text: &'a str, command: Option<&'a str>) -> Rewritten<'a>;
+}
+
+/// A reply waiting for [`Rewrite`]: code, text, and the command it answers.
+type Pending = (u16, String, Option<String>);
+
 /// A client connection: buffered input, batched replies.
 pub struct Conn {
     /// The transport (TCP, or TLS after STARTTLS).
@@ -41,6 +56,13 @@ pub struct Conn {
     pos: usize,
     out: Vec<u8>,
     timeout: Duration,
+    /// The verb of the command being answered, for [`Rewrite`].
+    pub command: Option<String>,
+    rewrite: Option<std::sync::Arc<dyn Rewrite>>,
+    /// Replies queued for `rewrite`, in order.
+    pending: Vec<Pending>,
+    /// A rewrite turned a reply into a 421: the session ends after it.
+    hung_up: bool,
 }
 
 impl Conn {
@@ -52,11 +74,29 @@ impl Conn {
             pos: 0,
             out: Vec::with_capacity(4096),
             timeout,
+            command: None,
+            rewrite: None,
+            pending: vec![],
+            hung_up: false,
         }
+    }
+
+    /// Pass every reply through `rewrite` before it is sent.
+    pub fn set_rewrite(&mut self, rewrite: std::sync::Arc<dyn Rewrite>) {
+        self.rewrite = Some(rewrite);
     }
 
     /// Queue a reply; it is sent before the next read that would block.
     pub fn reply(&mut self, code: u16, text: &str) {
+        if self.rewrite.is_some() {
+            self.pending
+                .push((code, text.to_string(), self.command.clone()));
+            return;
+        }
+        self.format(code, text);
+    }
+
+    fn format(&mut self, code: u16, text: &str) {
         let mut lines = text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
@@ -67,6 +107,17 @@ impl Conn {
 
     /// Send the queued replies.
     pub async fn flush(&mut self) -> io::Result<()> {
+        if let Some(rewrite) = self.rewrite.clone() {
+            for (code, text, command) in std::mem::take(&mut self.pending) {
+                match rewrite.rewrite(code, &text, command.as_deref()).await {
+                    Some((new, new_text)) => {
+                        self.hung_up |= new == 421 && code != 421;
+                        self.format(new, &new_text);
+                    }
+                    None => self.format(code, &text),
+                }
+            }
+        }
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.io.flush().await?;
@@ -83,6 +134,10 @@ impl Conn {
     /// Read more input, which must come by `deadline`.
     async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<(), ReadError> {
         self.flush().await?;
+        if self.hung_up {
+            // the policy made a reply a 421: closing, as a 421 means
+            return Err(ReadError::Closed);
+        }
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;

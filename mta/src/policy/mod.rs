@@ -16,6 +16,7 @@ pub mod lua_listener_domain;
 mod lua_message;
 mod lua_throttle;
 mod lua_xfer;
+mod rewrite;
 
 pub use fetched::Fetched;
 pub use lua_connection::LuaConnection;

@@ -4,6 +4,7 @@
 //! replies.
 
 pub mod client;
+mod rewrite;
 pub mod site;
 mod tls;
 
@@ -11,6 +12,7 @@ use super::{Attempt, BoxFuture, Deliver, Outcome, Path, RecipientResult, Refused
 use crate::dns::{Dns, MxAnswer};
 use crate::log::{PeerAddress, Response};
 use crate::message::MessageRef;
+use crate::policy::Policy;
 use client::{ClientError, Reply, SmtpClient};
 use site::Site;
 use sluice_common::egress::ReconnectStrategy;
@@ -70,15 +72,18 @@ pub struct SmtpDeliver {
     /// Where the next connection starts in the site's plan, after a session
     /// that failed (the path's `reconnect_strategy`); the top otherwise.
     restart: Arc<parking_lot::Mutex<Option<usize>>>,
+    /// For `smtp_client_rewrite_delivery_status`.
+    policy: Arc<Policy>,
 }
 
 impl SmtpDeliver {
     /// SMTP to `site`; the first connection starts at the top of its plan.
-    pub fn new(dns: Arc<Dns>, site: Site) -> SmtpDeliver {
+    pub fn new(dns: Arc<Dns>, site: Site, policy: Arc<Policy>) -> SmtpDeliver {
         SmtpDeliver {
             dns,
             site,
             restart: Default::default(),
+            policy,
         }
     }
 }
@@ -100,6 +105,7 @@ impl Deliver for SmtpDeliver {
                 targets: self.site.targets.len(),
                 strategy: path.config.reconnect_strategy,
                 restart: self.restart.clone(),
+                policy: self.policy.clone(),
                 protocol: if path.config.use_lmtp {
                     "LMTP"
                 } else {
@@ -209,6 +215,7 @@ struct SmtpSession {
     restart: Arc<parking_lot::Mutex<Option<usize>>>,
     /// `ESMTP`, or `LMTP` with the path's `use_lmtp`.
     protocol: &'static str,
+    policy: Arc<Policy>,
 }
 
 impl Session for SmtpSession {
@@ -261,10 +268,15 @@ impl SmtpSession {
         let mut results = vec![];
         for (i, chunk) in rcpts.chunks(self.batch).enumerate() {
             match self.client.send(&sender, chunk, &data).await {
-                Ok(tx) => results.extend(tx.results.iter().map(|(r, reply)| RecipientResult {
-                    recipient: r.clone(),
-                    outcome: classify(reply),
-                })),
+                Ok(tx) => {
+                    for (r, reply) in &tx.results {
+                        let reply = rewrite::status(&self.policy, msg, reply).await;
+                        results.push(RecipientResult {
+                            recipient: r.clone(),
+                            outcome: classify(&reply),
+                        });
+                    }
+                }
                 Err(e) => {
                     // the failed chunk and everything after it stay transient
                     let (code, text) = match &e {

@@ -5,6 +5,7 @@
 mod auth;
 mod data;
 mod reports;
+mod rewrite;
 
 use super::io::{Conn, Line, ReadError};
 use super::{Listener, Params, Services};
@@ -114,6 +115,9 @@ pub async fn run(
     }
     meta.set("hostname", json!(hostname));
     meta.set("reception_protocol", json!("ESMTP"));
+    if let Some(r) = rewrite::PolicyRewrite::for_session(&services.policy, &meta) {
+        conn.set_rewrite(r);
+    }
     let mut s = Session {
         conn,
         peer,
@@ -200,6 +204,7 @@ impl Session {
                 _ = lifecycle.draining(), if idle => None,
             };
             let Some(read) = read else {
+                self.conn.command = None;
                 let text = format!("4.3.2 {} is shutting down. Try later", self.hostname());
                 self.reply(421, &text, None);
                 let _ = self.conn.flush().await;
@@ -217,15 +222,21 @@ impl Session {
             };
             let flow = match line {
                 Line::TooLong => {
+                    self.conn.command = None;
                     self.error(500, "5.2.3 line too long", None);
                     Flow::Continue
                 }
                 Line::Ok { bytes, .. } => match String::from_utf8(bytes) {
                     Err(_) => {
+                        self.conn.command = None;
                         self.error(500, "5.5.2 command is not valid UTF-8", None);
                         Flow::Continue
                     }
-                    Ok(line) => self.command(&line).await?,
+                    Ok(line) => {
+                        // the verb the replies answer (smtp_server_rewrite_response)
+                        self.conn.command = crate::smtp::verb(&line);
+                        self.command(&line).await?
+                    }
                 },
             };
             if self.errors >= MAX_ERRORS {

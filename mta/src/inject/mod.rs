@@ -1,8 +1,11 @@
 //! `POST /api/inject/v1` (spec §10): HTTP injection in KumoMTA's request
 //! shape. One message per recipient, from raw RFC 5322 `content` or from the
 //! builder form (`subject`, `text_body`, `html_body`, `from`, `reply_to`,
-//! `headers`); spooled in one group commit, logged as Reception with
-//! `reception_protocol = "HTTP"`, then queued.
+//! `headers`), expanded as templates (`template`); spooled in one group
+//! commit, logged as Reception with `reception_protocol = "HTTP"`, then
+//! queued.
+
+pub mod template;
 
 use crate::log::{RecordType, Response};
 use crate::message::{Message, MessageId, MessageRef};
@@ -21,14 +24,12 @@ pub struct InjectRequest {
     pub recipients: Vec<Recipient>,
     /// The message: raw RFC 5322 text, or the parts to build it from.
     pub content: Content,
-    /// Templating (KumoMTA's minijinja substitutions) is not implemented;
-    /// a request that asks for it is refused rather than sent unexpanded.
+    /// Template variables for every recipient (any JSON values).
     #[serde(default)]
-    pub substitutions: Option<Value>,
-    /// KumoMTA's template dialect; refused when present, as templating is not
-    /// implemented.
+    pub substitutions: Map<String, Value>,
+    /// The template engine: Jinja (MiniJinja, the default) or Static.
     #[serde(default)]
-    pub template_dialect: Option<Value>,
+    pub template_dialect: template::Dialect,
 }
 
 /// One recipient of an injection request, with its own message.
@@ -38,10 +39,9 @@ pub struct Recipient {
     pub email: String,
     /// Display name for the built `To` header.
     pub name: Option<String>,
-    /// Template values for this recipient; refused when present, as templating
-    /// is not implemented.
+    /// Template variables for this recipient, over the request's.
     #[serde(default)]
-    pub substitutions: Option<Value>,
+    pub substitutions: Map<String, Value>,
     /// Meta set on this recipient's message before `http_message_generated`
     /// runs.
     #[serde(default)]
@@ -55,7 +55,7 @@ pub enum Content {
     /// A complete RFC 5322 message; its line endings are made CRLF.
     Raw(String),
     /// The parts to build the message from.
-    Builder(Builder),
+    Builder(Box<Builder>),
 }
 
 /// A mailbox in built content.
@@ -84,9 +84,15 @@ pub struct Builder {
     /// Further headers, name to value (a non-string value is written as JSON).
     #[serde(default)]
     pub headers: Map<String, Value>,
+    /// KumoMTA's attachments: not built, so refused rather than dropped.
+    #[serde(default)]
+    pub attachments: Option<Value>,
+    /// KumoMTA's AMP part: not built, so refused rather than dropped.
+    #[serde(default)]
+    pub amp_html_body: Option<Value>,
 }
 
-fn mailbox(email: &str, name: Option<&str>) -> String {
+pub(crate) fn mailbox(email: &str, name: Option<&str>) -> String {
     match name {
         Some(n) if !n.is_empty() => format!("\"{}\" <{email}>", n.replace('"', "'")),
         _ => format!("<{email}>"),
@@ -99,33 +105,28 @@ fn crlf(text: &str) -> String {
 }
 
 impl Builder {
-    fn render(&self, sender: &str, to: &Recipient, id: MessageId) -> Vec<u8> {
+    /// The message for `to`, from the expanded parts.
+    fn render(&self, to: &Recipient, id: MessageId, x: &template::Expanded) -> Vec<u8> {
         let mut h = String::new();
-        let from = match &self.from {
-            Some(a) => mailbox(&a.email, a.name.as_deref()),
-            None => mailbox(sender, None),
-        };
-        h.push_str(&format!("From: {from}\r\n"));
-        h.push_str(&format!(
-            "To: {}\r\n",
-            mailbox(&to.email, to.name.as_deref())
-        ));
-        if let Some(r) = &self.reply_to {
+        if let Some(from) = x.get("from") {
+            h.push_str(&format!("From: {from}\r\n"));
+        }
+        // a To among the headers replaces the generated one
+        if !self.headers.keys().any(|k| k.eq_ignore_ascii_case("to")) {
             h.push_str(&format!(
-                "Reply-To: {}\r\n",
-                mailbox(&r.email, r.name.as_deref())
+                "To: {}\r\n",
+                mailbox(&to.email, to.name.as_deref())
             ));
         }
-        if let Some(s) = &self.subject {
+        if let Some(r) = x.get("reply_to") {
+            h.push_str(&format!("Reply-To: {r}\r\n"));
+        }
+        if let Some(s) = x.get("subject") {
             h.push_str(&format!("Subject: {s}\r\n"));
         }
         h.push_str(&format!("Date: {}\r\n", chrono::Utc::now().to_rfc2822()));
         h.push_str(&format!("Message-ID: <{id}@{}>\r\n", crate::hostname()));
-        for (k, v) in &self.headers {
-            let v = v
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
+        for (k, v) in x.headers(self) {
             h.push_str(&format!("{k}: {v}\r\n"));
         }
         h.push_str("MIME-Version: 1.0\r\n");
@@ -135,7 +136,7 @@ impl Builder {
                 crlf(body)
             )
         };
-        let body = match (&self.text_body, &self.html_body) {
+        let body = match (x.get("text_body.txt"), x.get("html_body.html")) {
             (Some(text), Some(html)) => {
                 let boundary = format!("sluice-{id}");
                 format!(
@@ -156,15 +157,23 @@ impl Builder {
 /// Why a request cannot be taken at all (HTTP 422).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InjectError {
-    /// The request asks for templating (`substitutions` or `template_dialect`),
-    /// which is not implemented.
-    #[error(
-        "templating (substitutions, template_dialect) is not supported by sluice-mta; send the final content"
-    )]
-    Templating,
+    /// A template of the content does not compile.
+    #[error("failed parsing field '{field}' as template: {error}")]
+    Template {
+        /// Where in the request (`content.text_body`).
+        field: String,
+        /// MiniJinja's error, with the line.
+        error: String,
+    },
+    /// A `template_dialect` Sluice does not have.
+    #[error("template_dialect {0} is not supported by sluice-mta; use Jinja or Static")]
+    Dialect(&'static str),
     /// `recipients` is empty.
     #[error("recipients: at least one is required")]
     NoRecipients,
+    /// A part of KumoMTA's request Sluice does not build.
+    #[error("{0} is not supported by sluice-mta yet")]
+    Unsupported(&'static str),
 }
 
 /// Why a recipient's message was not accepted.
@@ -176,19 +185,21 @@ enum RecipientError {
     Queue(#[from] crate::queue::QueueError),
 }
 
-/// Refuse a request that cannot be taken at all: one that asks for templating
-/// or has no recipients.
+/// Refuse a request that cannot be taken at all: one without recipients,
+/// or whose templates do not compile.
 pub fn check(req: &InjectRequest) -> Result<(), InjectError> {
-    if req.substitutions.is_some()
-        || req.template_dialect.is_some()
-        || req.recipients.iter().any(|r| r.substitutions.is_some())
-    {
-        return Err(InjectError::Templating);
-    }
     if req.recipients.is_empty() {
         return Err(InjectError::NoRecipients);
     }
-    Ok(())
+    if let Content::Builder(b) = &req.content {
+        if b.attachments.is_some() {
+            return Err(InjectError::Unsupported("content.attachments"));
+        }
+        if b.amp_html_body.is_some() {
+            return Err(InjectError::Unsupported("content.amp_html_body"));
+        }
+    }
+    template::check(req)
 }
 
 /// Generate, spool, log and queue one message per recipient.
@@ -196,11 +207,26 @@ pub async fn inject(queues: &Arc<QueueManager>, req: InjectRequest, peer: &str) 
     let mut accepted: Vec<(MessageRef, String)> = vec![];
     let mut failed = vec![];
     let mut errors = vec![];
+    let fields = template::fields(&req.content, &req.envelope_sender);
+    // checked before the request was taken; a failure here fails them all
+    let env = template::compile(req.template_dialect, &fields);
     for rcpt in &req.recipients {
         let id = MessageId::new();
+        let expanded = match &env {
+            Ok(env) => template::expand(env.as_ref(), &fields, &template::variables(&req, rcpt)),
+            Err(e) => Err(e.to_string()),
+        };
+        let expanded = match expanded {
+            Ok(x) => template::Expanded::new(x),
+            Err(e) => {
+                failed.push(rcpt.email.clone());
+                errors.push(format!("{}: {e}", rcpt.email));
+                continue;
+            }
+        };
         let data = match &req.content {
-            Content::Raw(text) => crlf(text).into_bytes(),
-            Content::Builder(b) => b.render(&req.envelope_sender, rcpt, id),
+            Content::Raw(_) => crlf(expanded.get("content").unwrap_or_default()).into_bytes(),
+            Content::Builder(b) => b.render(rcpt, id, &expanded),
         };
         let mut meta = rcpt.metadata.clone();
         meta.insert("reception_protocol".into(), "HTTP".into());

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admission;
 pub mod bounce;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -179,12 +179,27 @@ pub fn write_failure(
 /// writes would overshoot a floor by too much on a small volume.
 const FRESH: Duration = Duration::from_millis(100);
 
+/// Closer to a floor than this, every new message measures again: within
+/// [`FRESH`] a fast client (tmpfs, loopback) writes tens of megabytes,
+/// enough to go from above `min_free_space` to a full volume and fail a
+/// write (451) instead of being refused at MAIL (452).
+const TIGHT: u64 = 256 << 20;
+
+/// Whether `volume`, measured as `usage`, is near enough a floor that a
+/// cached measurement could let a burst through.
+fn tight(volume: &Volume, usage: &Usage) -> bool {
+    let required = volume.min_free_space.required(usage.total_bytes);
+    usage.free_bytes < required.saturating_add(TIGHT)
+}
+
 /// The watched volumes and what they were last found to be.
 pub struct Storage {
     volumes: Vec<Volume>,
     spool: Arc<Spool>,
     usage: Mutex<Vec<Option<Usage>>>,
     measured: Mutex<Option<Instant>>,
+    /// A volume was near a floor at the last measurement.
+    tight: std::sync::atomic::AtomicBool,
     state: watch::Sender<Option<Shortage>>,
 }
 
@@ -197,16 +212,19 @@ impl Storage {
             volumes,
             spool,
             measured: Mutex::new(None),
+            tight: Default::default(),
             state: watch::channel(None).0,
         }
     }
 
     /// Why new mail is refused now, if it is: measured again when the last
-    /// measurement is older than 100 ms (statvfs is cheap), and a spool
-    /// write that failed for lack of space counts at once.
+    /// measurement is older than 100 ms or a volume is near its floor
+    /// (statvfs is cheap), and a spool write that failed for lack of space
+    /// counts at once.
     pub fn shortage(&self) -> Option<Shortage> {
         let measured = *self.measured.lock();
-        let stale = measured.is_none_or(|t| t.elapsed() >= FRESH);
+        let stale = measured.is_none_or(|t| t.elapsed() >= FRESH)
+            || self.tight.load(std::sync::atomic::Ordering::Relaxed);
         let failed_since = self
             .spool
             .last_write_failure()
@@ -234,11 +252,13 @@ impl Storage {
         let now = Instant::now();
         *self.measured.lock() = Some(now);
         let mut found = None;
+        let mut near = false;
         let mut usage = self.usage.lock();
         for (volume, slot) in self.volumes.iter().zip(usage.iter_mut()) {
             match self::usage(&volume.path) {
                 Ok(u) => {
                     *slot = Some(u);
+                    near |= tight(volume, &u);
                     if found.is_none() {
                         found = shortage(volume, &u);
                     }
@@ -249,6 +269,7 @@ impl Storage {
                 }
             }
         }
+        self.tight.store(near, std::sync::atomic::Ordering::Relaxed);
         // the spool's volume comes first (see `daemon`)
         let spool_free = usage.first().copied().flatten().map_or(0, |u| u.free_bytes);
         drop(usage);
@@ -301,6 +322,20 @@ mod tests {
             free_inodes,
             total_inodes,
         }
+    }
+
+    #[test]
+    fn near_a_floor_every_message_measures_again() {
+        let v = volume(MinFree::Absolute(1 << 30), MinFree::Absolute(0));
+        let at = |free: u64| Usage {
+            free_bytes: free,
+            total_bytes: 100 << 30,
+            free_inodes: 0,
+            total_inodes: 0,
+        };
+        assert!(!tight(&v, &at(2 << 30)), "a GiB above the floor");
+        assert!(tight(&v, &at((1 << 30) + (100 << 20))), "100 MiB above it");
+        assert!(tight(&v, &at(0)));
     }
 
     #[test]

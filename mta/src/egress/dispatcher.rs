@@ -114,7 +114,7 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
         let mut delivered = 0;
         let mut next = Some(first);
         while let Some(first) = next.take() {
-            let (items, throttled) = gather(&egress, &rq, &config, first, &batch).await;
+            let (items, throttled) = gather(&egress, &rq, first, &batch).await;
             let mut sendable = Vec::with_capacity(items.len());
             for item in items {
                 match egress.load_body(&item.msg) {
@@ -183,7 +183,6 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
 async fn gather(
     egress: &Arc<Egress>,
     rq: &ReadyQueue,
-    config: &EgressPathConfig,
     first: Ready,
     batch: &Batch,
 ) -> (Vec<Ready>, bool) {
@@ -191,7 +190,7 @@ async fn gather(
     let deadline = tokio::time::Instant::now() + batch.max_latency;
     let mut next = Some(first);
     while let Some(item) = next.take() {
-        match pace(egress, rq, config, item).await {
+        match pace(egress, rq, item).await {
             Some(item) => items.push(item),
             None => return (items, true),
         }
@@ -217,15 +216,13 @@ async fn gather(
 /// Honour the path's message rates before sending `item`: wait when the
 /// throttle asks for less than `idle_timeout`, then ask again (the wait
 /// consumed nothing); otherwise hand `item` and everything ready back to
-/// the scheduled queues and return `None`.
-async fn pace(
-    egress: &Arc<Egress>,
-    rq: &ReadyQueue,
-    config: &EgressPathConfig,
-    item: Ready,
-) -> Option<Ready> {
+/// the scheduled queues and return `None`. The rates are the path's as they
+/// are now, not as they were when the connection opened: a rate shaping
+/// set or lifted applies from the next message.
+async fn pace(egress: &Arc<Egress>, rq: &ReadyQueue, item: Ready) -> Option<Ready> {
     loop {
-        match path_rate_wait(egress, rq, config).await {
+        let config = rq.config();
+        match path_rate_wait(egress, rq, &config).await {
             Some(wait) if wait >= config.idle_timeout => {
                 egress.hand_back(rq, vec![item], wait);
                 return None;

@@ -213,7 +213,8 @@ pub async fn inject(queues: &Arc<QueueManager>, req: InjectRequest, peer: &str) 
     for rcpt in &req.recipients {
         let id = MessageId::new();
         let expanded = match &env {
-            Ok(env) => template::expand(env.as_ref(), &fields, &template::variables(&req, rcpt)),
+            Ok(env) => template::expand(env.as_ref(), &fields, &template::variables(&req, rcpt))
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let expanded = match expanded {

@@ -136,13 +136,23 @@ pub fn variables(req: &InjectRequest, rcpt: &Recipient) -> Value {
     Value::Object(vars)
 }
 
+/// A field that failed to expand for one recipient.
+#[derive(Debug, thiserror::Error)]
+#[error("expanding {field}: {error}")]
+pub struct ExpandError {
+    /// Where in the request.
+    pub field: String,
+    /// MiniJinja's error.
+    pub error: minijinja::Error,
+}
+
 /// Each field of `fields` expanded with `vars` (as given under `Static`),
 /// by template name.
 pub fn expand(
     env: Option<&Environment<'_>>,
     fields: &[Field<'_>],
     vars: &Value,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ExpandError> {
     fields
         .iter()
         .map(|f| {
@@ -151,7 +161,10 @@ pub fn expand(
                 Some(env) => env
                     .get_template(&f.name)
                     .and_then(|t| t.render(vars))
-                    .map_err(|e| format!("expanding {}: {e}", f.label))?,
+                    .map_err(|error| ExpandError {
+                        field: f.label.clone(),
+                        error,
+                    })?,
             };
             Ok((f.name.clone(), text))
         })

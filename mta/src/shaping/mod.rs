@@ -132,29 +132,39 @@ impl Shaping {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_INTERVAL);
             loop {
+                // an action ends at its expiry, not at the next look
+                let lapse = me.next_lapse();
                 tokio::select! {
                     rec = rx.recv() => match rec {
                         Some(rec) => me.process(&rec).await,
                         None => return,
                     },
                     _ = tick.tick() => me.sync().await,
+                    _ = async {
+                        match lapse {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => me.sync().await,
                 }
             }
         });
     }
 
-    /// The actions in force here, soonest to lapse first.
+    /// The actions in force here, soonest to lapse first: each until it is
+    /// lifted at its expiry, so what this lists is what is enforced.
     pub fn in_force(&self) -> Vec<Enacted> {
-        let now = Utc::now();
-        let mut v: Vec<Enacted> = self
-            .applied
-            .lock()
-            .values()
-            .filter(|a| a.expires > now)
-            .cloned()
-            .collect();
+        let mut v: Vec<Enacted> = self.applied.lock().values().cloned().collect();
         v.sort_by_key(|a| a.expires);
         v
+    }
+
+    /// How long until the first action here lapses (a little after, so
+    /// that its expiry has passed when the lapse is looked at).
+    fn next_lapse(&self) -> Option<Duration> {
+        let first = self.applied.lock().values().map(|a| a.expires).min()?;
+        let left = (first - Utc::now()).to_std().unwrap_or_default();
+        Some(left + Duration::from_millis(5))
     }
 
     /// How many rules are loaded.

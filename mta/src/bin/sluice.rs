@@ -1,0 +1,5 @@
+//! `sluice`: the admin API's command line (see `sluice_mta::cli`).
+
+fn main() -> std::process::ExitCode {
+    sluice_mta::cli::main()
+}

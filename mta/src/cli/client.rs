@@ -1,0 +1,127 @@
+//! The admin API over HTTP for the command line: JSON in and out, HTTP
+//! Basic credentials when given, and the server's own words when it says no.
+
+use serde_json::Value;
+use std::path::Path;
+
+/// Why a verb could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The password file could not be read.
+    #[error("reading the password from {path}: {source}")]
+    Password {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--user` without a password to go with it.
+    #[error("--user needs --password-file or $SLUICE_ADMIN_PASSWORD")]
+    NoPassword,
+    /// The MTA could not be reached.
+    #[error("{url}: {source}")]
+    Http {
+        /// What was asked.
+        url: String,
+        /// Why it failed.
+        source: reqwest::Error,
+    },
+    /// The MTA answered with an error.
+    #[error("{url}: HTTP {status}: {text}")]
+    Refused {
+        /// What was asked.
+        url: String,
+        /// Its status.
+        status: u16,
+        /// What it said.
+        text: String,
+    },
+}
+
+/// One MTA's admin API.
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    credentials: Option<(String, String)>,
+}
+
+impl Client {
+    /// A client for `endpoint`, as `user` when given.
+    pub fn new(
+        endpoint: &str,
+        user: Option<&str>,
+        password_file: Option<&Path>,
+    ) -> Result<Client, CliError> {
+        let credentials = match user {
+            None => None,
+            Some(u) => {
+                let password = match password_file {
+                    Some(p) => std::fs::read_to_string(p)
+                        .map_err(|source| CliError::Password {
+                            path: p.display().to_string(),
+                            source,
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                    None => {
+                        std::env::var("SLUICE_ADMIN_PASSWORD").map_err(|_| CliError::NoPassword)?
+                    }
+                };
+                Some((u.to_string(), password))
+            }
+        };
+        Ok(Client {
+            http: reqwest::Client::new(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            credentials,
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST path` with `body`.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `DELETE path` with `body`.
+    pub async fn delete(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.send(reqwest::Method::DELETE, path, Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.endpoint);
+        let mut req = self.http.request(method, &url);
+        if let Some((u, p)) = &self.credentials {
+            req = req.basic_auth(u, Some(p));
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let http = |source| CliError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http)?;
+        if !status.is_success() {
+            return Err(CliError::Refused {
+                url,
+                status: status.as_u16(),
+                text: text.trim().to_string(),
+            });
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+mod ready;
 mod xfer;
 
 /// What the admin HTTP handlers share: the daemon's metrics, drain state,
@@ -393,6 +394,12 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/api/admin/suspend/v1",
             get(suspend).post(suspend).delete(suspend),
+        )
+        .route(
+            "/api/admin/suspend-ready-q/v1",
+            get(ready::suspend_ready_q)
+                .post(ready::suspend_ready_q)
+                .delete(ready::suspend_ready_q),
         )
         .route("/api/admin/queue-summary/v1", get(queue_summary))
         .route("/api/admin/shaping/v1", get(shaping))

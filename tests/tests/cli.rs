@@ -189,3 +189,91 @@ fn kcli_verbs_show_and_change_what_the_mta_holds() {
     assert!(!ok);
     assert!(err.starts_with("sluice: http://127.0.0.1:"), "{err}");
 }
+
+#[test]
+fn suspend_ready_q_holds_one_ready_queue_until_cancelled() {
+    let admin = free_port();
+    let sink = sluice_tests::reply_sink::ReplySink::start(|_, _| None);
+    let mta = Mta::start(&policy_with_init(
+        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        "",
+        &format!(
+            r#"
+kumo.on('get_queue_config', function(domain)
+  return kumo.make_queue_config {{
+    retry_interval = '1 hour',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}} }}
+end)
+"#,
+            port = sink.port
+        ),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "unused\n").unwrap();
+    let name = format!("unspecified->mx_list:[127.0.0.1]:{}@smtp_client", sink.port);
+
+    let (ok, out, err) = sluice(
+        admin,
+        &pw,
+        &[
+            "suspend-ready-q",
+            "--name",
+            &name,
+            "--reason",
+            "postmaster call",
+            "--duration",
+            "10m",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        masked(&out),
+        format!("suspended {name} until <time> (<id>): postmaster call\n")
+    );
+    let reply = RawSmtp::send_message(mta.port, "held@example.com", "Subject: x\r\n\r\nx");
+    assert!(reply.starts_with("250"), "{reply}");
+    let recs = mta.wait_for_records(Duration::from_secs(20), "the hold", |r| {
+        r.iter().any(|r| {
+            r["type"] == "Delayed"
+                && r["response"]["content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("Context: ReadyQueueSuspended: postmaster call"))
+        })
+    });
+    assert_eq!(count(&recs, "Delivery"), 0);
+    assert_eq!(sink.rcpts(), 0, "nothing was attempted");
+    let (_, out, _) = sluice(admin, &pw, &["suspend-ready-q-list"]);
+    assert_eq!(
+        masked(&out),
+        format!("ID  READY QUEUE  REASON  EXPIRES\n<id>  {name}  postmaster call  <time>\n")
+    );
+    let (_, json, _) = sluice(admin, &pw, &["--json", "suspend-ready-q-list"]);
+    let list: Value = serde_json::from_str(&json).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_string();
+
+    // cancelled: what it held goes at once, not in ten minutes
+    let (ok, out, _) = sluice(admin, &pw, &["suspend-ready-q-cancel", "--id", &id]);
+    assert!(ok);
+    assert_eq!(masked(&out), format!("resumed {name} (<id>)\n"));
+    mta.wait_for_records(Duration::from_secs(20), "the delivery", |r| {
+        count(r, "Delivery") == 1
+    });
+    let (_, out, _) = sluice(admin, &pw, &["suspend-ready-q-list"]);
+    assert_eq!(out, "ID  READY QUEUE  REASON  EXPIRES\n");
+
+    let (ok, _, err) = sluice(
+        admin,
+        &pw,
+        &["suspend-ready-q", "--name", "example.com", "--reason", "x"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("HTTP 400: \"example.com\" is not a ready queue name"),
+        "{err}"
+    );
+}

@@ -1,7 +1,8 @@
 //! `sluice`: the operator's command line for one MTA's admin API, with
 //! KumoMTA's `kcli` verbs and flags (`--endpoint`, `queue-summary`,
 //! `bounce`, `bounce-list`, `bounce-cancel`, `suspend`, `suspend-list`,
-//! `suspend-cancel`, `xfer`, `xfer-cancel`, `inspect-message`) plus
+//! `suspend-cancel`, `suspend-ready-q`, `suspend-ready-q-list`,
+//! `suspend-ready-q-cancel`, `xfer`, `xfer-cancel`, `inspect-message`) plus
 //! `config`. Tables for people by default, the API's JSON with `--json`.
 //! Credentials are the admin API's HTTP Basic ones: `--user`, with the
 //! password from `--password-file` or `$SLUICE_ADMIN_PASSWORD` (never on
@@ -118,6 +119,27 @@ enum Verb {
         #[arg(long)]
         id: String,
     },
+    /// Hold one ready queue (`source->site@protocol`, as queue-summary
+    /// names it): nothing is attempted there while it lasts.
+    SuspendReadyQ {
+        /// The ready queue.
+        #[arg(long)]
+        name: String,
+        /// Why (in the Delayed records and the list).
+        #[arg(long)]
+        reason: String,
+        /// How long it lasts (e.g. 5m).
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// The ready-queue suspensions in force.
+    SuspendReadyQList,
+    /// End a ready-queue suspension; what it held is due at once.
+    SuspendReadyQCancel {
+        /// The suspension's id (suspend-ready-q-list shows it).
+        #[arg(long)]
+        id: String,
+    },
     /// Move matching waiting mail to another node (its admin API URL).
     Xfer {
         #[command(flatten)]
@@ -231,6 +253,30 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 .delete("/api/admin/suspend/v1", &json!({ "id": id }))
                 .await?,
             render::cancelled,
+        ),
+        Verb::SuspendReadyQ {
+            name,
+            reason,
+            duration,
+        } => {
+            let mut body = json!({ "name": name, "reason": reason });
+            if let Some(d) = duration {
+                body["duration"] = json!(d);
+            }
+            (
+                client.post("/api/admin/suspend-ready-q/v1", &body).await?,
+                render::ready_suspension,
+            )
+        }
+        Verb::SuspendReadyQList => (
+            client.get("/api/admin/suspend-ready-q/v1").await?,
+            render::ready_suspensions,
+        ),
+        Verb::SuspendReadyQCancel { id } => (
+            client
+                .delete("/api/admin/suspend-ready-q/v1", &json!({ "id": id }))
+                .await?,
+            render::ready_suspension_cancelled,
         ),
         Verb::Xfer {
             criteria,

@@ -165,6 +165,41 @@ pub fn cancelled(r: &Value) -> String {
     )
 }
 
+/// `suspend-ready-q`: the suspension made.
+pub fn ready_suspension(r: &Value) -> String {
+    format!(
+        "suspended {} until {} ({}): {}\n",
+        cell(&r["name"]),
+        cell(&r["expires"]),
+        cell(&r["id"]),
+        cell(&r["reason"])
+    )
+}
+
+/// `suspend-ready-q-list`.
+pub fn ready_suspensions(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|r| {
+            vec![
+                cell(&r["id"]),
+                cell(&r["name"]),
+                cell(&r["reason"]),
+                cell(&r["expires"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "READY QUEUE", "REASON", "EXPIRES"], &rows)
+}
+
+/// `suspend-ready-q-cancel`.
+pub fn ready_suspension_cancelled(r: &Value) -> String {
+    format!("resumed {} ({})\n", cell(&r["name"]), cell(&r["id"]))
+}
+
 /// An answer without a table of its own: its fields, one per line.
 pub fn object(v: &Value) -> String {
     match v.as_object() {

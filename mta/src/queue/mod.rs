@@ -17,6 +17,7 @@ pub mod deferred;
 mod outcome;
 mod pressure;
 mod promote;
+pub mod ready_suspend;
 mod registry;
 mod requeue;
 pub mod retry;

@@ -53,6 +53,7 @@ impl Enforcer for ShapingEnforcer {
                 let suspension = Suspension {
                     until: a.expires,
                     reason: reason.clone(),
+                    admin: None,
                 };
                 for item in q
                     .egress

@@ -105,6 +105,20 @@ impl Timer {
         taken
     }
 
+    /// Take out every waiting message due exactly at `due` (unix ms): those
+    /// a suspension held until then.
+    pub fn take_due_at(&self, due: i64) -> Vec<MessageRef> {
+        let mut taken = vec![];
+        self.inner.heap.lock().retain(|e| {
+            let hit = e.0.due == due;
+            if hit {
+                taken.push(e.0.msg.clone());
+            }
+            !hit
+        });
+        taken
+    }
+
     /// Hand every message to `on_due` when its time comes; runs forever.
     pub async fn run(&self, on_due: impl Fn(MessageRef)) {
         loop {

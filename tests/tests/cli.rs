@@ -122,6 +122,7 @@ fn kcli_verbs_show_and_change_what_the_mta_holds() {
         "recipient:  a@waiting.example\n",
         "attempts:  1\n",
         "due:  <time>\n",
+        "last response: 400 KumoMTA internal: failed to connect to any candidate hosts",
     ] {
         assert!(out.contains(want), "{want:?} in {out}");
     }

@@ -228,6 +228,9 @@ pub fn message(v: &Value) -> String {
     }
     let _ = writeln!(out, "attempts:   {}", cell(&m["num_attempts"]));
     let _ = writeln!(out, "due:        {due}");
+    if let Some(r) = m["last_response"].as_str() {
+        let _ = writeln!(out, "last response: {r}");
+    }
     if !m["schedule"].is_null() {
         let _ = writeln!(out, "schedule:   {}", m["schedule"]);
     }

@@ -91,6 +91,10 @@ pub struct SpooledMeta {
     /// Constraints from `msg:set_scheduling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Scheduling>,
+    /// The last attempt's transient failure, on one line (for
+    /// `inspect-message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_response: Option<String>,
 }
 
 /// The mutable part of a [`Message`], behind its lock.
@@ -108,6 +112,8 @@ pub struct MessageState {
     pub due: Option<i64>,
     /// Constraints from `msg:set_scheduling`.
     pub schedule: Option<Scheduling>,
+    /// The last attempt's transient failure, on one line.
+    pub last_response: Option<String>,
     /// The body (headers and content) while it is in memory: released while the
     /// message waits, absent for a recovered one until read back.
     pub data: Option<Arc<Vec<u8>>>,
@@ -153,6 +159,7 @@ impl Message {
                 num_attempts: 0,
                 due: None,
                 schedule: None,
+                last_response: None,
                 data: Some(Arc::new(data)),
                 data_len,
                 meta_shrunk: false,
@@ -172,6 +179,7 @@ impl Message {
                 num_attempts: m.num_attempts,
                 due: m.due,
                 schedule: m.schedule,
+                last_response: m.last_response,
                 data: None,
                 data_len,
                 meta_shrunk: false,
@@ -195,6 +203,7 @@ impl Message {
             num_attempts: s.num_attempts,
             due: s.due,
             schedule: s.schedule.clone(),
+            last_response: s.last_response.clone(),
         }
     }
 

@@ -216,6 +216,8 @@ impl QueueManager {
         // requeue handler logs), so a crash after the record cannot lose it
         let mut record = Some(rec);
         let line = resp.to_smtp_line();
+        // kept with the next due time, for inspect-message
+        msg.state().last_response = Some(line.clone());
         let context = ["LoggedTransientFailure"];
         let requeue = self
             .requeue_event(msg, queue, &line, &context, true, None, &mut record)

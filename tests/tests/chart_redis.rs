@@ -211,16 +211,31 @@ fn two_chart_pods_share_a_tls_redis_through_the_mounted_secrets() {
             .stderr(std::fs::File::create(&log).unwrap());
         running.push((Running(cmd.spawn().unwrap()), admin, log, pod));
     }
-    for (_, admin, log, _) in &running {
+    let admins: Vec<u16> = running.iter().map(|r| r.1).collect();
+    for admin in admins {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while pod_metric(*admin, "sluice_fleet_nodes") < 2.0
-            || pod_metric(*admin, "sluice_redis_up") < 1.0
+        while pod_metric(admin, "sluice_fleet_nodes") < 2.0
+            || pod_metric(admin, "sluice_redis_up") < 1.0
         {
-            assert!(
-                Instant::now() < deadline,
-                "the pod never shared the TLS Redis with its peer: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+            if Instant::now() >= deadline {
+                // both pods: whether each still runs, and what it logged
+                let pods: Vec<String> = running
+                    .iter_mut()
+                    .map(|(child, admin, log, _)| {
+                        format!(
+                            "pod with admin port {admin}: exited {:?}, fleet_nodes {}, redis_up {}\n{}",
+                            child.0.try_wait().ok().flatten(),
+                            pod_metric(*admin, "sluice_fleet_nodes"),
+                            pod_metric(*admin, "sluice_redis_up"),
+                            std::fs::read_to_string(log).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "pod {admin} never shared the TLS Redis with its peer:\n{}",
+                    pods.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }

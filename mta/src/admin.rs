@@ -297,6 +297,12 @@ async fn inject(
     }
 }
 
+/// The body of a `DELETE` that names what to end: `{"id": ...}`.
+#[derive(serde::Deserialize)]
+struct IdBody {
+    id: String,
+}
+
 /// `POST` adds a bounce or suspension rule, `GET` lists them, `DELETE`
 /// (body `{"id": ...}`) removes one.
 async fn rules(
@@ -309,11 +315,7 @@ async fn rules(
     match method {
         axum::http::Method::GET => axum::Json(s.queues.list_rules(kind)).into_response(),
         axum::http::Method::DELETE => {
-            #[derive(serde::Deserialize)]
-            struct Id {
-                id: String,
-            }
-            let id: Id = match parse_body(&body) {
+            let id: IdBody = match parse_body(&body) {
                 Ok(i) => i,
                 Err(e) => return unprocessable(e),
             };

@@ -193,23 +193,17 @@ fn valid_address(addr: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
-/// The verb of a command line, uppercased, when it is a command the server
-/// knows (`None` for an unknown one, as KumoMTA gives hooks).
-pub fn verb(line: &str) -> Option<String> {
-    const KNOWN: [&str; 13] = [
-        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "STARTTLS", "VRFY", "EXPN",
-        "HELP", "AUTH",
-    ];
-    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-    KNOWN.contains(&verb.as_str()).then_some(verb)
+/// A command line's verb, uppercased, and the rest.
+pub fn verb(line: &str) -> (String, &str) {
+    let verb_end = line.find(' ').unwrap_or(line.len());
+    (line[..verb_end].to_ascii_uppercase(), &line[verb_end..])
 }
 
 /// Parse one command line (without its CRLF). An unknown verb is
 /// [`Command::Unknown`]; a known one with bad arguments is an error.
 pub fn parse_command(line: &str) -> Result<Command, SyntaxError> {
-    let verb_end = line.find(' ').unwrap_or(line.len());
-    let verb = line[..verb_end].to_ascii_uppercase();
-    let arg = line[verb_end..].trim();
+    let (verb, arg) = verb(line);
+    let arg = arg.trim();
     Ok(match verb.as_str() {
         "EHLO" | "HELO" => {
             if arg.is_empty() || arg.contains(' ') {

@@ -268,6 +268,16 @@ impl Mta {
             .collect()
     }
 
+    /// The record of type `kind`, once exactly one is logged (panics when
+    /// that does not happen within `timeout`).
+    pub fn the_record(&self, kind: &str, timeout: Duration) -> Value {
+        let what = format!("one {kind} record");
+        let recs = self.wait_for_records(timeout, &what, |r| count(r, kind) == 1);
+        recs.into_iter()
+            .find(|r| r["type"] == kind)
+            .expect("counted")
+    }
+
     /// Poll the log until `cond` holds, or panic after `timeout`.
     pub fn wait_for_records(
         &self,

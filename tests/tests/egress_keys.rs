@@ -58,13 +58,7 @@ fn use_lmtp_speaks_lmtp_and_takes_a_reply_per_recipient() {
     let esmtp = Mta::start(&relay(sink.port, ""));
     let o = swaks(esmtp.port, &["--to", "c@example.com"]);
     assert!(o.status.success(), "{}", text(&o));
-    let recs = esmtp.wait_for_records(Duration::from_secs(20), "a transient failure", |r| {
-        count(r, "TransientFailure") == 1
-    });
-    let tf = recs
-        .iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let tf = esmtp.the_record("TransientFailure", Duration::from_secs(20));
     assert!(
         tf["response"]["content"]
             .as_str()
@@ -97,10 +91,7 @@ fn rustls_cipher_suites_choose_what_the_client_offers() {
     ));
     let o = swaks(sender.port, &["--to", "u@example.com"]);
     assert!(o.status.success(), "{}", text(&o));
-    let recs = sender.wait_for_records(Duration::from_secs(20), "a delivery", |r| {
-        count(r, "Delivery") == 1
-    });
-    let d = recs.iter().find(|r| r["type"] == "Delivery").unwrap();
+    let d = sender.the_record("Delivery", Duration::from_secs(20));
     assert_eq!(d["tls_cipher"], "TLS13_CHACHA20_POLY1305_SHA256", "{d}");
     let got = receiver.wait_for_records(Duration::from_secs(10), "the reception", |r| {
         count(r, "Reception") == 1
@@ -132,13 +123,7 @@ fn a_failed_opportunistic_handshake_reconnects_in_clear_with_the_key() {
     ));
     let o = swaks(without.port, &["--to", "u@example.com"]);
     assert!(o.status.success(), "{}", text(&o));
-    let recs = without.wait_for_records(Duration::from_secs(20), "a transient failure", |r| {
-        count(r, "TransientFailure") == 1
-    });
-    let tf = recs
-        .iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let tf = without.the_record("TransientFailure", Duration::from_secs(20));
     assert!(
         tf["response"]["content"]
             .as_str()
@@ -156,10 +141,7 @@ fn a_failed_opportunistic_handshake_reconnects_in_clear_with_the_key() {
     ));
     let o = swaks(with.port, &["--to", "v@example.com"]);
     assert!(o.status.success(), "{}", text(&o));
-    let recs = with.wait_for_records(Duration::from_secs(20), "a delivery", |r| {
-        count(r, "Delivery") == 1
-    });
-    let d = recs.iter().find(|r| r["type"] == "Delivery").unwrap();
+    let d = with.the_record("Delivery", Duration::from_secs(20));
     assert!(d["tls_cipher"].is_null(), "delivered in clear: {d}");
     let got = receiver.wait_for_records(Duration::from_secs(10), "the reception", |r| {
         r.iter()
@@ -200,10 +182,7 @@ fn eight_bit_mail_needs_8bitmime_unless_ignore_8bit_checks() {
     let no8bit = Sink::start(&["-8"]);
     let strict = Mta::start(&relay(no8bit.port, ""));
     send(&strict, "a@example.com");
-    let recs = strict.wait_for_records(Duration::from_secs(20), "a bounce", |r| {
-        count(r, "Bounce") == 1
-    });
-    let b = recs.iter().find(|r| r["type"] == "Bounce").unwrap();
+    let b = strict.the_record("Bounce", Duration::from_secs(20));
     assert_eq!(b["response"]["code"], 554, "{b}");
     assert!(
         b["response"]["content"]

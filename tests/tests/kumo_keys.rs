@@ -308,13 +308,7 @@ end)
     ));
     let o = swaks(mta.port, &["--to", "u@example.com"]);
     assert!(o.status.success(), "{}", text(&o));
-    let recs = mta.wait_for_records(Duration::from_secs(20), "a transient failure", |r| {
-        count(r, "TransientFailure") == 1
-    });
-    let tf = recs
-        .iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let tf = mta.the_record("TransientFailure", Duration::from_secs(20));
     assert!(
         tf["response"]["content"]
             .as_str()

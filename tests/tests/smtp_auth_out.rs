@@ -22,13 +22,7 @@ fn send(mta: &Mta, to: &str) {
 }
 
 fn transient(mta: &Mta) -> String {
-    let recs = mta.wait_for_records(Duration::from_secs(20), "a transient failure", |r| {
-        count(r, "TransientFailure") == 1
-    });
-    let tf = recs
-        .iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let tf = mta.the_record("TransientFailure", Duration::from_secs(20));
     tf["response"]["content"].as_str().unwrap().to_string()
 }
 

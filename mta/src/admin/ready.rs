@@ -1,7 +1,7 @@
 //! `/api/admin/suspend-ready-q/v1` (KumoMTA's API): suspensions of one
 //! ready queue, by the name the queue summary gives it.
 
-use super::{AdminState, parse_body, unprocessable};
+use super::{AdminState, IdBody, parse_body, unprocessable};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,11 +16,7 @@ pub(super) async fn suspend_ready_q(
     match method {
         axum::http::Method::GET => axum::Json(s.queues.ready_suspensions()).into_response(),
         axum::http::Method::DELETE => {
-            #[derive(serde::Deserialize)]
-            struct Id {
-                id: String,
-            }
-            let id: Id = match parse_body(&body) {
+            let id: IdBody = match parse_body(&body) {
                 Ok(i) => i,
                 Err(e) => return unprocessable(e),
             };

@@ -57,8 +57,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The array `v` (an API answer that is a list), or none.
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v[key].as_array().map(Vec::as_slice).unwrap_or(&[])
+    items(&v[key])
 }
 
 /// `queue-summary`: the ready queues, split into source, site and
@@ -137,10 +142,7 @@ pub fn rule(r: &Value) -> String {
 
 /// `bounce-list` / `suspend-list`.
 pub fn rules(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    let rows: Vec<Vec<String>> = items(v)
         .iter()
         .map(|r| {
             vec![
@@ -178,10 +180,7 @@ pub fn ready_suspension(r: &Value) -> String {
 
 /// `suspend-ready-q-list`.
 pub fn ready_suspensions(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    let rows: Vec<Vec<String>> = items(v)
         .iter()
         .map(|r| {
             vec![

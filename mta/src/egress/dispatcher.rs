@@ -154,7 +154,8 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
             }
             // the path's settings changed (a refresh, shaping's SetConfig):
             // the next connection runs on them
-            if *rq.config() != *config {
+            let now = rq.config();
+            if !Arc::ptr_eq(&now, &config) && *now != *config {
                 session.close().await;
                 continue 'connections;
             }

@@ -26,7 +26,7 @@ impl Overrides {
     fn refresh(&self, rq: &ReadyQueue) {
         let map = self.0.lock();
         let base = rq.base_config();
-        let Some(settings) = map.get(path_of(rq)).filter(|s| !s.is_empty()) else {
+        let Some(settings) = map.get(rq.path()).filter(|s| !s.is_empty()) else {
             rq.set_in_force(base);
             return;
         };
@@ -43,11 +43,6 @@ impl Overrides {
         }
         rq.set_in_force(Arc::new(config));
     }
-}
-
-/// A ready queue's path, from its name (`source->site@protocol`).
-fn path_of(rq: &ReadyQueue) -> &str {
-    rq.name.rsplit_once('@').map_or(&rq.name, |(p, _)| p)
 }
 
 impl Egress {
@@ -75,7 +70,7 @@ impl Egress {
 
     /// Recompute the config in force of `path`'s ready queues.
     fn reapply(&self, path: &str) {
-        for rq in self.ready_queues().iter().filter(|rq| path_of(rq) == path) {
+        for rq in self.ready_queues().iter().filter(|rq| rq.path() == path) {
             self.overrides.refresh(rq);
         }
     }

@@ -77,6 +77,12 @@ impl ReadyQueue {
         self.in_force.lock().clone()
     }
 
+    /// Its path, `source->site` (the name without `@protocol`): what
+    /// suspensions and replaced settings are kept by.
+    pub fn path(&self) -> &str {
+        self.name.rsplit_once('@').map_or(&self.name, |(p, _)| p)
+    }
+
     /// The path config as its hook gave it.
     pub(super) fn base_config(&self) -> Arc<EgressPathConfig> {
         self.config.lock().value.clone()

@@ -40,34 +40,14 @@ impl Suspensions {
 }
 
 impl Egress {
-    /// Suspend the path `source->site` until `until`; what its ready queues
+    /// Suspend `source->site` as `suspension` says; what its ready queues
     /// hold now is returned, for the scheduled queues to hold.
-    pub fn suspend_path(
-        &self,
-        source: &str,
-        site: &str,
-        until: DateTime<Utc>,
-        reason: &str,
-    ) -> Vec<Ready> {
-        self.suspend(
-            source,
-            site,
-            Suspension {
-                until,
-                reason: reason.to_string(),
-                admin: None,
-            },
-        )
-    }
-
-    /// Suspend `source->site` as `suspension` says.
     pub fn suspend(&self, source: &str, site: &str, suspension: Suspension) -> Vec<Ready> {
         let path = format!("{source}->{site}");
         self.suspended.0.lock().insert(path.clone(), suspension);
-        let prefix = format!("{path}@");
         self.ready_queues()
             .into_iter()
-            .filter(|rq| rq.name.starts_with(&prefix))
+            .filter(|rq| rq.path() == path)
             .flat_map(|rq| rq.take_matching(|_| true))
             .collect()
     }

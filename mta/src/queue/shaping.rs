@@ -49,16 +49,12 @@ impl Enforcer for ShapingEnforcer {
         };
         let info = match a.action.as_str() {
             "Suspend" => {
-                let reason = a.rule.clone();
                 let suspension = Suspension {
                     until: a.expires,
-                    reason: reason.clone(),
+                    reason: a.rule.clone(),
                     admin: None,
                 };
-                for item in q
-                    .egress
-                    .suspend_path(&a.source, &a.site, a.expires, &reason)
-                {
+                for item in q.egress.suspend(&a.source, &a.site, suspension.clone()) {
                     q.hold_for_path(item, &suspension);
                 }
                 return;

@@ -232,11 +232,7 @@ impl Session {
                         self.error(500, "5.5.2 command is not valid UTF-8", None);
                         Flow::Continue
                     }
-                    Ok(line) => {
-                        // the verb the replies answer (smtp_server_rewrite_response)
-                        self.conn.command = crate::smtp::verb(&line);
-                        self.command(&line).await?
-                    }
+                    Ok(line) => self.command(&line).await?,
                 },
             };
             if self.errors >= MAX_ERRORS {
@@ -280,7 +276,14 @@ impl Session {
     }
 
     async fn command(&mut self, line: &str) -> Result<Flow, ReadError> {
-        let cmd = match parse_command(line) {
+        let parsed = parse_command(line);
+        // the verb the replies answer (smtp_server_rewrite_response): none
+        // for a command the server does not know
+        self.conn.command = match &parsed {
+            Ok(Command::Unknown(_)) => None,
+            _ => Some(crate::smtp::verb(line).0),
+        };
+        let cmd = match parsed {
             Ok(cmd) => cmd,
             Err(e) => {
                 self.error(e.code, e.text, Some(line));

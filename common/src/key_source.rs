@@ -57,7 +57,29 @@ impl std::fmt::Debug for KeySource {
     }
 }
 
+/// A secret from a file (a mounted Secret): its text, the trailing newline
+/// (of `echo` or `--from-file`) dropped.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
 impl KeySource {
+    /// A password's text, read now: a file's as [`read_secret_file`] reads
+    /// it, `key_data` as given.
+    pub fn read_secret(&self) -> Result<String, KeySourceError> {
+        match self {
+            KeySource::File(path) => {
+                read_secret_file(path).map_err(|source| KeySourceError::Read {
+                    path: path.clone(),
+                    source,
+                })
+            }
+            KeySource::Data { key_data } => Ok(key_data.clone()),
+            KeySource::Vault { vault_path, .. } => Err(KeySourceError::Vault(vault_path.clone())),
+        }
+    }
+
     /// The secret's bytes, read now.
     pub fn read(&self) -> Result<Vec<u8>, KeySourceError> {
         match self {

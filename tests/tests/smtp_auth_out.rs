@@ -31,9 +31,10 @@ fn auth_plain_over_verified_tls_reaches_postfix_as_the_user() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(&dir.path().join("ca"));
     let postfix = Submission::start(&[("daniel", "tiger")], &ca.cert, &ca.key);
-    // the password from a file, as a mounted Secret gives it
+    // the password from a file, as a mounted Secret made with `echo` gives
+    // it: the trailing newline is not part of it
     let secret = dir.path().join("password");
-    std::fs::write(&secret, "tiger").unwrap();
+    std::fs::write(&secret, "tiger\n").unwrap();
     let mut mta = Mta::prepare(&relay(
         postfix.port,
         &format!(

@@ -56,13 +56,12 @@ impl Client {
             None => None,
             Some(u) => {
                 let password = match password_file {
-                    Some(p) => std::fs::read_to_string(p)
-                        .map_err(|source| CliError::Password {
+                    Some(p) => {
+                        crate::config::read_secret_file(p).map_err(|source| CliError::Password {
                             path: p.display().to_string(),
                             source,
                         })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
+                    }
                     None => {
                         std::env::var("SLUICE_ADMIN_PASSWORD").map_err(|_| CliError::NoPassword)?
                     }

@@ -19,12 +19,7 @@ pub use min_free::MinFree;
 use serde::Deserialize;
 use std::path::PathBuf;
 
-/// A secret from a file (a mounted Secret): its text, the trailing newline
-/// (of `echo` or `--from-file`) dropped.
-pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
-}
+pub use sluice_common::key_source::read_secret_file;
 
 /// A config value that is well-formed but unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

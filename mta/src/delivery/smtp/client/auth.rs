@@ -28,14 +28,9 @@ impl SmtpClient {
         }
         let password = match &s.smtp_auth_plain_password {
             None => String::new(),
-            Some(source) => {
-                let bytes = source
-                    .read()
-                    .map_err(|e| ClientError::Auth(format!("smtp_auth_plain_password: {e}")))?;
-                String::from_utf8(bytes).map_err(|_| {
-                    ClientError::Auth(format!("smtp_auth_plain_password ({source}) is not UTF-8"))
-                })?
-            }
+            Some(source) => source
+                .read_secret()
+                .map_err(|e| ClientError::Auth(format!("smtp_auth_plain_password: {e}")))?,
         };
         use base64::Engine;
         let token =

@@ -248,6 +248,7 @@ pub fn daemon() -> &'static Daemon {
             reload_interval: Duration::from_secs(3600),
             handoff_to: vec![],
             handoff_report: None,
+            provider_metrics_limit: sluice_mta::metrics::provider::DEFAULT_LIMIT,
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 mod ready;
+mod scrape;
 mod xfer;
 
 /// What the admin HTTP handlers share: the daemon's metrics, drain state,
@@ -166,67 +167,6 @@ async fn readiness(State(s): State<AdminState>) -> Response {
         true => (StatusCode::OK, "ready\n").into_response(),
         false => (StatusCode::SERVICE_UNAVAILABLE, "spool unhealthy\n").into_response(),
     }
-}
-
-async fn metrics(State(s): State<AdminState>) -> Response {
-    s.metrics.scheduled.set(s.queues.delayed_count() as i64);
-    s.metrics.ready.set(
-        s.queues
-            .egress()
-            .ready_queues()
-            .iter()
-            .map(|q| q.len() as i64)
-            .sum(),
-    );
-    s.metrics.spooled.set(s.queues.spool().len() as i64);
-    s.metrics
-        .queued
-        .set(s.metrics.scheduled.get() + s.metrics.ready.get());
-    let oldest = s.queues.spool().oldest_created();
-    let age = oldest.map_or(0, |t| (chrono::Utc::now() - t).num_seconds().max(0));
-    s.metrics.oldest_age.set(age);
-    s.metrics.draining.set(i64::from(s.lifecycle.is_draining()));
-    s.metrics
-        .storage_short
-        .set(i64::from(s.admission.storage.shortage().is_some()));
-    let memory = &s.admission.memory;
-    s.metrics.memory_usage_bytes.set(memory.usage() as i64);
-    s.metrics
-        .memory_short
-        .set(i64::from(memory.shortage().is_some()));
-    let limits = memory.limits();
-    for (name, value) in [
-        ("hard", limits.hard),
-        ("soft", limits.soft),
-        ("low", limits.low),
-    ] {
-        s.metrics
-            .memory_limit_bytes
-            .with_label_values(&[name])
-            .set(value.min(i64::MAX as u64) as i64);
-    }
-    for (volume, usage) in s.admission.storage.volumes() {
-        let path = volume.path.display().to_string();
-        if let Some(u) = usage {
-            let labels = [volume.kind, path.as_str()];
-            s.metrics
-                .storage_free_bytes
-                .with_label_values(&labels)
-                .set(u.free_bytes as i64);
-            s.metrics
-                .storage_free_inodes
-                .with_label_values(&labels)
-                .set(u.free_inodes as i64);
-        }
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
@@ -386,7 +326,7 @@ async fn shaping(State(s): State<AdminState>) -> Response {
 /// accepted HTTP Basic credentials.
 pub fn router(state: AdminState) -> Router {
     let guarded = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape::metrics))
         .route("/api/admin/config/v1", get(config))
         .route("/api/inject/v1", axum::routing::post(inject))
         .route(

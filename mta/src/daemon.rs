@@ -78,6 +78,8 @@ pub struct Options {
     pub handoff_to: Vec<String>,
     /// Where the handoff writes its outcome (a termination message file).
     pub handoff_report: Option<std::path::PathBuf>,
+    /// How many providers get their own per-provider metric series.
+    pub provider_metrics_limit: usize,
 }
 
 /// Run the daemon on this policy until SIGTERM or SIGINT, then drain and
@@ -106,8 +108,9 @@ pub async fn run(source: PolicySource, options: Options) -> Result<(), StartErro
         })?;
     let spool = Arc::new(spool);
     policy.attach_spool(spool.clone());
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::metrics::Metrics::new(options.provider_metrics_limit));
     crate::policy::hook_errors::register(metrics.registry());
+    crate::policy::event_latency::register(metrics.registry());
     metrics.set_config(&policy.content_hash());
     // shaping automation watches the records, once the queues exist
     let (feed, shaped_records) = crate::shaping::feed();

@@ -50,6 +50,12 @@ struct Args {
     /// remaining): Kubernetes' termination message file by default.
     #[arg(long, default_value = "/dev/termination-log")]
     handoff_report: PathBuf,
+
+    /// How many providers (egress paths' provider_name, else sites) get
+    /// their own per-provider metric series; the rest are counted as
+    /// `other`, so that mailing many domains cannot flood Prometheus.
+    #[arg(long, default_value_t = sluice_mta::metrics::provider::DEFAULT_LIMIT)]
+    provider_metrics_limit: usize,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
                 reload_interval: args.reload_interval,
                 handoff_to: args.handoff_to.clone(),
                 handoff_report: Some(args.handoff_report.clone()),
+                provider_metrics_limit: args.provider_metrics_limit,
             };
             daemon::run(source, options).await
         }

@@ -158,6 +158,7 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
+                self.metrics.reload_failing.set(1);
                 let mut s = self.status.lock();
                 s.last_reload_error = Some(e.to_string());
                 s.last_reload_error_at = Some(now_rfc3339());

@@ -22,8 +22,9 @@ fn lints_strict_with_every_values_set() {
 
 /// Every rendered object against Kubernetes' own schemas, strictly (an
 /// unknown field fails), for the oldest supported and the current version.
-/// Only the Prometheus Operator's ServiceMonitor and KEDA's ScaledObject
-/// have no schema there (the ScaledObject is checked in `autoscaling`).
+/// Only the Prometheus Operator's ServiceMonitor and PrometheusRule and
+/// KEDA's ScaledObject have no schema there (the ScaledObject is checked in
+/// `autoscaling`, the PrometheusRule by promtool in `monitoring`).
 #[test]
 fn every_manifest_validates_against_kubernetes_schemas() {
     for values in ci_values() {
@@ -42,6 +43,8 @@ fn every_manifest_validates_against_kubernetes_schemas() {
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
                 line.contains("kind ServiceMonitor with api version monitoring.coreos.com/v1")
+                    || line
+                        .contains("kind PrometheusRule with api version monitoring.coreos.com/v1")
                     || line.contains("kind ScaledObject with api version keda.sh/v1alpha1"),
                 "{values}: {line}"
             );

@@ -105,7 +105,7 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
                         true => Outcome::Bounced(resp),
                         false => Outcome::Transient(resp),
                     };
-                    egress.complete(item, &rq.name, failed(item, outcome)).await;
+                    egress.complete(item, &rq, failed(item, outcome)).await;
                 }
                 continue;
             }
@@ -122,7 +122,7 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
                     Err(e) => {
                         let text = format!("KumoMTA internal: cannot read spooled body: {e}");
                         let attempt = failed(&item, Outcome::Transient(Response::new(400, &text)));
-                        egress.complete(&item, &rq.name, attempt).await;
+                        egress.complete(&item, &rq, attempt).await;
                     }
                 }
             }
@@ -130,7 +130,7 @@ async fn run(egress: Arc<Egress>, rq: Arc<ReadyQueue>) {
                 let msgs: Vec<_> = sendable.iter().map(|i| i.msg.clone()).collect();
                 let sent = session.send(&msgs).await;
                 for (item, attempt) in sendable.iter().zip(sent.attempts) {
-                    egress.complete(item, &rq.name, attempt).await;
+                    egress.complete(item, &rq, attempt).await;
                 }
                 delivered += sendable.len();
                 if sent.close {

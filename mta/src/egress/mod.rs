@@ -56,11 +56,11 @@ pub struct Ready {
 
 /// Where ready queues report to: the queue engine.
 pub trait Outcomes: Send + Sync + 'static {
-    /// What an attempt did to `item`, on the path `ready_queue`.
+    /// What an attempt did to `item`, on the path of `ready_queue`.
     fn completed<'a>(
         &'a self,
         item: &'a Ready,
-        ready_queue: &'a str,
+        ready_queue: &'a ReadyQueue,
         attempt: Attempt,
     ) -> BoxFuture<'a, ()>;
 
@@ -166,7 +166,7 @@ impl Egress {
         self.outcomes.get().and_then(Weak::upgrade)
     }
 
-    async fn complete(&self, item: &Ready, ready_queue: &str, attempt: Attempt) {
+    async fn complete(&self, item: &Ready, ready_queue: &ReadyQueue, attempt: Attempt) {
         if let Some(o) = self.outcomes() {
             o.completed(item, ready_queue, attempt).await;
         }

@@ -150,7 +150,7 @@ impl Outcomes for TestOutcomes {
     fn completed<'a>(
         &'a self,
         item: &'a Ready,
-        _rq: &'a str,
+        _rq: &'a ReadyQueue,
         attempt: Attempt,
     ) -> BoxFuture<'a, ()> {
         for r in attempt.results {

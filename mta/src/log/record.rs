@@ -232,6 +232,10 @@ pub struct LogRecord {
     pub egress_pool: Option<String>,
     /// The egress source of that ready queue (its name before `->`).
     pub egress_source: Option<String>,
+    /// The provider the attempt's path belongs to (its egress path's
+    /// `provider_name`, else its queue's), as KumoMTA logs it; `null`
+    /// without one.
+    pub provider_name: Option<String>,
     /// KumoMTA's local address of the delivery connection; Sluice leaves it
     /// `null`.
     pub source_address: Option<Value>,
@@ -299,6 +303,7 @@ impl LogRecord {
             bounce_classification: crate::bounce::Label::uncategorized(),
             egress_pool: None,
             egress_source: None,
+            provider_name: None,
             source_address: None,
             feedback_report: None,
             meta: Map::new(),

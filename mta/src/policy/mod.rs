@@ -3,6 +3,7 @@
 //! the only module that touches Lua.
 
 mod amqp;
+pub mod event_latency;
 mod events;
 mod fetched;
 pub mod files;
@@ -394,16 +395,26 @@ impl Policy {
         event: &str,
         args: impl Fn(&Lua) -> mlua::Result<MultiValue>,
     ) -> Result<Option<MultiValue>, EventError> {
-        for f in handlers(lua, event).map_err(event_error)? {
-            let result: MultiValue = f
-                .call_async(args(lua).map_err(event_error)?)
-                .await
-                .map_err(event_error)?;
-            if !result.is_empty() {
-                return Ok(Some(result));
-            }
+        let handlers = handlers(lua, event).map_err(event_error)?;
+        if handlers.is_empty() {
+            return Ok(None);
         }
-        Ok(None)
+        let started = std::time::Instant::now();
+        let result = async {
+            for f in handlers {
+                let result: MultiValue = f
+                    .call_async(args(lua).map_err(event_error)?)
+                    .await
+                    .map_err(event_error)?;
+                if !result.is_empty() {
+                    return Ok(Some(result));
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        event_latency::observe(event, started.elapsed());
+        result
     }
 }
 fn registered_events(lua: &Lua) -> mlua::Result<std::collections::HashSet<String>> {

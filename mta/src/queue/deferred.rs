@@ -36,7 +36,7 @@ impl QueueManager {
         queue: &str,
         config: &Arc<QueueConfig>,
         target: &str,
-        ready_queue: Option<&str>,
+        ready_queue: Option<&crate::egress::ReadyQueue>,
     ) {
         if let Err(e) = self.route(msg).await {
             msg.set_meta("queue", DEFERRED_QUEUE.into());

@@ -7,7 +7,7 @@
 use super::requeue::Requeue;
 use super::{QueueManager, retry};
 use crate::delivery::{Attempt, BoxFuture, Outcome};
-use crate::egress::{Outcomes, Ready};
+use crate::egress::{Outcomes, Ready, ReadyQueue};
 use crate::log::{DelayReason, LogRecord, RecordType, Response};
 use crate::message::{Message, MessageRef};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -20,7 +20,7 @@ impl Outcomes for QueueManager {
     fn completed<'a>(
         &'a self,
         item: &'a Ready,
-        ready_queue: &'a str,
+        ready_queue: &'a ReadyQueue,
         attempt: Attempt,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -112,7 +112,7 @@ impl QueueManager {
     pub(super) async fn apply(
         self: &Arc<Self>,
         item: &Ready,
-        ready_queue: Option<&str>,
+        ready_queue: Option<&ReadyQueue>,
         attempt: Attempt,
     ) {
         let (msg, queue, config) = (&item.msg, item.queue.as_str(), &item.config);
@@ -207,7 +207,7 @@ impl QueueManager {
         config: &Arc<QueueConfig>,
         resp: Response,
         delivery_protocol: Option<String>,
-        ready_queue: Option<&str>,
+        ready_queue: Option<&ReadyQueue>,
     ) {
         let mut rec = self.record(RecordType::TransientFailure, msg, queue, resp.clone());
         rec.delivery_protocol = delivery_protocol;
@@ -300,16 +300,22 @@ impl QueueManager {
     }
 }
 
-/// The path's fields on a record of an attempt made through a ready queue.
-fn set_egress_fields(rec: &mut LogRecord, config: &QueueConfig, ready_queue: Option<&str>) {
+/// The path's fields on a record of an attempt made through a ready queue;
+/// the provider is the path's `provider_name`, else its queue's.
+fn set_egress_fields(rec: &mut LogRecord, config: &QueueConfig, ready_queue: Option<&ReadyQueue>) {
     if let Some(rq) = ready_queue {
-        rec.site = rq.to_string();
+        rec.site = rq.name.clone();
+        rec.provider_name = rq
+            .config()
+            .provider_name
+            .clone()
+            .or_else(|| config.provider_name.clone());
         rec.egress_pool = Some(
             config
                 .egress_pool
                 .clone()
                 .unwrap_or_else(|| "unspecified".into()),
         );
-        rec.egress_source = rq.split_once("->").map(|(s, _)| s.to_string());
+        rec.egress_source = rq.name.split_once("->").map(|(s, _)| s.to_string());
     }
 }

@@ -370,6 +370,17 @@ impl Spool {
         self.shared.index.lock().len()
     }
 
+    /// Bytes of the segment files on disk (live messages, and the dead ones
+    /// not yet compacted away).
+    pub fn disk_bytes(&self) -> u64 {
+        let files: Vec<Arc<File>> = self.shared.files.lock().values().cloned().collect();
+        files
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Whether the spool holds no live message.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

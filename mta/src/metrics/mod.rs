@@ -1,6 +1,9 @@
 //! Prometheus metrics with bounded label sets: `service` is the listener or
 //! the delivery protocol (a handful of values), never a queue name, so the
-//! series count does not grow with the number of queues.
+//! series count does not grow with the number of queues. Per-provider
+//! series are capped ([`provider`]).
+
+pub mod provider;
 
 use crate::log::{DelayReason, LogRecord, RecordType};
 use prometheus::{
@@ -44,10 +47,25 @@ pub struct Metrics {
     /// in the spool was received (0 when it is empty), for alerts and
     /// autoscaling on backlog age.
     pub oldest_age: IntGauge,
+    /// Outcomes, backlog and latency by provider, bounded.
+    pub providers: provider::ProviderMetrics,
+    /// `sluice_spool_bytes`: bytes of the spool's segment files on disk,
+    /// set at each scrape.
+    pub spool_bytes: IntGauge,
+    /// Size of each watched volume (`volume`, `path`), set at each scrape:
+    /// with the free bytes, how full it is.
+    pub storage_size_bytes: IntGaugeVec,
+    /// `sluice_config_loaded_timestamp_seconds`: when the policy in force
+    /// was loaded (start or last successful reload).
+    config_loaded: IntGauge,
     /// `sluice_draining`: 1 while draining for shutdown, set at each scrape.
     pub draining: IntGauge,
-    /// Policy reloads by result (`success`, `failure`).
+    /// Policy reloads by result (`success`, `failure`), both from 0 so
+    /// that an alert's `increase()` sees the first failure.
     pub reloads: IntCounterVec,
+    /// `sluice_config_reload_failing`: 1 from a failed reload until one
+    /// succeeds (the previous policy keeps serving meanwhile).
+    pub reload_failing: IntGauge,
     config_info: IntGaugeVec,
     latency: Histogram,
     /// Per ESMTP listener (`listen` address, a handful): how many of its
@@ -110,7 +128,7 @@ pub(crate) fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(provider::DEFAULT_LIMIT)
     }
 }
 
@@ -120,8 +138,9 @@ impl Metrics {
         &self.registry
     }
 
-    /// A registry with every metric registered, all at zero.
-    pub fn new() -> Metrics {
+    /// A registry with every metric registered, all at zero; at most
+    /// `provider_limit` providers get their own per-provider series.
+    pub fn new(provider_limit: usize) -> Metrics {
         let r = Registry::new();
         let connections = IntGaugeVec::new(
             Opts::new("connection_count", "Open SMTP sessions"),
@@ -145,7 +164,24 @@ impl Metrics {
         )
         .expect("valid");
         r.register(Box::new(latency.clone())).expect("unique");
-        Metrics {
+        let m = Metrics {
+            providers: provider::ProviderMetrics::new(&r, provider_limit),
+            spool_bytes: gauge(
+                &r,
+                "sluice_spool_bytes",
+                "Bytes of the spool's segment files on disk",
+            ),
+            storage_size_bytes: gauge_vec(
+                &r,
+                "sluice_storage_size_bytes",
+                "Size of a volume the MTA writes (used plus available, as df shows)",
+                &["volume", "path"],
+            ),
+            config_loaded: gauge(
+                &r,
+                "sluice_config_loaded_timestamp_seconds",
+                "When the policy in force was loaded (unix seconds)",
+            ),
             storage_free_bytes: gauge_vec(
                 &r,
                 "sluice_storage_free_bytes",
@@ -305,16 +341,28 @@ impl Metrics {
                 "Policy reloads, by result",
                 &["result"],
             ),
+            reload_failing: gauge(
+                &r,
+                "sluice_config_reload_failing",
+                "1 while the last policy reload failed (the previous policy keeps serving)",
+            ),
             config_info,
             latency,
             registry: r,
+        };
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m
     }
 
-    /// Report which policy is loaded (one series, replaced on reload).
+    /// Report which policy is loaded (one series, replaced on reload), and
+    /// that it was loaded now.
     pub fn set_config(&self, hash: &str) {
         self.config_info.reset();
         self.config_info.with_label_values(&[hash]).set(1);
+        self.config_loaded.set(chrono::Utc::now().timestamp());
+        self.reload_failing.set(0);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -331,6 +379,7 @@ impl Metrics {
 impl crate::log::Observer for Metrics {
     /// Count a log record: every disposition passes through here.
     fn observe(&self, rec: &LogRecord) {
+        self.providers.observe(rec);
         let service = rec.delivery_protocol.as_deref().unwrap_or("none");
         if let Some(kind) = match rec.kind {
             RecordType::Bounce => Some("Bounce"),

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 mod ready;
 mod scrape;
+mod trace;
 mod xfer;
 
 /// What the admin HTTP handlers share: the daemon's metrics, drain state,
@@ -347,6 +348,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/admin/shaping/v1", get(shaping))
         .route("/api/admin/inspect-message/v1", get(xfer::inspect_message))
         .route("/api/admin/xfer/v1", axum::routing::post(xfer::xfer))
+        .route("/api/admin/rebind/v1", axum::routing::post(xfer::rebind))
+        .route("/api/admin/trace-smtp-server/v1", get(trace::server))
+        .route("/api/admin/trace-smtp-client/v1", get(trace::client))
         .route(
             "/api/admin/xfer/cancel/v1",
             axum::routing::post(xfer::xfer_cancel),

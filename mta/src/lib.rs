@@ -33,6 +33,7 @@ pub mod smtp;
 pub mod spool;
 pub mod storage;
 pub mod throttle;
+pub mod trace;
 pub mod xfer;
 
 /// The machine's host name (the pod's, in Kubernetes: the UTS namespace's),

@@ -178,31 +178,13 @@ fn dashboard_is_well_formed_and_every_query_parses() {
 /// functions, keywords, label names (inside `{}` or after by/on/...), or
 /// durations.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "bool",
-        "offset", // aggregations, which may take `by (...)` before their `(`
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "count",
-        "stddev",
-        "stdvar",
-        "topk",
-        "bottomk",
-        "quantile",
-        "count_values",
-        "group",
-    ];
+    /// Words followed by a list of label names.
+    const GROUPING: &str = "by without on ignoring group_left group_right";
+    /// Binary operators and modifiers; then the aggregations, which may
+    /// take `by (...)` before their `(`.
+    const KEYWORDS: &str = "and or unless bool offset \
+        sum min max avg count stddev stdvar topk bottomk quantile count_values group";
+    let is = |list: &str, word: &str| list.split_whitespace().any(|w| w == word);
     // drop strings, label matchers, ranges and grouping lists
     let mut plain = String::new();
     let mut depth_brace = 0;
@@ -231,18 +213,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let word: String = chars[start..i].iter().collect();
             let rest: String = chars[i..].iter().collect();
             let call = rest.trim_start().starts_with('(');
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&word.as_str())
-            {
+            if is(GROUPING, &word) {
                 grouping = true;
-            } else if !call && !grouping && !KEYWORDS.contains(&word.as_str()) {
+            } else if !call && !grouping && !is(KEYWORDS, &word) {
                 out.insert(word);
             }
         } else {

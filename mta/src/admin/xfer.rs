@@ -1,5 +1,6 @@
-//! The admin API's xfer routes (`/api/admin/xfer/v1`, its cancel, and
-//! `/api/xfer/inject/v1` where another node's transfers arrive) and
+//! The admin API's routes that move queued mail: xfer
+//! (`/api/admin/xfer/v1`, its cancel, and `/api/xfer/inject/v1` where
+//! another node's transfers arrive) and `/api/admin/rebind/v1`; and
 //! `inspect-message`.
 
 use super::{AdminState, parse_body, unprocessable};
@@ -20,6 +21,14 @@ pub(super) async fn xfer(State(s): State<AdminState>, body: axum::body::Bytes) -
 pub(super) async fn xfer_cancel(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
     match parse_body(&body) {
         Ok(req) => refused_or(s.queues.admin_xfer_cancel(req)),
+        Err(e) => unprocessable(e),
+    }
+}
+
+/// `POST /api/admin/rebind/v1`.
+pub(super) async fn rebind(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    match parse_body(&body) {
+        Ok(req) => refused_or(s.queues.admin_rebind(req)),
         Err(e) => unprocessable(e),
     }
 }

@@ -15,6 +15,9 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// The verb's arguments do not make a request.
+    #[error("{0}")]
+    Usage(String),
     /// `--user` without a password to go with it.
     #[error("--user needs --password-file or $SLUICE_ADMIN_PASSWORD")]
     NoPassword,
@@ -91,12 +94,53 @@ impl Client {
         self.send(reqwest::Method::DELETE, path, Some(body)).await
     }
 
+    /// `GET path` whose answer is lines arriving over time (a trace):
+    /// `each` gets every line as it arrives, until the MTA ends the stream
+    /// or `each` answers `false`.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str) -> bool,
+    ) -> Result<(), CliError> {
+        let (url, mut resp) = self.request(reqwest::Method::GET, path, None).await?;
+        let mut pending: Vec<u8> = vec![];
+        while let Some(chunk) = resp.chunk().await.map_err(|source| CliError::Http {
+            url: url.clone(),
+            source,
+        })? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if !each(&String::from_utf8_lossy(&line[..end])) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, CliError> {
+        let (url, resp) = self.request(method, path, body).await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|source| CliError::Http { url, source })?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Send a request; the response when it succeeded, else what the MTA
+    /// said.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(String, reqwest::Response), CliError> {
         let url = format!("{}{path}", self.endpoint);
         let mut req = self.http.request(method, &url);
         if let Some((u, p)) = &self.credentials {
@@ -113,14 +157,14 @@ impl Client {
         };
         let resp = req.send().await.map_err(http)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(http)?;
         if !status.is_success() {
+            let text = resp.text().await.map_err(http)?;
             return Err(CliError::Refused {
                 url,
                 status: status.as_u16(),
                 text: text.trim().to_string(),
             });
         }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        Ok((url, resp))
     }
 }

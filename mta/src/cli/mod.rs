@@ -151,6 +151,50 @@ enum Verb {
         #[arg(long)]
         reason: String,
     },
+    /// Rebind waiting mail of matching queues: set meta on each message
+    /// (--set, --data) or pass it to the policy's rebind_message event; a
+    /// message whose queue changes is due at once.
+    Rebind {
+        #[command(flatten)]
+        criteria: Criteria,
+        /// Match every queue (required when no criterion is given).
+        #[arg(long)]
+        everything: bool,
+        /// Why (in the AdminRebind records).
+        #[arg(long)]
+        reason: String,
+        /// Meta to set, as a JSON object of strings.
+        #[arg(long)]
+        data: Option<String>,
+        /// Meta to set, KEY=VALUE (repeat for several; after --data).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Pass each message and the data to rebind_message instead.
+        #[arg(long)]
+        trigger_rebind_event: bool,
+        /// Make every matched message due now, moved or not.
+        #[arg(long)]
+        always_flush: bool,
+        /// Write no AdminRebind records.
+        #[arg(long)]
+        suppress_logging: bool,
+    },
+    /// Live transcript of inbound SMTP sessions as they happen, until
+    /// interrupted.
+    TraceSmtpServer {
+        /// Only sessions from these networks or addresses (repeat for
+        /// several).
+        #[arg(long)]
+        source: Vec<String>,
+    },
+    /// Live transcript of outbound SMTP sessions as they happen, until
+    /// interrupted.
+    TraceSmtpClient {
+        /// Only sessions to these networks or addresses (repeat for
+        /// several).
+        #[arg(long)]
+        source: Vec<String>,
+    },
     /// Stop moving mail out of a queue.
     XferCancel {
         /// The xfer queue's name.
@@ -291,6 +335,44 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 render::object,
             )
         }
+        Verb::Rebind {
+            criteria,
+            everything,
+            reason,
+            data,
+            sets,
+            trigger_rebind_event,
+            always_flush,
+            suppress_logging,
+        } => {
+            let mut body = criteria.json();
+            if !everything
+                && body
+                    .as_object()
+                    .is_some_and(|o| o.values().all(no_criterion))
+            {
+                return Err(CliError::Usage(
+                    "rebind: give --domain, --tenant, --campaign, --routing-domain or --queue, \
+                     or --everything"
+                        .into(),
+                ));
+            }
+            body["reason"] = json!(reason);
+            body["data"] = rebind_data(data.as_deref(), sets)?;
+            body["trigger_rebind_event"] = json!(trigger_rebind_event);
+            body["always_flush"] = json!(always_flush);
+            body["suppress_logging"] = json!(suppress_logging);
+            (
+                client.post("/api/admin/rebind/v1", &body).await?,
+                render::object,
+            )
+        }
+        Verb::TraceSmtpServer { source } => {
+            return trace(&client, "smtp-server", source, cli.json).await;
+        }
+        Verb::TraceSmtpClient { source } => {
+            return trace(&client, "smtp-client", source, cli.json).await;
+        }
         Verb::XferCancel { queue_name, reason } => (
             client
                 .post(
@@ -315,4 +397,64 @@ async fn run(cli: Cli) -> Result<String, CliError> {
         ),
         false => table(&answer),
     })
+}
+
+/// Whether a criterion of the request body is unset.
+fn no_criterion(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(|a| a.is_empty())
+}
+
+/// The rebind's `data`: the `--data` object, then each `--set KEY=VALUE`.
+fn rebind_data(data: Option<&str>, sets: &[String]) -> Result<Value, CliError> {
+    let mut out = serde_json::Map::new();
+    if let Some(text) = data {
+        let parsed: serde_json::Map<String, Value> = serde_json::from_str(text)
+            .map_err(|e| CliError::Usage(format!("--data is not a JSON object: {e}")))?;
+        for (key, value) in parsed {
+            if !value.is_string() {
+                return Err(CliError::Usage(format!(
+                    "--data: {key} is not a string (meta values are strings)"
+                )));
+            }
+            out.insert(key, value);
+        }
+    }
+    for set in sets {
+        let (key, value) = set
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--set {set}: give KEY=VALUE")))?;
+        out.insert(key.to_string(), json!(value));
+    }
+    Ok(Value::Object(out))
+}
+
+/// Print a trace's events as they arrive: a line each (the API's JSON with
+/// `--json`); nothing is left to print when it ends.
+async fn trace(
+    client: &Client,
+    what: &str,
+    source: &[String],
+    json: bool,
+) -> Result<String, CliError> {
+    use std::io::Write;
+    let path = format!("/api/admin/trace-{what}/v1?source={}", source.join(","));
+    client
+        .stream(&path, |line| {
+            let out = match json {
+                true => Some(line.to_string()),
+                false => serde_json::from_str(line)
+                    .ok()
+                    .and_then(|v| render::trace(&v)),
+            };
+            let Some(out) = out else {
+                return true;
+            };
+            let mut stdout = std::io::stdout().lock();
+            // a closed pipe (| head) ends the trace at the next event
+            writeln!(stdout, "{out}")
+                .and_then(|()| stdout.flush())
+                .is_ok()
+        })
+        .await?;
+    Ok(String::new())
 }

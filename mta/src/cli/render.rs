@@ -270,6 +270,54 @@ pub fn config(v: &Value) -> String {
     out
 }
 
+/// One trace event as a line: time, session, peer, and what was read
+/// (`<-`) or written (`->`) by the MTA's end; the stream's first line says
+/// what is traced.
+pub fn trace(v: &Value) -> Option<String> {
+    if let Some(what) = v["tracing"].as_str() {
+        let sources = list(v, "source");
+        let only = match sources.is_empty() {
+            true => String::new(),
+            false => format!(
+                " from {}",
+                sources.iter().map(cell).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return Some(format!("tracing {what} sessions{only}; interrupt to stop"));
+    }
+    if let Some(n) = v["lagged"].as_u64() {
+        return Some(format!(
+            "*** {n} events lost: this terminal did not keep up"
+        ));
+    }
+    let time = v["when"]
+        .as_str()?
+        .get(11..26)
+        .unwrap_or_default()
+        .to_string();
+    let who = match v["name"].as_str() {
+        Some(name) => format!("{} {name}", cell(&v["peer"])),
+        None => cell(&v["peer"]),
+    };
+    let p = &v["payload"];
+    let what = match p {
+        Value::String(s) if s == "Connected" => "=== connected".to_string(),
+        Value::String(s) if s == "Closed" => "=== closed".to_string(),
+        Value::Object(o) => match o.iter().next() {
+            Some((k, v)) if k == "Read" => format!("<- {}", cell(v)),
+            Some((k, v)) if k == "Write" => format!("-> {}", cell(v)),
+            Some((k, v)) if k == "Diagnostic" => format!("=== {}", cell(v)),
+            Some((k, v)) if k.starts_with("Abbreviated") => {
+                let arrow = if k.ends_with("Read") { "<-" } else { "->" };
+                format!("{arrow} [{} bytes] {}", v["len"], cell(&v["snippet"]))
+            }
+            _ => p.to_string(),
+        },
+        _ => p.to_string(),
+    };
+    Some(format!("{time} [{}] {who} {what}", v["id"]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@ pub struct Conn {
     pending: Vec<Pending>,
     /// A rewrite turned a reply into a 421: the session ends after it.
     hung_up: bool,
+    /// Publishes the session's transcript (`crate::trace`).
+    pub trace: Option<crate::trace::Tracer>,
 }
 
 impl Conn {
@@ -78,6 +80,7 @@ impl Conn {
             rewrite: None,
             pending: vec![],
             hung_up: false,
+            trace: None,
         }
     }
 
@@ -100,8 +103,18 @@ impl Conn {
         let mut lines = text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            if let Some(t) = self.trace.as_ref().filter(|t| t.watched()) {
+                t.write(&format!("{code}{sep}{line}"));
+            }
             self.out
                 .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+        }
+    }
+
+    /// Trace a line the session read (see `crate::trace`).
+    pub fn trace_read(&self, line: &str) {
+        if let Some(t) = &self.trace {
+            t.read(line);
         }
     }
 

@@ -221,6 +221,26 @@ impl Policy {
         .map(|_| ())
     }
 
+    /// `rebind_message(msg, data)`: an admin rebind with
+    /// `trigger_rebind_event` hands each message and the request's `data`
+    /// to the policy, which edits the message as it sees fit.
+    pub async fn rebind_event(
+        &self,
+        msg: &crate::message::MessageRef,
+        data: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), EventError> {
+        let lua = self.checkout()?;
+        self.call_handlers(&lua, "rebind_message", |lua| {
+            let pairs = data.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            Ok(MultiValue::from_iter([
+                Value::UserData(lua.create_userdata(LuaMessage(msg.clone()))?),
+                Value::Table(lua.create_table_from(pairs)?),
+            ]))
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// `smtp_server_ehlo(domain, conn_meta)`; rejections come back as errors.
     pub async fn ehlo_event(&self, domain: &str, conn: &ConnMeta) -> Result<(), EventError> {
         let lua = self.checkout()?;

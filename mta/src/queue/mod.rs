@@ -18,6 +18,7 @@ mod outcome;
 mod pressure;
 mod promote;
 pub mod ready_suspend;
+pub mod rebind;
 mod registry;
 mod requeue;
 pub mod retry;

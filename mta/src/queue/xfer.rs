@@ -164,7 +164,10 @@ impl QueueManager {
 
     /// Take every message waiting (in the timer, in a ready queue, or held
     /// by a suspension; not one in flight) whose scheduled queue `matches`.
-    fn take_queued(&self, matches: impl Fn(&str, &QueueName) -> bool) -> Vec<MessageRef> {
+    pub(super) fn take_queued(
+        &self,
+        matches: impl Fn(&str, &QueueName) -> bool,
+    ) -> Vec<MessageRef> {
         let mut msgs = self.timer.take_matching(|q| matches(&q.name, &q.parts));
         msgs.extend(self.rules.take_parked(|q| matches(q, &QueueName::parse(q))));
         for rq in self.egress.ready_queues() {

@@ -88,6 +88,8 @@ pub struct SmtpClient {
     tls_verified: bool,
     transactions: usize,
     settings: Arc<EgressPathConfig>,
+    /// Publishes the session's transcript (`crate::trace`).
+    trace: crate::trace::Tracer,
 }
 
 async fn with_timeout<T>(
@@ -122,6 +124,9 @@ impl SmtpClient {
         })
         .await?;
         let _ = stream.set_nodelay(true);
+        let trace = crate::trace::CLIENT
+            .session(addr, stream.local_addr().ok())
+            .with_name(name);
         let mut client = SmtpClient {
             io: BufReader::new(Box::new(stream)),
             peer: addr,
@@ -131,6 +136,7 @@ impl SmtpClient {
             tls_verified: false,
             transactions: 0,
             settings: settings.clone(),
+            trace,
         };
         let banner = client.read_reply(settings.banner_timeout, "banner").await?;
         if banner.code != 220 {
@@ -258,11 +264,33 @@ impl SmtpClient {
                 .map(|c| format!("{:?}", c.suite()))
                 .unwrap_or_default(),
         ));
+        if let Some((version, cipher)) = &self.tls {
+            self.trace
+                .emit(|| crate::trace::Payload::Diagnostic(format!("TLS: {version} {cipher}")));
+        }
         self.io = BufReader::new(Box::new(tls));
         self.ehlo(ehlo_domain).await
     }
 
+    /// Write commands (one, or a pipelined batch), traced line by line.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.trace.watched() {
+            for line in String::from_utf8_lossy(bytes).split("\r\n") {
+                if !line.is_empty() {
+                    self.trace.write(line);
+                }
+            }
+        }
+        self.write_raw(bytes).await
+    }
+
+    /// Write a message body, traced as its length and first line.
+    async fn write_body(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        self.trace.write_body(body);
+        self.write_raw(body).await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         let io = self.io.get_mut();
         io.write_all(bytes).await?;
         io.flush().await?;
@@ -282,6 +310,7 @@ impl SmtpClient {
                     return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 let line = line.trim_end_matches(['\r', '\n']);
+                self.trace.read(line);
                 let code: u16 = line
                     .get(..3)
                     .and_then(|c| c.parse().ok())
@@ -396,7 +425,7 @@ impl SmtpClient {
                 results: recipients.iter().cloned().zip(rcpt_replies).collect(),
             });
         }
-        self.write(&dot_stuff(data)).await?;
+        self.write_body(&dot_stuff(data)).await?;
         let mut results: Vec<(String, Reply)> =
             recipients.iter().cloned().zip(rcpt_replies).collect();
         if s.use_lmtp {

@@ -15,17 +15,7 @@ const PASSWORD: &str = "UGFzc3dvcmQ6";
 
 /// The command as it may be logged: an AUTH line's credentials never are.
 pub(super) fn redact(command: &str) -> String {
-    let mut words = command.split_ascii_whitespace();
-    match words.next() {
-        Some(verb) if verb.eq_ignore_ascii_case("AUTH") => {
-            let mechanism = words.next().unwrap_or("");
-            match words.next() {
-                Some(_) => format!("AUTH {mechanism} ****"),
-                None => format!("AUTH {mechanism}"),
-            }
-        }
-        _ => command.to_string(),
-    }
+    crate::trace::redact_auth(command)
 }
 
 impl Session {
@@ -149,7 +139,11 @@ impl Session {
             }));
         }
         self.conn.reply(334, challenge);
-        let answer = match self.conn.read_line(COMMAND_LINE_LIMIT).await? {
+        let line = self.conn.read_line(COMMAND_LINE_LIMIT).await?;
+        if let Some(t) = &self.conn.trace {
+            t.read_secret();
+        }
+        let answer = match line {
             Line::Ok { bytes, .. } => String::from_utf8_lossy(&bytes).trim().to_string(),
             // undecodable: refused as such below
             Line::TooLong => "%".to_string(),

@@ -32,6 +32,9 @@ impl Session {
             .conn
             .read_data(cfg.max_message_size, cfg.line_length_hard_limit)
             .await?;
+        if let Some(t) = &self.conn.trace {
+            t.read_body(&body.data);
+        }
         if body.too_big {
             self.error(552, "5.3.4 message too big", Some("DATA"));
             self.tx = None;

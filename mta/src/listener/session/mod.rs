@@ -100,6 +100,7 @@ pub async fn run(
     } else {
         (peer, local, params)
     };
+    conn.trace = Some(crate::trace::SERVER.session(peer, local));
     let Params {
         config,
         hostname,
@@ -222,6 +223,7 @@ impl Session {
             };
             let flow = match line {
                 Line::TooLong => {
+                    self.conn.trace_read("[line too long]");
                     self.conn.command = None;
                     self.error(500, "5.2.3 line too long", None);
                     Flow::Continue
@@ -232,7 +234,10 @@ impl Session {
                         self.error(500, "5.5.2 command is not valid UTF-8", None);
                         Flow::Continue
                     }
-                    Ok(line) => self.command(&line).await?,
+                    Ok(line) => {
+                        self.conn.trace_read(&line);
+                        self.command(&line).await?
+                    }
                 },
             };
             if self.errors >= MAX_ERRORS {
@@ -349,6 +354,11 @@ impl Session {
                     .unwrap_or_default();
                 self.meta.set("tls_cipher", json!(cipher));
                 self.meta.set("tls_protocol_version", json!(version));
+                if let Some(t) = &self.conn.trace {
+                    t.emit(|| {
+                        crate::trace::Payload::Diagnostic(format!("TLS: {version} {cipher}"))
+                    });
+                }
                 self.tls = Some((cipher, version));
                 self.conn.io = Box::new(tls);
                 // RFC 3207: forget everything learned before TLS

@@ -33,7 +33,30 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// A session counted for as long as a task that owns it lives (a streamed
+/// HTTP answer, which cannot borrow the lifecycle).
+pub struct OwnedSession(std::sync::Arc<Lifecycle>);
+
+impl OwnedSession {
+    /// The lifecycle it counts in.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.0
+    }
+}
+
+impl Drop for OwnedSession {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Lifecycle {
+    /// [`Lifecycle::session`] for a task that owns its guard.
+    pub fn owned_session(self: &std::sync::Arc<Self>) -> OwnedSession {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        OwnedSession(self.clone())
+    }
+
     /// Start the drain (again is harmless): nothing new is accepted or started
     /// from now on.
     pub fn drain(&self) {

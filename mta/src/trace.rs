@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::broadcast;
 
 /// Events kept for a slow watcher before it starts losing them.
@@ -29,6 +29,22 @@ pub static CLIENT: LazyLock<Arc<TraceHub>> = LazyLock::new(|| Arc::new(TraceHub:
 pub struct TraceHub {
     tx: broadcast::Sender<Arc<TraceEvent>>,
     next_id: AtomicU64,
+    /// Watchers now: read on every line a session reads or writes, so an
+    /// atomic (the channel's own count takes a lock).
+    watchers: Arc<AtomicUsize>,
+}
+
+/// A watcher's end: the events, and its place in the count until dropped.
+pub struct Watch {
+    /// The events from the moment of subscribing.
+    pub rx: broadcast::Receiver<Arc<TraceEvent>>,
+    watchers: Arc<AtomicUsize>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What happened on a session, as the trace endpoints stream it (one JSON
@@ -84,12 +100,17 @@ impl TraceHub {
         TraceHub {
             tx: broadcast::channel(BACKLOG).0,
             next_id: AtomicU64::new(1),
+            watchers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Watch every session from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TraceEvent>> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> Watch {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        Watch {
+            rx: self.tx.subscribe(),
+            watchers: self.watchers.clone(),
+        }
     }
 
     /// A new session between `peer` and `local`: `Connected` now, `Closed`
@@ -126,7 +147,7 @@ impl Tracer {
     /// Whether anyone watches: what only a watcher needs is not worked out
     /// otherwise.
     pub fn watched(&self) -> bool {
-        self.hub.tx.receiver_count() > 0
+        self.hub.watchers.load(Ordering::Relaxed) > 0
     }
 
     /// Publish what `payload` makes, if anyone watches (it is not built
@@ -245,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_sees_a_session_in_order_with_credentials_hidden() {
         let hub = Arc::new(TraceHub::new());
-        let mut rx = hub.subscribe();
+        let mut watch = hub.subscribe();
         let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
         {
             let t = hub.session(peer, None);
@@ -255,7 +276,7 @@ mod tests {
             t.read_body(b"Subject: hi\r\n\r\nbody\r\n");
         }
         let mut got = vec![];
-        while let Ok(e) = rx.try_recv() {
+        while let Ok(e) = watch.rx.try_recv() {
             got.push(serde_json::to_value(&e.payload).unwrap());
         }
         assert_eq!(
@@ -281,9 +302,9 @@ mod tests {
     #[test]
     fn a_filter_matches_the_peer_network() {
         let hub = Arc::new(TraceHub::new());
-        let mut rx = hub.subscribe();
+        let mut watch = hub.subscribe();
         let _t = hub.session("[::ffff:10.1.2.3]:25".parse().unwrap(), None);
-        let e = rx.try_recv().unwrap();
+        let e = watch.rx.try_recv().unwrap();
         let f = |n: &str| Filter {
             nets: vec![n.parse().unwrap()],
         };

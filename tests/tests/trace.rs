@@ -210,6 +210,8 @@ fn a_trace_ends_cleanly_when_the_mta_drains() {
     // and the MTA exits well before its 60 s drain timeout
     let exited = mta.wait_exit(Duration::from_secs(30));
     assert!(exited.is_some(), "the MTA did not exit\n{}", mta.stderr());
+    let last = watcher.until(Duration::from_secs(10), |l| l.starts_with("trace ended"));
+    assert_eq!(last, ["trace ended: the MTA is draining"]);
     let status = watcher.child.wait().unwrap();
     assert!(status.success(), "the trace ends cleanly: {status}");
 }

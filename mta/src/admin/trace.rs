@@ -4,9 +4,9 @@
 //! names networks or addresses (comma-separated) the peer must be in. The
 //! first line says what is being traced, so a client knows it is watching
 //! before the first session; a line `{"lagged": n}` says n events were lost
-//! to a client that read too slowly. The stream ends when the MTA starts
-//! to drain, so a watcher sees the trace end rather than a broken
-//! connection when the pod goes away.
+//! to a client that read too slowly. When the MTA starts to drain, a last
+//! line `{"ended": ...}` says so and the stream ends, so a watcher learns
+//! why the trace stopped rather than seeing a broken connection.
 
 use super::AdminState;
 use crate::trace::{Filter, TraceHub};
@@ -66,33 +66,61 @@ fn stream(s: AdminState, hub: &Arc<TraceHub>, what: &str, q: TraceQuery) -> Resp
         "tracing": what,
         "source": nets.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
     }));
-    let filter = Filter { nets };
-    let rx = hub.subscribe();
-    let lifecycle = s.lifecycle.clone();
-    let events = futures_util::stream::unfold(
-        (rx, filter, lifecycle, Some(first)),
-        |(mut rx, filter, lifecycle, first)| async move {
-            if let Some(first) = first {
-                return Some((Ok::<_, Infallible>(first), (rx, filter, lifecycle, None)));
-            }
-            loop {
-                let event = tokio::select! {
-                    e = rx.recv() => e,
-                    _ = lifecycle.draining() => return None,
-                };
-                let out = match event {
-                    Ok(e) if filter.wants(&e) => line(&*e),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => line(&serde_json::json!({ "lagged": n })),
-                    Err(RecvError::Closed) => return None,
-                };
-                return Some((Ok(out), (rx, filter, lifecycle, None)));
-            }
-        },
-    );
+    let state = Stream {
+        watch: hub.subscribe(),
+        filter: Filter { nets },
+        session: s.lifecycle.owned_session(),
+        next: Some(first),
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(state, |mut st| async move {
+        let out = st.next_line().await?;
+        Some((Ok::<_, Infallible>(out), st))
+    });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(events),
     )
         .into_response()
+}
+
+/// One watcher's stream: the events it wants, then a last line when the
+/// MTA drains.
+struct Stream {
+    watch: crate::trace::Watch,
+    filter: Filter,
+    /// Counted as a session: the drain waits until the last line has gone
+    /// out (and the stream is dropped), so the process does not exit
+    /// before it.
+    session: crate::lifecycle::OwnedSession,
+    /// A line to send before any event (the first).
+    next: Option<Bytes>,
+    /// The last line is sent.
+    ended: bool,
+}
+
+impl Stream {
+    async fn next_line(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.next.take() {
+            return Some(first);
+        }
+        if self.ended {
+            return None;
+        }
+        loop {
+            let event = tokio::select! {
+                e = self.watch.rx.recv() => e,
+                _ = self.session.lifecycle().draining() => {
+                    self.ended = true;
+                    return Some(line(&serde_json::json!({ "ended": "the MTA is draining" })));
+                }
+            };
+            return Some(match event {
+                Ok(e) if self.filter.wants(&e) => line(&*e),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => line(&serde_json::json!({ "lagged": n })),
+                Err(RecvError::Closed) => return None,
+            });
+        }
+    }
 }

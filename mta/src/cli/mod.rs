@@ -450,10 +450,10 @@ async fn trace(
                 return true;
             };
             let mut stdout = std::io::stdout().lock();
-            // a closed pipe (| head) ends the trace at the next event
-            writeln!(stdout, "{out}")
-                .and_then(|()| stdout.flush())
-                .is_ok()
+            // a closed pipe (| head) ends the trace at the next event, and
+            // the MTA's last line (it drains) ends it too
+            let written = writeln!(stdout, "{out}").and_then(|()| stdout.flush());
+            written.is_ok() && !line.starts_with("{\"ended\"")
         })
         .await?;
     Ok(String::new())

@@ -285,6 +285,9 @@ pub fn trace(v: &Value) -> Option<String> {
         };
         return Some(format!("tracing {what} sessions{only}; interrupt to stop"));
     }
+    if let Some(why) = v["ended"].as_str() {
+        return Some(format!("trace ended: {why}"));
+    }
     if let Some(n) = v["lagged"].as_u64() {
         return Some(format!(
             "*** {n} events lost: this terminal did not keep up"

@@ -379,7 +379,14 @@ impl Metrics {
 impl crate::log::Observer for Metrics {
     /// Count a log record: every disposition passes through here.
     fn observe(&self, rec: &LogRecord) {
-        self.providers.observe(rec);
+        // reception to delivery, for both latency histograms
+        let age = match rec.kind {
+            RecordType::Delivery => rec
+                .created_at
+                .map(|c| (chrono::Utc::now() - c).as_seconds_f64().max(0.0)),
+            _ => None,
+        };
+        self.providers.observe(rec, age);
         let service = rec.delivery_protocol.as_deref().unwrap_or("none");
         if let Some(kind) = match rec.kind {
             RecordType::Bounce => Some("Bounce"),
@@ -396,9 +403,8 @@ impl crate::log::Observer for Metrics {
             RecordType::Reception => self.received.with_label_values(&["esmtp_listener"]).inc(),
             RecordType::Delivery => {
                 self.delivered.with_label_values(&[service]).inc();
-                if let Some(created) = rec.created_at {
-                    let age = chrono::Utc::now() - created;
-                    self.latency.observe(age.as_seconds_f64().max(0.0));
+                if let Some(age) = age {
+                    self.latency.observe(age);
                 }
             }
             RecordType::TransientFailure => self.transfail.with_label_values(&[service]).inc(),

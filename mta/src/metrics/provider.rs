@@ -14,7 +14,9 @@
 
 use crate::log::{LogRecord, RecordType};
 use parking_lot::Mutex;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,14 +37,25 @@ const BUCKETS: [f64; 7] = [0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 86400.0];
 /// The per-provider metric families and the labels in use.
 pub struct ProviderMetrics {
     limit: usize,
-    /// Label → when it was last used.
-    labels: Mutex<HashMap<String, Instant>>,
+    /// The labels in use (`other` among them once used), with their
+    /// counters.
+    labels: Mutex<HashMap<String, Slot>>,
     delivered: IntCounterVec,
     transfail: IntCounterVec,
     failed: IntCounterVec,
     queued: IntGaugeVec,
     connections: IntGaugeVec,
     latency: HistogramVec,
+}
+
+/// One label's place: when it was last used, and its counters (kept, so
+/// that counting a record does not look the label up in each family).
+struct Slot {
+    used: Instant,
+    delivered: IntCounter,
+    transfail: IntCounter,
+    failed: IntCounter,
+    latency: Histogram,
 }
 
 /// One ready queue's backlog, for [`ProviderMetrics::set_backlog`].
@@ -99,33 +112,62 @@ impl ProviderMetrics {
         }
     }
 
-    /// The label `provider` is counted under: itself while it has (or can
-    /// get) a place, else `other`.
-    pub fn label(&self, provider: &str) -> String {
+    /// Run `f` on the label `provider` is counted under — itself while it
+    /// has (or can get) a place, else `other` — and that label's counters.
+    fn with_slot<R>(&self, provider: &str, f: impl FnOnce(&str, &Slot) -> R) -> R {
         let now = Instant::now();
         let mut labels = self.labels.lock();
-        if let Some(used) = labels.get_mut(provider) {
-            *used = now;
-            return provider.to_string();
+        if let Some(slot) = labels.get_mut(provider) {
+            slot.used = now;
+            return f(provider, slot);
         }
-        if provider == OTHER {
-            return OTHER.to_string();
+        let label = match provider != OTHER && self.make_room(&mut labels, now) {
+            true => provider,
+            false => OTHER,
+        };
+        let slot = labels
+            .entry(label.to_string())
+            .or_insert_with(|| self.slot(label, now));
+        slot.used = now;
+        f(label, slot)
+    }
+
+    /// Whether a new label fits: under the limit, or after the stalest
+    /// label idle for an hour gives its place up.
+    fn make_room(&self, labels: &mut HashMap<String, Slot>, now: Instant) -> bool {
+        let in_use = labels.len() - usize::from(labels.contains_key(OTHER));
+        if in_use < self.limit {
+            return true;
         }
-        if labels.len() >= self.limit {
-            let stalest = labels
-                .iter()
-                .min_by_key(|(_, used)| **used)
-                .map(|(name, used)| (name.clone(), *used));
-            match stalest {
-                Some((name, used)) if now.duration_since(used) >= IDLE => {
-                    labels.remove(&name);
-                    self.forget(&name);
-                }
-                _ => return OTHER.to_string(),
+        let stalest = labels
+            .iter()
+            .filter(|(name, _)| *name != OTHER)
+            .min_by_key(|(_, slot)| slot.used)
+            .map(|(name, slot)| (name.clone(), slot.used));
+        match stalest {
+            Some((name, used)) if now.duration_since(used) >= IDLE => {
+                labels.remove(&name);
+                self.forget(&name);
+                true
             }
+            _ => false,
         }
-        labels.insert(provider.to_string(), now);
-        provider.to_string()
+    }
+
+    /// The counters of a label taking a place.
+    fn slot(&self, label: &str, now: Instant) -> Slot {
+        Slot {
+            used: now,
+            delivered: self.delivered.with_label_values(&[label]),
+            transfail: self.transfail.with_label_values(&[label]),
+            failed: self.failed.with_label_values(&[label]),
+            latency: self.latency.with_label_values(&[label]),
+        }
+    }
+
+    /// The label `provider` is counted under.
+    pub fn label(&self, provider: &str) -> String {
+        self.with_slot(provider, |label, _| label.to_string())
     }
 
     /// Drop the series of a label that gave up its place.
@@ -139,25 +181,28 @@ impl ProviderMetrics {
         let _ = self.latency.remove_label_values(&[label]);
     }
 
-    /// Count an attempt's record under its provider.
-    pub fn observe(&self, rec: &LogRecord) {
-        let counter = match rec.kind {
-            RecordType::Delivery => &self.delivered,
-            RecordType::TransientFailure => &self.transfail,
-            RecordType::Bounce => &self.failed,
-            _ => return,
-        };
+    /// Count an attempt's record under its provider; `age` is a
+    /// delivery's time since reception, in seconds.
+    pub fn observe(&self, rec: &LogRecord, age: Option<f64>) {
+        if !matches!(
+            rec.kind,
+            RecordType::Delivery | RecordType::TransientFailure | RecordType::Bounce
+        ) {
+            return;
+        }
         let Some(provider) = provider_of(rec) else {
             return;
         };
-        let label = self.label(provider);
-        counter.with_label_values(&[&label]).inc();
-        if rec.kind == RecordType::Delivery
-            && let Some(created) = rec.created_at
-        {
-            let age = (chrono::Utc::now() - created).as_seconds_f64().max(0.0);
-            self.latency.with_label_values(&[&label]).observe(age);
-        }
+        self.with_slot(provider, |_, slot| match rec.kind {
+            RecordType::Delivery => {
+                slot.delivered.inc();
+                if let Some(age) = age {
+                    slot.latency.observe(age);
+                }
+            }
+            RecordType::TransientFailure => slot.transfail.inc(),
+            _ => slot.failed.inc(),
+        });
     }
 
     /// Set the backlog gauges from every ready queue (at each scrape): a
@@ -184,7 +229,8 @@ impl ProviderMetrics {
 
     /// The provider labels in use now, `other` aside.
     pub fn labels(&self) -> HashSet<String> {
-        self.labels.lock().keys().cloned().collect()
+        let labels = self.labels.lock();
+        labels.keys().filter(|l| *l != OTHER).cloned().collect()
     }
 }
 
@@ -219,6 +265,12 @@ mod tests {
         rec
     }
 
+    impl ProviderMetrics {
+        fn observe_now(&self, rec: &LogRecord) {
+            self.observe(rec, Some(0.5));
+        }
+    }
+
     fn series(r: &Registry, family: &str) -> Vec<(String, u64)> {
         r.gather()
             .iter()
@@ -235,12 +287,12 @@ mod tests {
     fn the_provider_name_groups_sites_and_the_site_stands_in_without_one() {
         let r = Registry::new();
         let m = ProviderMetrics::new(&r, 10);
-        m.observe(&delivery(
+        m.observe_now(&delivery(
             "(alt1|alt2).gmail-smtp-in.l.google.com",
             Some("gmail"),
         ));
-        m.observe(&delivery("gmail-smtp-in.l.google.com", Some("gmail")));
-        m.observe(&delivery("mx.example.com", None));
+        m.observe_now(&delivery("gmail-smtp-in.l.google.com", Some("gmail")));
+        m.observe_now(&delivery("mx.example.com", None));
         let mut got = series(&r, "total_messages_delivered_by_provider");
         got.sort();
         assert_eq!(
@@ -255,7 +307,7 @@ mod tests {
         let r = Registry::new();
         let m = ProviderMetrics::new(&r, 3);
         for i in 0..10_000 {
-            m.observe(&delivery(&format!("mx.d{i}.example"), None));
+            m.observe_now(&delivery(&format!("mx.d{i}.example"), None));
         }
         let got = series(&r, "total_messages_delivered_by_provider");
         assert_eq!(got.len(), 4, "three providers and other: {got:?}");
@@ -268,11 +320,11 @@ mod tests {
     async fn a_label_idle_for_an_hour_gives_its_place_to_a_new_provider() {
         let r = Registry::new();
         let m = ProviderMetrics::new(&r, 2);
-        m.observe(&delivery("a", None));
-        m.observe(&delivery("b", None));
+        m.observe_now(&delivery("a", None));
+        m.observe_now(&delivery("b", None));
         tokio::time::advance(Duration::from_secs(1800)).await;
-        m.observe(&delivery("b", None));
-        m.observe(&delivery("c", None));
+        m.observe_now(&delivery("b", None));
+        m.observe_now(&delivery("c", None));
         assert_eq!(m.label("c"), OTHER, "no label is idle yet");
         tokio::time::advance(Duration::from_secs(1800)).await;
         // a has been idle an hour; b only half of one

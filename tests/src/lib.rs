@@ -54,6 +54,26 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `sluice --endpoint http://127.0.0.1:<admin> <args>`, the operator's
+/// command line: (success, stdout, stderr).
+pub fn sluice_cli(admin: u16, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(binary("sluice"))
+        .args(["--endpoint", &format!("http://127.0.0.1:{admin}")])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The `init` line that starts the admin HTTP listener on `admin`.
+pub fn admin_listener(admin: u16) -> String {
+    format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

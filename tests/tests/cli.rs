@@ -7,7 +7,6 @@
 
 use serde_json::Value;
 use sluice_tests::*;
-use std::process::Command;
 use std::time::Duration;
 
 fn mta(admin: u16) -> Mta {
@@ -36,23 +35,10 @@ end)
 
 /// `sluice <args>` as the operator `ops`: (success, stdout, stderr).
 fn sluice(admin: u16, password_file: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(binary("sluice"))
-        .args([
-            "--endpoint",
-            &format!("http://127.0.0.1:{admin}"),
-            "--user",
-            "ops",
-        ])
-        .arg("--password-file")
-        .arg(password_file)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let password_file = password_file.to_str().unwrap();
+    let mut all = vec!["--user", "ops", "--password-file", password_file];
+    all.extend(args);
+    sluice_cli(admin, &all)
 }
 
 /// `text` with what differs between runs masked: message and rule ids,

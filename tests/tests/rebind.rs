@@ -8,14 +8,13 @@
 
 use serde_json::{Value, json};
 use sluice_tests::*;
-use std::process::Command;
 use std::time::Duration;
 
 /// `stuck.test` goes nowhere (port 9) and waits an hour between attempts;
 /// every other domain goes to `sink`.
 fn mta(admin: u16, sink: u16, rebind_handler: &str) -> Mta {
     Mta::start(&policy_with_init(
-        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        &admin_listener(admin),
         "",
         &format!(
             r#"
@@ -36,19 +35,6 @@ end)
     ))
 }
 
-fn sluice(admin: u16, args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(binary("sluice"))
-        .args(["--endpoint", &format!("http://127.0.0.1:{admin}")])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// Send to each recipient and wait until every one has failed once.
 fn stuck(mta: &Mta, rcpts: &[&str]) {
     for to in rcpts {
@@ -66,7 +52,7 @@ fn rebind_moves_waiting_mail_to_another_queue_now() {
     let mta = mta(admin, sink.port, "");
     stuck(&mta, &["a@stuck.test", "b@stuck.test"]);
 
-    let (ok, out, err) = sluice(
+    let (ok, out, err) = sluice_cli(
         admin,
         &[
             "--json",
@@ -155,7 +141,7 @@ end)
     assert!(b_now["message"]["meta"].get("queue").is_none(), "{b_now}");
 
     // --always-flush makes it due now: it is tried again at once
-    let (ok, out, err) = sluice(
+    let (ok, out, err) = sluice_cli(
         admin,
         &[
             "rebind",
@@ -193,14 +179,14 @@ fn rebinds_that_would_do_nothing_or_cannot_be_done_are_refused() {
     assert_eq!(r["status"], 422, "no reason: {r}");
 
     // the CLI will not rebind everything by accident, nor send a bad --set
-    let (ok, _, err) = sluice(admin, &["rebind", "--set", "queue=x", "--reason", "r"]);
+    let (ok, _, err) = sluice_cli(admin, &["rebind", "--set", "queue=x", "--reason", "r"]);
     assert!(!ok && err.contains("or --everything"), "{err}");
-    let (ok, _, err) = sluice(
+    let (ok, _, err) = sluice_cli(
         admin,
         &["rebind", "--everything", "--set", "queue", "--reason", "r"],
     );
     assert!(!ok && err.contains("give KEY=VALUE"), "{err}");
-    let (ok, _, err) = sluice(
+    let (ok, _, err) = sluice_cli(
         admin,
         &[
             "rebind",

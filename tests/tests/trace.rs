@@ -83,7 +83,7 @@ fn a_swaks_session_and_its_delivery_are_traced_live() {
     let sink = Sink::start(&[]);
     let admin = free_port();
     let mta = Mta::start(&policy_with_init(
-        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
+        &admin_listener(admin),
         "",
         &format!(
             r#"
@@ -199,11 +199,7 @@ end)
 #[test]
 fn a_trace_ends_cleanly_when_the_mta_drains() {
     let admin = free_port();
-    let mut mta = Mta::start(&policy_with_init(
-        &format!("kumo.start_http_listener {{ listen = '127.0.0.1:{admin}' }}"),
-        "",
-        "",
-    ));
+    let mut mta = Mta::start(&policy_with_init(&admin_listener(admin), "", ""));
     let mut watcher = Watcher::start(admin, &["trace-smtp-server"]);
     mta.sigterm();
     // the trace ends when the drain begins (not with a broken connection),

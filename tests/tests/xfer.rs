@@ -468,3 +468,39 @@ end)
     assert!(text.contains(".xfer.kumomta.internal"), "{text}");
     assert!(ids(&a, "Delivery").is_empty());
 }
+
+/// `sluice xfer --wait` comes back once the last bound message has left,
+/// saying how many were left as that changed.
+#[test]
+fn the_cli_waits_for_an_xfer_and_shows_what_is_left() {
+    let refusing = Sink::start(&["-r", "RCPT"]);
+    let accepting = Sink::start(&[]);
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let a = node(admin_a, refusing.port, "", "");
+    // B must live until the end: it takes the messages
+    let _b = node(admin_b, accepting.port, "", "");
+    send(&a, "someone@later.example", 20);
+    wait_ids(&a, "TransientFailure", 40, Duration::from_secs(30));
+    let (ok, out, err) = sluice_cli(
+        admin_a,
+        &[
+            "xfer",
+            "--target",
+            &format!("http://127.0.0.1:{admin_b}"),
+            "--reason",
+            "scale-down",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(err.starts_with("xfer: "), "{err}");
+    assert!(
+        err.ends_with("xfer: 20 of 20 handed over, 0 to go\n"),
+        "{err}"
+    );
+    // it came back once B had every message: B counts each XferIn before
+    // it answers A, and A counts the XferOut the CLI follows after that
+    let m = http_request(admin_b, "/metrics", None);
+    assert_eq!(m["samples"]["sluice_xfer_in_total{}"], 20.0, "{m}");
+    wait_ids(&a, "XferOut", 20, Duration::from_secs(10));
+}

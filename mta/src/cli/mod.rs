@@ -9,6 +9,7 @@
 //! the command line, where `ps` shows it).
 
 mod client;
+mod progress;
 mod render;
 
 use clap::{Args, Parser, Subcommand};
@@ -150,6 +151,10 @@ enum Verb {
         /// Why (in the XferOut records).
         #[arg(long)]
         reason: String,
+        /// Wait until every bound message has moved, showing how many are
+        /// left as that changes.
+        #[arg(long)]
+        wait: bool,
     },
     /// Rebind waiting mail of matching queues: set meta on each message
     /// (--set, --data) or pass it to the policy's rebind_message event; a
@@ -326,14 +331,20 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             criteria,
             target,
             reason,
+            wait,
         } => {
             let mut body = criteria.json();
             body["target"] = json!(target);
             body["reason"] = json!(reason);
-            (
-                client.post("/api/admin/xfer/v1", &body).await?,
-                render::object,
-            )
+            let before = match wait {
+                true => progress::handed_over(&client).await?,
+                false => 0,
+            };
+            let answer = client.post("/api/admin/xfer/v1", &body).await?;
+            if *wait {
+                progress::wait_for_xfer(&client, &answer, before).await?;
+            }
+            (answer, render::object)
         }
         Verb::Rebind {
             criteria,

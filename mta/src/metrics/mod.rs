@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Feedback and OOB records: reports taken in by listener domains.
     reports: IntCounterVec,
     expired: IntCounter,
+    /// Messages handed to another node and taken from it (XferOut, XferIn).
+    xfer_out: IntCounter,
+    xfer_in: IntCounter,
     rejections: IntCounter,
     delayed_rate: IntCounter,
     delayed_ready_full: IntCounter,
@@ -296,6 +299,16 @@ impl Metrics {
                 &["type"],
             ),
             expired: counter(&r, "total_messages_expired", "Messages expired"),
+            xfer_out: counter(
+                &r,
+                "sluice_xfer_out_total",
+                "Messages handed over to another node (XferOut records)",
+            ),
+            xfer_in: counter(
+                &r,
+                "sluice_xfer_in_total",
+                "Messages taken over from another node (XferIn records)",
+            ),
             rejections: counter(
                 &r,
                 "smtp_server_rejections",
@@ -413,6 +426,8 @@ impl crate::log::Observer for Metrics {
             RecordType::Rejection => self.rejections.inc(),
             RecordType::Feedback => self.reports.with_label_values(&["Feedback"]).inc(),
             RecordType::Oob => self.reports.with_label_values(&["OOB"]).inc(),
+            RecordType::XferOut => self.xfer_out.inc(),
+            RecordType::XferIn => self.xfer_in.inc(),
             RecordType::Delayed => {
                 if let Some(reason) = rec.delay_reason {
                     self.delayed

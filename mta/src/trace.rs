@@ -11,7 +11,7 @@
 //! line. A watcher that cannot keep up loses events, and is told how many.
 
 use serde::Serialize;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -183,6 +183,11 @@ impl Tracer {
         self.emit(|| Payload::Read("****".into()));
     }
 
+    /// The session's TLS handshake, done.
+    pub fn tls(&self, version: &str, cipher: &str) {
+        self.emit(|| Payload::Diagnostic(format!("TLS: {version} {cipher}")));
+    }
+
     /// A message body read.
     pub fn read_body(&self, body: &[u8]) {
         self.emit(|| {
@@ -246,16 +251,8 @@ pub struct Filter {
 impl Filter {
     /// Whether the watcher wants `event`.
     pub fn wants(&self, event: &TraceEvent) -> bool {
-        let ip: IpAddr = canonical(event.peer.ip());
+        let ip = crate::config::listener::canonical(event.peer.ip());
         self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&ip))
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

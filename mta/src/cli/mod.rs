@@ -451,11 +451,10 @@ async fn trace(
     let path = format!("/api/admin/trace-{what}/v1?source={}", source.join(","));
     client
         .stream(&path, |line| {
+            let event: Value = serde_json::from_str(line).unwrap_or_default();
             let out = match json {
                 true => Some(line.to_string()),
-                false => serde_json::from_str(line)
-                    .ok()
-                    .and_then(|v| render::trace(&v)),
+                false => render::trace(&event),
             };
             let Some(out) = out else {
                 return true;
@@ -464,7 +463,7 @@ async fn trace(
             // a closed pipe (| head) ends the trace at the next event, and
             // the MTA's last line (it drains) ends it too
             let written = writeln!(stdout, "{out}").and_then(|()| stdout.flush());
-            written.is_ok() && !line.starts_with("{\"ended\"")
+            written.is_ok() && event["ended"].is_null()
         })
         .await?;
     Ok(String::new())

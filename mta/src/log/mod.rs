@@ -5,7 +5,9 @@
 mod record;
 mod writer;
 
-pub use record::{DelayReason, EnhancedCode, LogRecord, PeerAddress, RecordType, Response};
+pub use record::{
+    DelayReason, EnhancedCode, LogRecord, PeerAddress, RecordType, Response, split_ready_queue,
+};
 use writer::{Item, SegmentWriter};
 
 pub use crate::config::logs::{LocalLogConfig, LogHookConfig};

@@ -280,6 +280,16 @@ pub struct LogRecord {
     pub delay_reason: Option<DelayReason>,
 }
 
+/// A ready queue's name (`source->site@protocol`, a record's `site`) as
+/// its source, when it names one, and its site.
+pub fn split_ready_queue(name: &str) -> (Option<&str>, &str) {
+    let (source, rest) = match name.split_once("->") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, name),
+    };
+    (source, rest.rsplit_once('@').map_or(rest, |(s, _)| s))
+}
+
 impl LogRecord {
     /// A record of `kind` for message `id` with `response`, stamped now; the
     /// other fields are empty for the caller to fill.

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -228,7 +228,8 @@ impl ProviderMetrics {
     }
 
     /// The provider labels in use now, `other` aside.
-    pub fn labels(&self) -> HashSet<String> {
+    #[cfg(test)]
+    fn labels(&self) -> std::collections::HashSet<String> {
         let labels = self.labels.lock();
         labels.keys().filter(|l| *l != OTHER).cloned().collect()
     }
@@ -243,19 +244,17 @@ fn provider_of(rec: &LogRecord) -> Option<&str> {
     site_of(&rec.site)
 }
 
-/// The site part of a ready queue's name.
-pub fn site_of(ready_queue: &str) -> Option<&str> {
-    if ready_queue.is_empty() {
-        return None;
-    }
-    let site = ready_queue.split_once("->").map_or(ready_queue, |(_, s)| s);
-    Some(site.rsplit_once('@').map_or(site, |(s, _)| s))
+/// The site part of a ready queue's name; `None` for no name.
+fn site_of(ready_queue: &str) -> Option<&str> {
+    let (_, site) = crate::log::split_ready_queue(ready_queue);
+    (!ready_queue.is_empty()).then_some(site)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::log::Response;
+    use std::collections::HashSet;
 
     fn delivery(site: &str, provider: Option<&str>) -> LogRecord {
         let mut rec = LogRecord::new(RecordType::Delivery, "id".into(), Response::new(250, "ok"));

@@ -316,6 +316,6 @@ fn set_egress_fields(rec: &mut LogRecord, config: &QueueConfig, ready_queue: Opt
                 .clone()
                 .unwrap_or_else(|| "unspecified".into()),
         );
-        rec.egress_source = rq.name.split_once("->").map(|(s, _)| s.to_string());
+        rec.egress_source = Some(rq.source.name.clone());
     }
 }

@@ -100,20 +100,10 @@ impl QueueManager {
         if moved && !req.suppress_logging {
             self.rebound(msg, &from, &to, &req.reason);
         }
-        let due = msg
-            .state()
-            .due
-            .and_then(chrono::DateTime::from_timestamp_millis);
-        match due {
-            Some(at) if at > self.now() && !moved && !req.always_flush => {
-                self.save_meta(msg);
-                self.wait_until(msg, at, &to);
-            }
-            _ => {
-                msg.state().due = None;
-                self.save_meta(msg);
-                self.insert(msg.clone(), &to);
-            }
+        if moved || req.always_flush {
+            msg.state().due = None;
         }
+        self.save_meta(msg);
+        self.queue_when_due(msg, &to);
     }
 }

@@ -122,6 +122,16 @@ impl QueueManager {
         }
     }
 
+    /// Queue a message again as its due time says: parked until then when
+    /// that is later, dispatched now otherwise.
+    pub(super) fn queue_when_due(self: &Arc<Self>, msg: &MessageRef, queue: &str) {
+        let due = msg.state().due.and_then(DateTime::from_timestamp_millis);
+        match due {
+            Some(at) if at > self.now() => self.wait_until(msg, at, queue),
+            _ => self.insert(msg.clone(), queue),
+        }
+    }
+
     /// Persist the message's new state and park it in the timer until `due`.
     /// While it waits only its id, attempts and due time stay in memory: once
     /// the META record is on disk the envelope and meta are released too.

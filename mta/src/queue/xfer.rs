@@ -153,11 +153,7 @@ impl QueueManager {
             let own = name::queue_name(&msg).unwrap_or_default();
             self.rebound(&msg, &xq, &own, &req.reason);
             self.save_meta(&msg);
-            let due = msg.state().due;
-            match due.and_then(chrono::DateTime::from_timestamp_millis) {
-                Some(at) if at > self.now() => self.wait_until(&msg, at, &own),
-                _ => self.insert(msg.clone(), &own),
-            }
+            self.queue_when_due(&msg, &own);
         }
         Ok(serde_json::json!({ "messages": count }))
     }

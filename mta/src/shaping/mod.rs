@@ -324,12 +324,9 @@ impl Shaping {
 
 /// A record's `site` (`source->site@protocol`) as its source and site.
 pub fn split_site(site: &str, source: Option<&str>) -> (String, String) {
-    let (src, rest) = match site.split_once("->") {
-        Some((s, r)) => (s.to_string(), r),
-        None => (source.unwrap_or("unspecified").to_string(), site),
-    };
-    let site = rest.rsplit_once('@').map(|(s, _)| s).unwrap_or(rest);
-    (src, site.to_string())
+    let (src, site) = crate::log::split_ready_queue(site);
+    let src = src.or(source).unwrap_or("unspecified");
+    (src.to_string(), site.to_string())
 }
 
 /// The MX host names a site name stands for, for provider matching: the

@@ -265,8 +265,7 @@ impl SmtpClient {
                 .unwrap_or_default(),
         ));
         if let Some((version, cipher)) = &self.tls {
-            self.trace
-                .emit(|| crate::trace::Payload::Diagnostic(format!("TLS: {version} {cipher}")));
+            self.trace.tls(version, cipher);
         }
         self.io = BufReader::new(Box::new(tls));
         self.ehlo(ehlo_domain).await

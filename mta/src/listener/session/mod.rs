@@ -355,9 +355,7 @@ impl Session {
                 self.meta.set("tls_cipher", json!(cipher));
                 self.meta.set("tls_protocol_version", json!(version));
                 if let Some(t) = &self.conn.trace {
-                    t.emit(|| {
-                        crate::trace::Payload::Diagnostic(format!("TLS: {version} {cipher}"))
-                    });
+                    t.tls(&version, &cipher);
                 }
                 self.tls = Some((cipher, version));
                 self.conn.io = Box::new(tls);
